@@ -1,0 +1,3 @@
+from after.cli import main
+
+main()

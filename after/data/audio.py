@@ -1,0 +1,290 @@
+"""Audio loading and validation.
+
+`load_audio` returns 16 kHz mono float32 for any file soundfile reads (WAV, FLAC, OGG, MP3, AIFF,
+...), at any rate and channel count, optionally cropped. `inspect_audio` checks a file without
+keeping its samples (it streams in blocks, so hours-long files cost no memory) and raises
+`AudioError` with one reason from `REASONS`. `validate_manifest` runs that check over a manifest,
+fills in measured durations, and sorts utterances into usable and rejected, so that preparing a
+corpus with a few bad files keeps going.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import struct
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from after.data.manifest import Manifest, Utterance
+from after.errors import AudioError
+from after.io import atomic_write_text
+
+SAMPLE_RATE = 16_000
+
+# reason -> what the user should do about it
+REASONS: dict[str, str] = {
+    "missing": "check the path, or re-run `after prepare` for the corpus",
+    "unreadable": "check the file's permissions (it must be readable by this user)",
+    "not_audio": "the file is not audio in any format soundfile reads; replace it or drop it",
+    "corrupt": "the file is damaged (truncated or undecodable); re-export or re-download it",
+    "empty": "the file holds no samples; re-export it or drop it",
+    "too_short": "the clip is shorter than the minimum; drop it or lower --min-duration",
+    "silent": "the clip is (near) digital silence; check the recording or lower --silence-dbfs",
+    "nonfinite": "the file holds NaN or infinite samples; re-export it as 16-bit PCM",
+    "unknown_label": "the label is not one of the expected labels; fix the label or the label list",
+}
+
+# First bytes of the containers soundfile can read: a file that starts otherwise is "not audio"
+# rather than a damaged audio file.
+_MAGIC = (b"RIFF", b"RIFX", b"RF64", b"fLaC", b"OggS", b"FORM", b"ID3", b".snd", b"caff", b"wvpk")
+_BLOCK_FRAMES = 1 << 18
+
+
+@dataclass(frozen=True, slots=True)
+class AudioInfo:
+    """What `inspect_audio` measured. `rms_dbfs` is over all channels, relative to full scale."""
+
+    path: str
+    sample_rate: int
+    channels: int
+    num_frames: int
+    duration_s: float
+    rms_dbfs: float
+
+
+def _fail(path: str, reason: str, detail: str) -> AudioError:
+    return AudioError(path, reason, detail, REASONS[reason])
+
+
+def _classify_open_error(path: str, err: Exception) -> AudioError:
+    """Turn a soundfile open error into a reason, looking at the file itself to tell them apart."""
+    p = Path(path)
+    if not p.exists():
+        return _fail(path, "missing", "no such file")
+    if p.is_dir():
+        return _fail(path, "not_audio", "is a folder")
+    try:
+        with p.open("rb") as f:
+            head = f.read(12)
+    except OSError as e:
+        return _fail(path, "unreadable", e.strerror or str(e))
+    if not head:
+        return _fail(path, "empty", "the file is 0 bytes")
+    if head.startswith(_MAGIC) or head[:2] in (b"\xff\xfb", b"\xff\xf3", b"\xff\xf2"):
+        return _fail(path, "corrupt", f"has an audio header but cannot be decoded ({err})")
+    return _fail(path, "not_audio", "format not recognised")
+
+
+def _wav_declared_bytes(path: str) -> tuple[int, int] | None:
+    """For a RIFF/WAVE file: (bytes its `data` chunk declares, bytes actually present), else None.
+
+    libsndfile silently reads what is there of a truncated WAV; comparing with the header tells us
+    it was cut.
+    """
+    try:
+        with open(path, "rb") as f:
+            if f.read(4) != b"RIFF" or (f.read(4), f.read(4))[1] != b"WAVE":
+                return None
+            size = os.fstat(f.fileno()).st_size
+            while True:
+                header = f.read(8)
+                if len(header) < 8:
+                    return None
+                chunk, length = header[:4], struct.unpack("<I", header[4:])[0]
+                if chunk == b"data":
+                    return length, size - f.tell()
+                f.seek(length + (length & 1), os.SEEK_CUR)
+    except OSError:
+        return None
+
+
+def _open(path: str) -> sf.SoundFile:
+    try:
+        return sf.SoundFile(path)
+    except PermissionError as e:
+        raise _fail(path, "unreadable", e.strerror or "permission denied") from None
+    except (sf.SoundFileError, OSError, RuntimeError, TypeError, ValueError) as e:
+        raise _classify_open_error(path, e) from None
+
+
+def inspect_audio(
+    path: str | os.PathLike[str],
+    *,
+    min_duration_s: float = 0.25,
+    silence_dbfs: float = -60.0,
+) -> AudioInfo:
+    """Check that a file is usable speech audio; raise `AudioError` with a reason otherwise.
+
+    Reads the file in blocks (constant memory). Checks in order: exists and readable, is audio,
+    decodes to the end, not truncated, has samples, no NaN/inf, at least `min_duration_s` long, RMS
+    above `silence_dbfs`.
+    """
+    p = os.fspath(path)
+    with _open(p) as f:
+        sample_rate, channels, frames = f.samplerate, f.channels, f.frames
+        declared = _wav_declared_bytes(p)
+        if declared is not None and declared[0] > declared[1]:
+            raise _fail(
+                p,
+                "corrupt",
+                f"truncated: header declares {declared[0]} data bytes, found {declared[1]}",
+            )
+        if frames == 0:
+            raise _fail(p, "empty", "0 samples")
+        sum_sq, count = 0.0, 0
+        try:
+            for block in f.blocks(blocksize=_BLOCK_FRAMES, dtype="float64", always_2d=True):
+                if not np.isfinite(block).all():
+                    raise _fail(p, "nonfinite", "contains NaN or infinite samples")
+                sum_sq += float(np.square(block).sum())
+                count += block.size
+        except (sf.SoundFileError, RuntimeError) as e:
+            raise _fail(
+                p, "corrupt", f"decoding stopped after {count // channels} frames ({e})"
+            ) from None
+    duration = frames / sample_rate
+    if duration < min_duration_s:
+        raise _fail(p, "too_short", f"{duration:.3f} s < {min_duration_s} s")
+    rms_dbfs = 10 * math.log10(sum_sq / max(count, 1)) if sum_sq > 0 else -math.inf
+    if rms_dbfs < silence_dbfs:
+        raise _fail(p, "silent", f"RMS {rms_dbfs:.1f} dBFS < {silence_dbfs} dBFS")
+    return AudioInfo(p, sample_rate, channels, frames, duration, rms_dbfs)
+
+
+Crop = Literal["start", "center", "random"]
+
+
+def load_audio(
+    path: str | os.PathLike[str],
+    *,
+    sample_rate: int = SAMPLE_RATE,
+    max_duration_s: float | None = None,
+    crop: Crop = "start",
+    rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Load a file as mono float32 at `sample_rate`, shape (num_samples,).
+
+    Channels are averaged. With `max_duration_s`, only that much is read (from the start, the
+    centre, or a random offset drawn from `rng`), so long files are never decoded whole. Raises
+    `AudioError` for unusable files.
+    """
+    p = os.fspath(path)
+    with _open(p) as f:
+        sr, frames = f.samplerate, f.frames
+        start, stop = 0, frames
+        if max_duration_s is not None and frames > (n := math.ceil(max_duration_s * sr)):
+            if crop == "center":
+                start = (frames - n) // 2
+            elif crop == "random":
+                if rng is None:
+                    raise ValueError("crop='random' needs an rng")
+                start = int(rng.integers(0, frames - n + 1))
+            stop = start + n
+        try:
+            f.seek(start)
+            x = f.read(stop - start, dtype="float32", always_2d=True)
+        except (sf.SoundFileError, RuntimeError) as e:
+            raise _fail(p, "corrupt", f"cannot decode ({e})") from None
+    if x.shape[0] == 0:
+        raise _fail(p, "empty", "0 samples")
+    mono = x.mean(axis=1) if x.shape[1] > 1 else x[:, 0]
+    if not np.isfinite(mono).all():
+        raise _fail(p, "nonfinite", "contains NaN or infinite samples")
+    if sr != sample_rate:
+        mono = soxr.resample(mono, sr, sample_rate, quality="HQ")
+    return np.ascontiguousarray(mono, dtype=np.float32)
+
+
+# ---- manifests
+# -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """An utterance left out of a manifest, and why."""
+
+    id: str
+    path: str
+    reason: str
+    detail: str
+
+    @property
+    def fix(self) -> str:
+        return REASONS[self.reason]
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    usable: Manifest
+    rejected: list[Rejection]
+
+
+def check_utterance(
+    u: Utterance,
+    *,
+    min_duration_s: float = 0.25,
+    silence_dbfs: float = -60.0,
+    labels: Iterable[str] | None = None,
+) -> Utterance | Rejection:
+    """The utterance with its measured duration, or the reason it cannot be used."""
+    if labels is not None and u.label is not None and u.label not in set(labels):
+        return Rejection(
+            u.id, u.path, "unknown_label", f"label {u.label!r} not in {sorted(labels)}"
+        )
+    try:
+        info = inspect_audio(u.path, min_duration_s=min_duration_s, silence_dbfs=silence_dbfs)
+    except AudioError as e:
+        return Rejection(u.id, u.path, e.reason, e.detail)
+    return dataclasses.replace(u, duration_s=round(info.duration_s, 4))
+
+
+def validate_manifest(
+    manifest: Manifest,
+    *,
+    min_duration_s: float = 0.25,
+    silence_dbfs: float = -60.0,
+    labels: Iterable[str] | None = None,
+    num_workers: int = 4,
+    on_item: Callable[[], None] | None = None,
+) -> ValidationReport:
+    """Check every utterance's audio (in parallel threads; libsndfile releases the GIL).
+
+    Returns the usable utterances, in manifest order, with `duration_s` measured, and the
+    rejections.
+    """
+    allowed = None if labels is None else sorted(labels)
+
+    def one(u: Utterance) -> Utterance | Rejection:
+        result = check_utterance(
+            u, min_duration_s=min_duration_s, silence_dbfs=silence_dbfs, labels=allowed
+        )
+        if on_item is not None:
+            on_item()
+        return result
+
+    with ThreadPoolExecutor(max_workers=max(1, num_workers)) as pool:
+        results = list(pool.map(one, manifest))
+    usable = [r for r in results if isinstance(r, Utterance)]
+    rejected = [r for r in results if isinstance(r, Rejection)]
+    return ValidationReport(Manifest(usable), rejected)
+
+
+def write_rejections(path: str | os.PathLike[str], rejected: list[Rejection]) -> Path:
+    """Write rejections as JSONL (id, path, reason, detail, fix), atomically."""
+    rows = [
+        json.dumps(
+            {"id": r.id, "path": r.path, "reason": r.reason, "detail": r.detail, "fix": r.fix}
+        )
+        for r in rejected
+    ]
+    return atomic_write_text(path, "".join(row + "\n" for row in rows))

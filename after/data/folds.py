@@ -1,0 +1,248 @@
+"""Speaker-independent train/dev/test folds.
+
+Protocols:
+
+- `loso`: leave one speaker out. One fold per speaker: that speaker is the test set.
+- `loso-session`: leave one session out (IEMOCAP's usual protocol): one fold per `session`.
+- `kfold`: leave k speakers out. Speakers are shuffled with `seed` and cut into `num_folds` groups.
+- `official`: the corpus's own partition (`Utterance.split`), for corpora that publish one.
+
+In every fold the dev speakers are drawn from the training speakers (the `num_dev_groups` groups
+that follow the test groups in a seeded cyclic order, so each group serves as dev equally often) and
+removed from training. Dev and test hold labeled clips only. Unlabeled clips join the training side
+when their speaker trains; unlabeled clips of dev or test speakers are left out of the fold
+altogether, so no audio of a held-out speaker can reach pre-training, cold start or selection.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from after.data.manifest import Manifest
+from after.errors import FoldError, ManifestError
+from after.io import atomic_write_json
+
+Protocol = Literal["loso", "loso-session", "kfold", "official"]
+PROTOCOLS: tuple[str, ...] = ("loso", "loso-session", "kfold", "official")
+_ID_FIELDS = ("train", "dev", "test", "test_groups", "dev_groups")
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One split of utterance ids. `test_groups`/`dev_groups` are the held-out speakers or
+    sessions."""
+
+    name: str
+    train: tuple[str, ...]
+    dev: tuple[str, ...]
+    test: tuple[str, ...]
+    test_groups: tuple[str, ...]
+    dev_groups: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Folds:
+    """All folds of one protocol over one manifest, plus what is needed to reproduce them."""
+
+    protocol: str
+    seed: int
+    num_dev_groups: int
+    manifest_digest: str
+    folds: tuple[Fold, ...]
+
+    def __len__(self) -> int:
+        return len(self.folds)
+
+    def get(self, fold: int | str) -> Fold:
+        """A fold by index or by name (e.g. `3` or `"emodb_03"`)."""
+        if isinstance(fold, int) or fold.isdigit():
+            i = int(fold)
+            if 0 <= i < len(self.folds):
+                return self.folds[i]
+        else:
+            for f in self.folds:
+                if f.name == fold:
+                    return f
+        names = ", ".join(f.name for f in self.folds)
+        raise FoldError(
+            f"no fold {fold!r}; use an index 0..{len(self.folds) - 1} or one of: {names}"
+        )
+
+    def to_json(self, path: str | os.PathLike[str]) -> Path:
+        return atomic_write_json(path, asdict(self))
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike[str], manifest: Manifest | None = None) -> Folds:
+        """Read folds; with `manifest`, check they were made from it (every id present)."""
+        file = Path(path)
+        try:
+            raw = json.loads(file.read_text(encoding="utf-8"))
+            folds = cls(
+                protocol=raw["protocol"],
+                seed=int(raw["seed"]),
+                num_dev_groups=int(raw["num_dev_groups"]),
+                manifest_digest=raw["manifest_digest"],
+                folds=tuple(
+                    Fold(
+                        name=str(f["name"]),
+                        **{k: tuple(map(str, f[k])) for k in _ID_FIELDS},
+                    )
+                    for f in raw["folds"]
+                ),
+            )
+        except FileNotFoundError:
+            raise ManifestError(
+                f"{file}: no such folds file; create it with `after folds`"
+            ) from None
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ManifestError(f"{file}: not a valid folds file ({e}); re-create it") from None
+        if manifest is not None:
+            for f in folds.folds:
+                missing = [i for i in (*f.train, *f.dev, *f.test) if i not in manifest]
+                if missing:
+                    raise ManifestError(
+                        f"{file}: fold {f.name} names {len(missing)} id(s) not in the manifest "
+                        f"(e.g. {missing[0]!r}); the folds were made from another manifest, "
+                        "re-create them with `after folds`"
+                    )
+        return folds
+
+
+def manifest_digest(manifest: Manifest) -> str:
+    """A short hash of ids, speakers and labels: changes when the folds would."""
+    h = hashlib.sha256()
+    for u in sorted(manifest, key=lambda u: u.id):
+        h.update(f"{u.id}\t{u.speaker}\t{u.session}\t{u.label}\t{u.split}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def make_folds(
+    manifest: Manifest,
+    protocol: Protocol = "loso",
+    *,
+    num_folds: int = 5,
+    num_dev_groups: int = 1,
+    seed: int = 0,
+    allow_speaker_overlap: bool = False,
+) -> Folds:
+    """Build folds. `num_folds` is used by `kfold` only; `num_dev_groups` speakers (or sessions)
+    per fold go to dev (0: no dev set). `allow_speaker_overlap` admits an `official` partition that
+    shares speakers between train and test (MELD's does); other protocols never do.
+    """
+    if protocol not in PROTOCOLS:
+        raise FoldError(f"unknown protocol {protocol!r}; use one of {PROTOCOLS}")
+    if num_dev_groups < 0:
+        raise FoldError("num_dev_groups must be >= 0")
+    if protocol == "official":
+        folds: list[Fold] = [_official(manifest)]
+    else:
+        by_session = protocol == "loso-session"
+        if by_session and (missing := [u.id for u in manifest if u.session is None]):
+            raise FoldError(
+                f"protocol loso-session needs a session for every clip; {len(missing)} have none "
+                f"(e.g. {missing[0]!r}). Use loso or kfold instead"
+            )
+        groups = {u.id: (u.session if by_session else u.speaker) or "" for u in manifest}
+        names = sorted(set(groups.values()))
+        if protocol == "kfold":
+            if not 2 <= num_folds <= len(names):
+                raise FoldError(
+                    f"kfold needs 2 <= num_folds <= number of speakers ({len(names)}); "
+                    f"got {num_folds}"
+                )
+            order = [str(g) for g in np.random.default_rng(seed).permutation(names)]
+            chunks = [list(c) for c in np.array_split(np.array(order, dtype=object), num_folds)]
+        else:
+            order = [str(g) for g in np.random.default_rng(seed).permutation(names)]
+            chunks = [[g] for g in names]
+        if len(names) < 2 + num_dev_groups:
+            kind = "sessions" if by_session else "speakers"
+            raise FoldError(
+                f"{protocol} with {num_dev_groups} dev group(s) needs at least "
+                f"{2 + num_dev_groups} {kind}; the manifest has {len(names)} ({', '.join(names)})"
+            )
+        folds = [
+            _fold(
+                manifest,
+                groups,
+                order,
+                test,
+                num_dev_groups,
+                test[0] if len(chunks) == len(names) else f"fold{i}",
+            )
+            for i, test in enumerate(chunks)
+        ]
+    for f in folds:
+        _check_independent(manifest, f, allow_overlap=allow_speaker_overlap)
+    return Folds(protocol, seed, num_dev_groups, manifest_digest(manifest), tuple(folds))
+
+
+def _fold(
+    manifest: Manifest,
+    groups: dict[str, str],
+    order: list[str],
+    test: list[str],
+    num_dev_groups: int,
+    name: str,
+) -> Fold:
+    # The dev groups follow the test groups in the seeded cyclic `order`: each group is dev equally
+    # often across LOSO folds, and which one is deterministic for the seed.
+    last = max(order.index(g) for g in test)
+    after_test = [g for g in order[last + 1 :] + order[: last + 1] if g not in test]
+    dev = after_test[:num_dev_groups]
+    train, dev_ids, test_ids = [], [], []
+    for u in manifest:
+        g = groups[u.id]
+        if g in test:
+            if u.label is not None:
+                test_ids.append(u.id)
+        elif g in dev:
+            if u.label is not None:
+                dev_ids.append(u.id)
+        else:
+            train.append(u.id)
+    return Fold(
+        name, tuple(train), tuple(dev_ids), tuple(test_ids), tuple(sorted(test)), tuple(dev)
+    )
+
+
+def _official(manifest: Manifest) -> Fold:
+    parts: dict[str, list[str]] = {"train": [], "dev": [], "test": []}
+    for u in manifest:
+        if u.split is not None and (u.split == "train" or u.label is not None):
+            parts[u.split].append(u.id)
+    if not parts["train"] or not parts["test"]:
+        raise FoldError(
+            "protocol official needs clips with split 'train' and 'test' in the manifest; "
+            "this corpus has no official partition: use loso or kfold"
+        )
+    return Fold(
+        "official", tuple(parts["train"]), tuple(parts["dev"]), tuple(parts["test"]), (), ()
+    )
+
+
+def _speakers(manifest: Manifest, ids: Iterable[str]) -> set[str]:
+    return {manifest[i].speaker for i in ids}
+
+
+def _check_independent(manifest: Manifest, fold: Fold, *, allow_overlap: bool) -> None:
+    """Fail if any speaker is on two sides of the fold."""
+    train, dev, test = (_speakers(manifest, ids) for ids in (fold.train, fold.dev, fold.test))
+    shared = (train & test) | (dev & test) | (train & dev)
+    if shared and not allow_overlap:
+        raise FoldError(
+            f"fold {fold.name}: speaker(s) {sorted(shared)[:5]} appear on two sides of the split, "
+            "so it would not be speaker-independent. For an official partition that shares "
+            "speakers (e.g. MELD), pass --allow-speaker-overlap and report it; otherwise fix "
+            "the speaker ids"
+        )
+    if not fold.train or not fold.test:
+        raise FoldError(f"fold {fold.name}: empty train or test set; check the labels and speakers")

@@ -1,0 +1,47 @@
+"""The project's own error types.
+
+Every error a user can cause (bad paths, bad files, bad manifests) is an `AfterError` whose message
+names the item and the fix. The CLI prints these without a traceback; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+
+class AfterError(Exception):
+    """A problem with the user's input or environment; the message says the fix."""
+
+
+class ManifestError(AfterError):
+    """A manifest, CSV or folds file is malformed (missing column, duplicate id, unknown id, bad
+    value)."""
+
+
+class LayoutError(AfterError):
+    """A corpus folder does not have the expected layout; the message names the missing path."""
+
+
+class ManualDownloadRequired(AfterError):
+    """The corpus must be obtained by the user (licence or registration); the message says how."""
+
+    def __init__(self, corpus: str, instructions: str, expected: str) -> None:
+        self.corpus = corpus
+        super().__init__(
+            f"{corpus}: the corpus is not at the given path, and it cannot be downloaded for you.\n"
+            f"How to get it: {instructions}\n"
+            f"Expected layout: {expected}"
+        )
+
+
+class AudioError(AfterError):
+    """An audio file cannot be used. `reason` is one short code from `after.data.audio.REASONS`."""
+
+    def __init__(self, path: str, reason: str, detail: str, fix: str) -> None:
+        self.path = path
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{path}: {reason} ({detail}); fix: {fix}")
+
+
+class FoldError(AfterError):
+    """Speaker-independent folds cannot be built as asked (too few speakers, speaker leak, unknown
+    fold)."""
