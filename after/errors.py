@@ -23,10 +23,11 @@ class LayoutError(AfterError):
 class ManualDownloadRequired(AfterError):
     """The corpus must be obtained by the user (licence or registration); the message says how."""
 
-    def __init__(self, corpus: str, instructions: str, expected: str) -> None:
+    def __init__(self, corpus: str, instructions: str, expected: str, path: str = "") -> None:
         self.corpus = corpus
+        where = f"nothing at {path}" if path else "the corpus is not at the given path"
         super().__init__(
-            f"{corpus}: the corpus is not at the given path, and it cannot be downloaded for you.\n"
+            f"{corpus}: {where}, and it cannot be downloaded for you.\n"
             f"How to get it: {instructions}\n"
             f"Expected layout: {expected}"
         )

@@ -205,8 +205,7 @@ def load_audio(
     return np.ascontiguousarray(mono, dtype=np.float32)
 
 
-# ---- manifests
-# -------------------------------------------------------------------------------------------
+# ---- manifests -----------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)

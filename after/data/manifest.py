@@ -130,8 +130,7 @@ class Manifest:
         """Replace fields of one utterance (e.g. a measured duration)."""
         self._items[utt_id] = dataclasses.replace(self[utt_id], **changes)
 
-    # ---- files
-    # -------------------------------------------------------------------------------------------
+    # ---- files -----------------------------------------------------------------------------------
 
     def to_jsonl(self, path: str | os.PathLike[str]) -> Path:
         """Write one JSON object per line, atomically."""

@@ -150,7 +150,9 @@ def test_crops(tmp_path: Path) -> None:
     start = load_audio(p, max_duration_s=1.0)
     center = load_audio(p, max_duration_s=1.0, crop="center")
     assert start.size == center.size == SAMPLE_RATE
-    assert start[0] == pytest.approx(-0.5) and center[0] == pytest.approx(ramp[3 * SAMPLE_RATE // 2])
+    assert start[0] == pytest.approx(-0.5) and center[0] == pytest.approx(
+        ramp[3 * SAMPLE_RATE // 2]
+    )
     a = load_audio(p, max_duration_s=1.0, crop="random", rng=np.random.default_rng(7))
     b = load_audio(p, max_duration_s=1.0, crop="random", rng=np.random.default_rng(7))
     np.testing.assert_array_equal(a, b)

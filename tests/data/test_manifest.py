@@ -48,12 +48,27 @@ def test_duplicate_ids_are_refused() -> None:
     ("row", "message"),
     [
         ('{"id": "a", "path": "a.wav", "label": "x", "corpus": "c"}', "'speaker' is missing"),
-        ('{"id": "a b", "path": "a.wav", "label": "x", "speaker": "s", "corpus": "c"}', "whitespace"),
-        ('{"id": "a", "path": "a.wav", "label": 3, "speaker": "s", "corpus": "c"}', "label must be"),
-        ('{"id": "a", "path": "a.wav", "speaker": "s", "corpus": "c", "colour": 1}', "unknown field"),
+        (
+            '{"id": "a b", "path": "a.wav", "label": "x", "speaker": "s", "corpus": "c"}',
+            "whitespace",
+        ),
+        (
+            '{"id": "a", "path": "a.wav", "label": 3, "speaker": "s", "corpus": "c"}',
+            "label must be",
+        ),
+        (
+            '{"id": "a", "path": "a.wav", "speaker": "s", "corpus": "c", "colour": 1}',
+            "unknown field",
+        ),
         ('{"id": "a", "path": "a.wav", "speaker": "s", "corpus": "c", "split": "val"}', "split"),
-        ('{"id": "a", "path": "a.wav", "speaker": "s", "corpus": "c", "duration_s": "x"}', "number"),
-        ('{"id": "a", "path": "a.wav", "speaker": "s", "corpus": "c", "votes": {"x": -1}}', "votes"),
+        (
+            '{"id": "a", "path": "a.wav", "speaker": "s", "corpus": "c", "duration_s": "x"}',
+            "number",
+        ),
+        (
+            '{"id": "a", "path": "a.wav", "speaker": "s", "corpus": "c", "votes": {"x": -1}}',
+            "votes",
+        ),
         ("[1, 2]", "JSON object"),
         ("{not json", "not valid JSON"),
     ],

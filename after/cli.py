@@ -1,0 +1,307 @@
+"""The `after` command line: the only place that parses arguments."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from after.data.audio import validate_manifest, write_rejections
+from after.data.folds import PROTOCOLS, Folds, make_folds
+from after.data.manifest import Manifest
+from after.data.stats import summarize
+from after.errors import AfterError
+
+app = typer.Typer(
+    help="Label-efficient speech emotion recognition with task adaptation and active learning.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+console = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors print one clear message (exit 2), never a traceback."""
+    try:
+        app(args=argv, prog_name="after")
+    except AfterError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise SystemExit(130) from None
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+    )
+
+
+def _validate(
+    manifest: Manifest,
+    *,
+    min_duration: float,
+    silence_dbfs: float,
+    labels: list[str] | None = None,
+    workers: int = 4,
+) -> tuple[Manifest, list[Any]]:
+    with _progress() as bar:
+        task = bar.add_task("checking audio", total=len(manifest))
+        report = validate_manifest(
+            manifest,
+            min_duration_s=min_duration,
+            silence_dbfs=silence_dbfs,
+            labels=labels,
+            num_workers=workers,
+            on_item=lambda: bar.advance(task),
+        )
+    return report.usable, report.rejected
+
+
+def _print_rejections(rejected: list[Any], limit: int = 50) -> None:
+    table = Table(title=f"{len(rejected)} unusable clip(s)", title_justify="left")
+    for col in ("id", "reason", "detail", "fix"):
+        table.add_column(col, overflow="fold")
+    for r in rejected[:limit]:
+        table.add_row(r.id, r.reason, r.detail, r.fix)
+    err.print(table)
+    if len(rejected) > limit:
+        err.print(f"... and {len(rejected) - limit} more")
+
+
+MIN_DURATION = typer.Option(0.25, help="Clips shorter than this (seconds) are rejected.")
+SILENCE_DBFS = typer.Option(-60.0, help="Clips with RMS below this level (dBFS) are rejected.")
+WORKERS = typer.Option(4, min=1, help="Threads reading audio.")
+
+
+@app.command()
+def prepare(
+    corpus: str = typer.Argument(
+        ..., help="iemocap, msp-podcast, crema-d, ravdess, emodb, savee, tess, meld, csv, folder."
+    ),
+    data_dir: Path = typer.Option(
+        ..., help="The corpus folder (for csv: the CSV file).", show_default=False
+    ),
+    out: Path = typer.Option(Path("manifest.jsonl"), help="Manifest to write (JSONL)."),
+    speaker_regex: str | None = typer.Option(
+        None, help="folder only: regex with a (?P<speaker>...) group matched on file names."
+    ),
+    test_set: str | None = typer.Option(
+        None, help="msp-podcast only: the Split_Set that becomes the test split (default Test1)."
+    ),
+    min_duration: float = MIN_DURATION,
+    silence_dbfs: float = SILENCE_DBFS,
+    workers: int = WORKERS,
+) -> None:
+    """Build a manifest from a corpus folder, checking every clip's audio."""
+    from after.data.corpora import prepare as prepare_corpus
+
+    given = {"speaker_regex": speaker_regex, "test_set": test_set}
+    options = {k: v for k, v in given.items() if v is not None}
+    found = prepare_corpus(corpus, data_dir, **options)
+    usable, rejected = _validate(
+        found, min_duration=min_duration, silence_dbfs=silence_dbfs, workers=workers
+    )
+    rejected_path = out.with_name(f"{out.name.removesuffix('.jsonl')}.rejected.jsonl")
+    if rejected:
+        write_rejections(rejected_path, rejected)
+        _print_rejections(rejected)
+        err.print(f"rejected clips and reasons: {rejected_path}")
+    else:
+        rejected_path.unlink(missing_ok=True)
+    if not len(usable):
+        raise AfterError(f"{corpus}: no usable clip in {data_dir}; see {rejected_path}")
+    usable.to_jsonl(out)
+    console.print(
+        f"{out}: {len(usable)} clips, {len(usable.speakers)} speakers, "
+        f"{len(usable.labels)} labels ({', '.join(usable.labels)})",
+        highlight=False,
+    )
+
+
+@app.command()
+def validate(
+    manifest: Path = typer.Argument(..., help="Manifest (JSONL) to check."),
+    labels: str | None = typer.Option(
+        None, help="Comma-separated allowed labels; others are reported as unknown_label."
+    ),
+    min_duration: float = MIN_DURATION,
+    silence_dbfs: float = SILENCE_DBFS,
+    workers: int = WORKERS,
+) -> None:
+    """Check every clip of a manifest and print a table of problems (exit 1 if any)."""
+    m = Manifest.from_jsonl(manifest)
+    allowed = [s.strip() for s in labels.split(",") if s.strip()] if labels else None
+    usable, rejected = _validate(
+        m, min_duration=min_duration, silence_dbfs=silence_dbfs, labels=allowed, workers=workers
+    )
+    if rejected:
+        _print_rejections(rejected)
+    console.print(
+        f"{manifest}: {len(usable)} usable, {len(rejected)} with problems", highlight=False
+    )
+    if rejected:
+        raise typer.Exit(1)
+
+
+@app.command()
+def folds(
+    manifest: Path = typer.Argument(..., help="Manifest (JSONL)."),
+    out: Path = typer.Option(Path("folds.json"), help="Folds file to write."),
+    protocol: str = typer.Option(
+        "loso", help=f"One of {', '.join(PROTOCOLS)} (loso-session: IEMOCAP)."
+    ),
+    num_folds: int = typer.Option(5, help="kfold only: number of speaker groups."),
+    dev_speakers: int = typer.Option(
+        1, min=0, help="Speakers (sessions for loso-session) per fold moved from train to dev."
+    ),
+    seed: int = typer.Option(0, help="Seed for the speaker shuffle and the dev choice."),
+    allow_speaker_overlap: bool = typer.Option(
+        False, help="official only: accept a partition sharing speakers across sides (MELD)."
+    ),
+) -> None:
+    """Write speaker-independent train/dev/test folds."""
+    m = Manifest.from_jsonl(manifest)
+    result = make_folds(
+        m,
+        protocol,  # type: ignore[arg-type]  # checked by make_folds against PROTOCOLS
+        num_folds=num_folds,
+        num_dev_groups=dev_speakers,
+        seed=seed,
+        allow_speaker_overlap=allow_speaker_overlap,
+    )
+    result.to_json(out)
+    _print_folds(summarize(m, result)["folds"])
+    console.print(f"{out}: {len(result)} {protocol} folds", highlight=False)
+
+
+def _print_folds(info: dict[str, Any]) -> None:
+    table = Table(title=f"folds ({info['protocol']}, seed {info['seed']})", title_justify="left")
+    for col in ("fold", "test", "dev", "train", "dev", "test"):
+        table.add_column(col, justify="right" if col in ("train",) else "left")
+    for f in info["folds"]:
+        table.add_row(
+            f["name"],
+            ",".join(f["test_groups"]) or "-",
+            ",".join(f["dev_groups"]) or "-",
+            str(f["train"]["total"]),
+            str(f["dev"]["total"]),
+            str(f["test"]["total"]),
+        )
+    console.print(table)
+
+
+@app.command()
+def stats(
+    manifest: Path = typer.Argument(..., help="Manifest (JSONL)."),
+    folds_file: Path | None = typer.Option(None, "--folds", help="Also count clips per fold."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Summarise a manifest: clips per label, per speaker, per fold, and durations."""
+    m = Manifest.from_jsonl(manifest)
+    f = Folds.from_json(folds_file, m) if folds_file else None
+    s = summarize(m, f)
+    if as_json:
+        sys.stdout.write(json.dumps(s, indent=2) + "\n")
+        return
+    _print_summary(s)
+
+
+def _print_summary(s: dict[str, Any]) -> None:
+    console.print(
+        f"{s['num_clips']} clips ({s['num_labeled']} labeled), {s['num_speakers']} speakers, "
+        f"corpora: {', '.join(f'{k} ({v})' for k, v in s['corpora'].items())}",
+        highlight=False,
+    )
+    labels = Table(title="clips per label", title_justify="left")
+    labels.add_column("label")
+    labels.add_column("clips", justify="right")
+    labels.add_column("share", justify="right")
+    total = max(1, s["num_labeled"])
+    for lab, n in s["labels"].items():
+        labels.add_row(lab, str(n), f"{100 * n / total:.1f}%")
+    console.print(labels)
+    names = [*s["labels"], "(unlabeled)"]
+    speakers = Table(title="clips per speaker", title_justify="left")
+    speakers.add_column("speaker")
+    for lab in names:
+        speakers.add_column(lab, justify="right")
+    speakers.add_column("total", justify="right")
+    for spk, counts in s["speakers"].items():
+        speakers.add_row(
+            spk, *(str(counts.get(lab, 0)) for lab in names), str(sum(counts.values()))
+        )
+    console.print(speakers)
+    d = s["durations"]
+    if d["num_known"]:
+        console.print(
+            f"durations: {d['total_min']} min in all; min {d['min_s']} s, "
+            f"median {d['median_s']} s, mean {d['mean_s']} s, max {d['max_s']} s "
+            f"({d['num_at_max']} clips at the max); {d['num_unknown']} unknown",
+            highlight=False,
+        )
+    if "folds" in s:
+        _print_folds(s["folds"])
+
+
+@app.command()
+def synth(
+    out_dir: Path = typer.Option(Path("data/synth"), "--out", help="Folder for audio + manifest."),
+    speakers: int = typer.Option(8, min=2, help="Voices used as speakers."),
+    sentences: int = typer.Option(12, min=1, help="Sentences each speaker says in each emotion."),
+    emotions: str = typer.Option(
+        "anger,happiness,neutral,sadness", help="Comma-separated; also fear, disgust."
+    ),
+    snr_db: float | None = typer.Option(None, help="Add noise at this SNR (dB); default clean."),
+    seed: int = typer.Option(0, help="Seed for voices, prosody jitter and noise."),
+) -> None:
+    """Synthesize the built-in demo corpus with espeak-ng (no download)."""
+    from after.data.synth import synthesize
+
+    m = synthesize(
+        out_dir,
+        num_speakers=speakers,
+        num_sentences=sentences,
+        emotions=tuple(e.strip() for e in emotions.split(",") if e.strip()),
+        snr_db=snr_db,
+        seed=seed,
+    )
+    console.print(f"{out_dir / 'manifest.jsonl'}: {len(m)} clips, {len(m.speakers)} speakers")
+
+
+@app.command()
+def demo(
+    out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for everything."),
+    seed: int = typer.Option(0, help="Seed."),
+) -> None:
+    """Run the built-in demo: synthesize a corpus, check it, make folds, summarise."""
+    from after.data.synth import synthesize
+
+    err.print("[bold]1/3[/] synthesizing the demo corpus with espeak-ng")
+    corpus = synthesize(out_dir / "corpus", seed=seed)
+    err.print("[bold]2/3[/] checking the audio")
+    usable, rejected = _validate(corpus, min_duration=0.25, silence_dbfs=-60.0)
+    if rejected:
+        _print_rejections(rejected)
+    usable.to_jsonl(out_dir / "manifest.jsonl")
+    err.print("[bold]3/3[/] leave-one-speaker-out folds")
+    f = make_folds(usable, "loso", seed=seed)
+    f.to_json(out_dir / "folds.json")
+    _print_summary(summarize(usable, f))
+    console.print(
+        f"demo outputs in {out_dir}: manifest.jsonl, folds.json, corpus/", highlight=False
+    )
