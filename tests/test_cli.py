@@ -59,7 +59,8 @@ def test_prepare_fails_only_when_nothing_is_usable(
     data = tmp_path / "corpus" / "anger" / "spk0"
     data.mkdir(parents=True)
     (data / "a.wav").write_text("text")
-    code = run("prepare", "folder", "--data-dir", str(tmp_path / "corpus"), "--out", "m.jsonl")
+    out = str(tmp_path / "m.jsonl")
+    code = run("prepare", "folder", "--data-dir", str(tmp_path / "corpus"), "--out", out)
     assert code == 2
     err = capsys.readouterr().err
     assert "no usable clip" in err and "Traceback" not in err
