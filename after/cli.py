@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from after.config import TaptConfig
 from after.data.audio import validate_manifest, write_rejections
 from after.data.folds import PROTOCOLS, Folds, make_folds
 from after.data.manifest import Manifest
@@ -281,6 +282,49 @@ def synth(
         seed=seed,
     )
     console.print(f"{out_dir / 'manifest.jsonl'}: {len(m)} clips, {len(m.speakers)} speakers")
+
+
+@app.command()
+def tapt(
+    manifest: Path = typer.Option(..., help="Manifest (JSONL).", show_default=False),
+    folds_file: Path = typer.Option(Path("folds.json"), "--folds", help="Folds of this manifest."),
+    fold: str = typer.Option(..., help="Fold name or index; only its training audio is used."),
+    backbone: str = typer.Option(
+        "facebook/wav2vec2-base", help="Hub id (from the local cache), folder, or scratch:SIZE."
+    ),
+    out: Path = typer.Option(
+        ..., help="Output folder (a from_pretrained model).", show_default=False
+    ),
+    steps: int = typer.Option(TaptConfig.steps, min=1, help="Optimiser steps."),
+    batch_size: int = typer.Option(TaptConfig.batch_size, min=1, help="Clips per step and device."),
+    max_seconds: float = typer.Option(TaptConfig.max_seconds, help="Random crop length (s)."),
+    lr: float = typer.Option(TaptConfig.lr, help="Peak learning rate."),
+    freeze_cnn: bool = typer.Option(
+        TaptConfig.freeze_cnn, "--freeze-cnn/--train-cnn", help="Freeze the CNN feature encoder."
+    ),
+    seed: int = typer.Option(TaptConfig.seed, help="Seed for batches, crops, masks and init."),
+    precision: str = typer.Option(TaptConfig.precision, help="auto, no, fp16 or bf16."),
+    save_every: int = typer.Option(TaptConfig.save_every, min=1, help="Checkpoint every N steps."),
+    resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
+) -> None:
+    """Task-adaptive pre-training on one fold's training audio (never its dev or test audio)."""
+    from after.tapt import run_tapt
+
+    m = Manifest.from_jsonl(manifest)
+    chosen = Folds.from_json(folds_file, m).get(int(fold) if fold.isdigit() else fold)
+    config = TaptConfig(
+        steps=steps,
+        batch_size=batch_size,
+        max_seconds=max_seconds,
+        lr=lr,
+        freeze_cnn=freeze_cnn,
+        seed=seed,
+        precision=precision,  # type: ignore[arg-type]  # checked by TaptConfig
+        save_every=save_every,
+    )
+    err.print(f"TAPT of {backbone} on fold {chosen.name}: {len(chosen.train)} training clips")
+    run_tapt(m, chosen, backbone, out, config, resume=resume)
+    console.print(f"{out}: TAPT model (load with from_pretrained); log in {out}/tapt_log.jsonl")
 
 
 @app.command()

@@ -125,3 +125,20 @@ def test_module_entry_point_prints_no_traceback(tmp_path: Path) -> None:
     )
     assert r.returncode == 2
     assert "error:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_tapt_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = tmp_path / "synth"
+    assert run("synth", "--out", str(corpus), "--speakers", "3", "--sentences", "2") == 0
+    m, f = corpus / "manifest.jsonl", tmp_path / "folds.json"
+    assert run("folds", str(m), "--out", str(f)) == 0
+    args = ["tapt", "--manifest", str(m), "--folds", str(f), "--fold", "1"]
+    args += ["--backbone", "scratch:tiny", "--out", str(tmp_path / "t"), "--steps", "3"]
+    assert run(*args) == 0
+    info = json.loads((tmp_path / "t" / "tapt.json").read_text())
+    assert info["fold"] == Folds.from_json(f).get(1).name and info["steps"] == 3
+    capsys.readouterr()
+    assert run(*args) == 2  # the folder holds a finished run: nothing is overwritten
+    assert "--resume" in capsys.readouterr().err
+    bad = [*args[:6], "nosuchfold", *args[7:]]
+    assert run(*bad) == 2 and "nosuchfold" in capsys.readouterr().err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -73,3 +74,49 @@ def tone_corpus(
                     Utterance(utt_id, str(path), label, speaker, corpus, duration_s=duration_s)
                 )
     return Manifest(items)
+
+
+# The shape of every tiny backbone: 2 layers of width 32, the real 7-layer CNN (320x downsampling)
+# with 32 channels. Random init, a few MB, milliseconds per clip.
+_TINY: dict[str, Any] = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "conv_dim": (32,) * 7,
+    "num_conv_pos_embeddings": 16,
+    "num_conv_pos_embedding_groups": 2,
+}
+
+
+def tiny_backbone(out_dir: str | Path, family: str = "wav2vec2", *, seed: int = 0) -> Path:
+    """Save a tiny random-init model of `family` (wav2vec2, hubert, wavlm, data2vec-audio) to
+    `out_dir` with `save_pretrained`, as a stand-in for a downloaded checkpoint."""
+    import torch
+    from transformers import (
+        Data2VecAudioConfig,
+        Data2VecAudioModel,
+        HubertConfig,
+        HubertModel,
+        WavLMConfig,
+        WavLMModel,
+    )
+
+    from after.models.backbones import scratch_config
+
+    torch.manual_seed(seed)
+    if family == "wav2vec2":
+        from transformers import Wav2Vec2ForPreTraining
+
+        model: torch.nn.Module = Wav2Vec2ForPreTraining(scratch_config("tiny"))
+    elif family == "hubert":
+        model = HubertModel(HubertConfig(**_TINY))
+    elif family == "wavlm":
+        model = WavLMModel(WavLMConfig(**_TINY, num_buckets=16, max_bucket_distance=50))
+    elif family == "data2vec-audio":
+        config: dict[str, Any] = {**_TINY, "num_conv_pos_embeddings": 5, "conv_pos_kernel_size": 16}
+        model = Data2VecAudioModel(Data2VecAudioConfig(**config))
+    else:
+        raise ValueError(f"unknown family {family!r}")
+    model.save_pretrained(out_dir)  # type: ignore[operator]
+    return Path(out_dir)

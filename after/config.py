@@ -1,0 +1,79 @@
+"""Settings, one frozen dataclass per concern. Defaults are what the commands use."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Precision = Literal["auto", "no", "fp16", "bf16"]
+
+
+@dataclass(frozen=True)
+class TaptConfig:
+    """Task-adaptive pre-training. Optimiser and schedule defaults follow the AFTER code (lr 1e-4,
+    100 warm-up steps, 5% flat, then linear decay to 0); masking and Gumbel defaults follow
+    wav2vec 2.0 pre-training (Baevski et al. 2020)."""
+
+    steps: int = 2000
+    batch_size: int = 8
+    max_seconds: float = 8.0  # longer clips are cropped at random, anew every time they are drawn
+    lr: float = 1e-4
+    warmup_steps: int = 100
+    flat_ratio: float = 0.05
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    freeze_cnn: bool = False
+    # Masking (both objectives): spans of `mask_length` frames start at `mask_prob` of the frames.
+    mask_prob: float = 0.65
+    mask_length: int = 10
+    min_masks: int = 2
+    # wav2vec 2.0 only: Gumbel-softmax temperature max(end, start * decay**step).
+    gumbel_start: float = 2.0
+    gumbel_end: float = 0.5
+    gumbel_decay: float = 0.999995
+    # HuBERT / WavLM only: k-means targets from a hidden layer of the starting model.
+    kmeans_clusters: int = 100
+    kmeans_layer: int | None = None  # None: the middle layer
+    kmeans_max_frames: int = 200_000  # frames sampled to fit k-means
+    seed: int = 0
+    precision: Precision = "auto"  # auto: bf16 on a GPU that has it, else fp16 on GPU, no on CPU
+    save_every: int = 200
+    keep_checkpoints: int = 2
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        from after.errors import AfterError
+
+        checks = {
+            "steps": self.steps >= 1,
+            "batch_size": self.batch_size >= 1,
+            "max_seconds": self.max_seconds > 0,
+            "lr": self.lr > 0,
+            "warmup_steps": self.warmup_steps >= 0,
+            "flat_ratio": 0 <= self.flat_ratio <= 1,
+            "mask_prob": 0 < self.mask_prob <= 1,
+            "mask_length": self.mask_length >= 1,
+            "kmeans_clusters": self.kmeans_clusters >= 2,
+            "save_every": self.save_every >= 1,
+            "keep_checkpoints": self.keep_checkpoints >= 1,
+            "precision": self.precision in ("auto", "no", "fp16", "bf16"),
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise AfterError(
+                "invalid TAPT setting(s): "
+                + ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def config_hash(obj: Any) -> str:
+    """A short stable hash of a dataclass (or any JSON-able object)."""
+    data = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj  # type: ignore[arg-type]
+    text = json.dumps(data, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

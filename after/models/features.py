@@ -1,0 +1,348 @@
+"""Frozen offline feature backbones: pretrained speech representations that run on a CPU with no
+download, used in place of a wav2vec 2.0 model by the classifier and the active-learning loop.
+
+They are frozen: nothing here is trained or fine-tuned; an utterance always maps to the same vector
+(given the same package versions, which `FeatureBackbone.version` records).
+
+- `egemaps`: openSMILE's eGeMAPSv02 functionals (the extended Geneva Minimalistic Acoustic
+  Parameter Set, Eyben et al. 2016), 88 values per clip: pitch, jitter, shimmer, loudness,
+  formants, spectral slopes, MFCCs, voiced/unvoiced segment statistics. Needs at least 60 ms of
+  audio. Licence: the `opensmile` package's LICENSE (`opensmile-*.dist-info/licenses/LICENSE`) is
+  the *audEERING Research License Agreement*, not an open-source licence (its PyPI classifier says
+  MIT, but the licence text is what binds): free for non-commercial use (teaching, academic
+  research, personal use) and for commercial research aimed at publication or pre-product
+  evaluation; any other commercial use, including using features extracted with it in a product,
+  needs a commercial licence from audEERING GmbH. Cite openSMILE when you publish with it.
+- `resemblyzer`: the speaker encoder bundled with Resemblyzer (a 3-layer LSTM over 40-band mel
+  frames, trained for speaker verification; GE2E), 256 values per clip, L2-normalised, averaged
+  over 1.6 s windows. Licence: Apache-2.0 (`Resemblyzer-*.dist-info/LICENSE`; the weights
+  `pretrained.pt` ship inside that package). Preprocessing: we apply Resemblyzer's own
+  `preprocess_wav` (raise quiet clips to -30 dBFS, cut long non-speech stretches with webrtcvad),
+  because that is the input the encoder was trained on. The VAD can cut a short or non-speech clip
+  to nothing, so when trimming leaves less than 0.25 s we embed the volume-normalised untrimmed clip
+  instead. It describes the voice more than the emotion; it is a baseline.
+
+`embed_manifest` computes one row per utterance and caches each row on disk (layout in the
+comment above `cache_folder`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import threading
+import warnings
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _pkg_version
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from after.data.audio import SAMPLE_RATE, load_audio
+from after.data.manifest import Manifest, Utterance
+from after.errors import AfterError
+
+# Bump when this module's preprocessing changes in a way that changes features: every backbone's
+# version includes it, so old cache entries are left behind rather than reused.
+_CODE_REVISION = "1"
+
+
+def _versions(*packages: str) -> str:
+    """`pkg=1.2.3;...` for the installed packages (`?` where one is not installed)."""
+    parts = []
+    for p in packages:
+        try:
+            parts.append(f"{p}={_pkg_version(p)}")
+        except PackageNotFoundError:
+            parts.append(f"{p}=?")
+    return ";".join(parts)
+
+
+class FeatureBackbone(ABC):
+    """A frozen extractor: 16 kHz mono float32 clip in, one float32 vector of size `dim` out.
+
+    `version` changes whenever the features would change (package versions and settings); caches
+    are keyed on it. Subclasses implement `_embed`; `embed` checks the input and output.
+    """
+
+    name: ClassVar[str]
+    dim: ClassVar[int]
+    version: str
+
+    def embed(self, wave: np.ndarray) -> np.ndarray:
+        """Features of one clip, shape (dim,), float32. Raises AfterError for an unusable input or
+        a non-finite result."""
+        x = np.ascontiguousarray(wave, dtype=np.float32)
+        if x.ndim != 1:
+            raise AfterError(
+                f"{self.name}: expected a mono 1-D wave, got shape {x.shape}; use load_audio"
+            )
+        if x.size == 0:
+            raise AfterError(f"{self.name}: the wave is empty; nothing to embed")
+        if not np.isfinite(x).all():
+            raise AfterError(f"{self.name}: the wave holds NaN or infinite samples")
+        y = np.ascontiguousarray(self._embed(x), dtype=np.float32).reshape(-1)
+        if y.shape != (self.dim,):
+            raise AfterError(f"{self.name}: produced shape {y.shape}, expected ({self.dim},)")
+        if not np.isfinite(y).all():
+            bad = int(np.count_nonzero(~np.isfinite(y)))
+            raise AfterError(
+                f"{self.name}: {bad} of {self.dim} features are NaN or infinite for this clip "
+                f"({x.size / SAMPLE_RATE:.3f} s); the clip is probably too short or silent"
+            )
+        return y
+
+    @abstractmethod
+    def _embed(self, wave: np.ndarray) -> np.ndarray:
+        """The raw features of a checked, non-empty, finite 1-D float32 wave."""
+
+
+class EgemapsBackbone(FeatureBackbone):
+    """openSMILE eGeMAPSv02 functionals, 88-d."""
+
+    name = "egemaps"
+    dim = 88
+    # eGeMAPS' longest analysis window (pitch) is 60 ms; shorter clips give all-NaN functionals.
+    MIN_SAMPLES: ClassVar[int] = 960
+
+    def __init__(self) -> None:
+        self.version = (
+            f"{self.name};rev={_CODE_REVISION};{_versions('opensmile')};"
+            f"set=eGeMAPSv02;level=Functionals;sr={SAMPLE_RATE}"
+        )
+        self._smile: Any = None
+        self._lock = threading.Lock()
+
+    def _extractor(self) -> Any:
+        with self._lock:
+            if self._smile is None:
+                import opensmile
+
+                self._smile = opensmile.Smile(
+                    feature_set=opensmile.FeatureSet.eGeMAPSv02,
+                    feature_level=opensmile.FeatureLevel.Functionals,
+                )
+            return self._smile
+
+    @property
+    def feature_names(self) -> list[str]:
+        """The 88 feature names, in output order (e.g. `F0semitoneFrom27.5Hz_sma3nz_amean`)."""
+        return list(self._extractor().feature_names)
+
+    def _embed(self, wave: np.ndarray) -> np.ndarray:
+        if wave.size < self.MIN_SAMPLES:
+            raise AfterError(
+                f"{self.name}: the clip is {wave.size / SAMPLE_RATE * 1000:.0f} ms; eGeMAPS needs "
+                f"at least {self.MIN_SAMPLES / SAMPLE_RATE * 1000:.0f} ms"
+            )
+        frame = self._extractor().process_signal(wave, SAMPLE_RATE)
+        return np.asarray(frame.to_numpy(), dtype=np.float32)[0]
+
+
+class ResemblyzerBackbone(FeatureBackbone):
+    """Resemblyzer's pretrained speaker encoder, 256-d, with its own preprocessing (see module)."""
+
+    name = "resemblyzer"
+    dim = 256
+    # When VAD trimming leaves less than this, the untrimmed (volume-normalised) clip is embedded.
+    MIN_TRIMMED_S: ClassVar[float] = 0.25
+
+    def __init__(self) -> None:
+        self.version = (
+            f"{self.name};rev={_CODE_REVISION};"
+            f"{_versions('resemblyzer', 'webrtcvad', 'librosa', 'torch')};"
+            f"preprocess=normalize+vad,fallback<{self.MIN_TRIMMED_S}s;sr={SAMPLE_RATE}"
+        )
+        self._encoder: Any = None
+        self._module: Any = None
+        self._lock = threading.Lock()
+
+    def _load(self) -> tuple[Any, Any]:
+        with self._lock:
+            if self._encoder is None:
+                # resemblyzer's imports warn about deprecated pkg_resources / scipy paths.
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    import resemblyzer
+
+                self._module = resemblyzer
+                self._encoder = resemblyzer.VoiceEncoder("cpu", verbose=False)
+            return self._module, self._encoder
+
+    def _embed(self, wave: np.ndarray) -> np.ndarray:
+        if not np.any(wave):
+            raise AfterError(f"{self.name}: the clip is digital silence; nothing to embed")
+        resemblyzer, encoder = self._load()
+        x = resemblyzer.preprocess_wav(wave)
+        if x.size < self.MIN_TRIMMED_S * SAMPLE_RATE:
+            x = resemblyzer.normalize_volume(
+                wave, resemblyzer.hparams.audio_norm_target_dBFS, increase_only=True
+            )
+        return np.asarray(encoder.embed_utterance(np.asarray(x, dtype=np.float32)))
+
+
+FEATURE_BACKBONES: dict[str, type[FeatureBackbone]] = {
+    EgemapsBackbone.name: EgemapsBackbone,
+    ResemblyzerBackbone.name: ResemblyzerBackbone,
+}
+
+
+def is_feature_backbone(spec: str) -> bool:
+    """Whether `spec` names a frozen feature backbone (rather than a transformers backbone)."""
+    return spec in FEATURE_BACKBONES
+
+
+def load_feature_backbone(name: str) -> FeatureBackbone:
+    """A new backbone object by name; its extractor is created on first use."""
+    try:
+        cls = FEATURE_BACKBONES[name]
+    except KeyError:
+        raise AfterError(
+            f"unknown feature backbone {name!r}; known: {', '.join(sorted(FEATURE_BACKBONES))}"
+        ) from None
+    return cls()
+
+
+# ---- on-disk cache
+# -------------------------------------------------------------------------------------------
+#
+# Layout: <cache_dir>/<backbone.name>-<sha256(version)[:12]>/<h[:2]>/<h[2:32]>.feat, where
+# h = sha256(utterance id). One small file per utterance, 256 shard folders (about 400 files each
+# at 100k utterances). A file is: the magic line, one line of JSON ({"id", "size", "mtime_ns",
+# "dim", "crc32"}), then `dim` little-endian float32. An entry is used only when the id, the audio
+# file's size and mtime_ns, the dim and the checksum all match; anything else (a changed file, a
+# truncated or garbled entry) is recomputed and overwritten. Entries are written to a temporary
+# file and renamed, so a killed run leaves the old entry or the new one, never half of one; they
+# are not fsynced (a cache), and a power cut's empty or partial file fails the checks.
+
+_MAGIC = b"AFTER-FEATURES 1\n"
+
+
+def cache_folder(backbone: FeatureBackbone, cache_dir: str | os.PathLike[str]) -> Path:
+    """The folder holding `backbone`'s cached features under `cache_dir`."""
+    tag = hashlib.sha256(backbone.version.encode()).hexdigest()[:12]
+    return Path(cache_dir) / f"{backbone.name}-{tag}"
+
+
+def _entry_path(folder: Path, utt_id: str) -> Path:
+    h = hashlib.sha256(utt_id.encode()).hexdigest()
+    return folder / h[:2] / f"{h[2:32]}.feat"
+
+
+def _read_entry(path: Path, utt_id: str, stat: os.stat_result, dim: int) -> np.ndarray | None:
+    """The cached row, or None when absent, stale or damaged."""
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    if not data.startswith(_MAGIC):
+        return None
+    end = data.find(b"\n", len(_MAGIC))
+    if end < 0:
+        return None
+    try:
+        meta = json.loads(data[len(_MAGIC) : end])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    body = data[end + 1 :]
+    if (
+        not isinstance(meta, dict)
+        or meta.get("id") != utt_id
+        or meta.get("size") != stat.st_size
+        or meta.get("mtime_ns") != stat.st_mtime_ns
+        or meta.get("dim") != dim
+        or len(body) != 4 * dim
+        or meta.get("crc32") != zlib.crc32(body)
+    ):
+        return None
+    return np.frombuffer(body, dtype="<f4").astype(np.float32)
+
+
+def _write_entry(path: Path, utt_id: str, stat: os.stat_result, row: np.ndarray) -> None:
+    body = np.ascontiguousarray(row, dtype="<f4").tobytes()
+    meta = {
+        "id": utt_id,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "dim": int(row.size),
+        "crc32": zlib.crc32(body),
+    }
+    header = json.dumps(meta, ensure_ascii=True).encode() + b"\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise AfterError(
+            f"{path.parent}: cannot write the feature cache here ({e.strerror}); "
+            "choose a writable cache folder"
+        ) from e
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(_MAGIC + header + body)
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise AfterError(f"{path}: writing the feature cache failed ({e.strerror})") from e
+
+
+def embed_manifest(
+    backbone: FeatureBackbone,
+    manifest: Manifest,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    num_workers: int = 1,
+    on_item: Callable[[], None] | None = None,
+) -> np.ndarray:
+    """Features of every utterance, shape (len(manifest), backbone.dim), float32, in manifest order.
+
+    Each clip is loaded whole with `load_audio` (an unusable file raises its `AudioError`, which
+    names the file). With `cache_dir`, rows are read from and written to the cache described above;
+    a hit returns exactly the array computing it would. `num_workers` threads load and embed in
+    parallel; `on_item` is called once per utterance (from a worker thread).
+    """
+    folder = None if cache_dir is None else cache_folder(backbone, cache_dir)
+
+    def one(u: Utterance) -> np.ndarray:
+        row = _embed_one(backbone, u, folder)
+        if on_item is not None:
+            on_item()
+        return row
+
+    if len(manifest) == 0:
+        return np.zeros((0, backbone.dim), dtype=np.float32)
+    if num_workers <= 1:
+        rows = [one(u) for u in manifest]
+    else:
+        with ThreadPoolExecutor(max_workers=num_workers) as pool:
+            rows = list(pool.map(one, manifest))
+    return np.stack(rows).astype(np.float32, copy=False)
+
+
+def _embed_one(backbone: FeatureBackbone, u: Utterance, folder: Path | None) -> np.ndarray:
+    stat: os.stat_result | None = None
+    entry: Path | None = None
+    if folder is not None:
+        try:
+            stat = os.stat(u.path)
+        except OSError:
+            stat = None  # load_audio below raises the precise AudioError
+        if stat is not None:
+            entry = _entry_path(folder, u.id)
+            cached = _read_entry(entry, u.id, stat, backbone.dim)
+            if cached is not None:
+                return cached
+    wave = load_audio(u.path)
+    try:
+        row = backbone.embed(wave)
+    except AfterError as e:
+        raise AfterError(f"{u.path} (utterance {u.id!r}): {e}") from e
+    if entry is not None and stat is not None:
+        _write_entry(entry, u.id, stat, row)
+    return row

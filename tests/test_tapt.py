@@ -1,0 +1,230 @@
+"""Task-adaptive pre-training on tiny models and the synthetic demo corpus."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers import AutoModel
+
+import after.tapt as tapt
+from after.config import TaptConfig
+from after.data.folds import Fold, make_folds
+from after.data.manifest import Manifest
+from after.data.synth import synthesize
+from after.errors import AfterError, FoldError
+from after.testing.dummies import tiny_backbone
+
+FAST = TaptConfig(
+    steps=12,
+    batch_size=4,
+    max_seconds=1.5,
+    warmup_steps=2,
+    save_every=5,
+    log_every=1,
+    kmeans_clusters=8,
+)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Fold]:
+    """4 voices x 3 sentences x 4 emotions; fold 0 trains on 2 voices (24 clips)."""
+    m = synthesize(tmp_path_factory.mktemp("synth"), num_speakers=4, num_sentences=3)
+    return m, make_folds(m, "loso", seed=0).get(0)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {f: tiny_backbone(root / f, f) for f in ("wav2vec2", "hubert", "wavlm")}
+
+
+def _log(out: Path) -> list[dict[str, float]]:
+    return [json.loads(line) for line in (out / tapt.LOG_FILE).read_text().splitlines()]
+
+
+# ---- masks and negatives ------------------------------------------------------------------------
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    lengths=st.lists(st.integers(0, 120), min_size=1, max_size=4),
+    mask_prob=st.floats(0.05, 0.9),
+    seed=st.integers(0, 2**16),
+)
+def test_masks_and_negatives_stay_inside_each_clip(
+    lengths: list[int], mask_prob: float, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    frames = max(lengths) + 3  # some padding after the longest clip too
+    mask = tapt.span_mask(
+        np.array(lengths), frames, mask_prob=mask_prob, mask_length=10, min_masks=2, rng=rng
+    )
+    negatives = tapt.sample_negatives(mask, 7, rng)
+    for b, n in enumerate(lengths):
+        assert not mask[b, n:].any()  # padding is never masked
+        if n >= 2:
+            assert mask[b].sum() >= min(2, n)
+        masked = np.flatnonzero(mask[b])
+        for t in masked:
+            if masked.size < 2:
+                continue
+            drawn = negatives[b, t] - b * frames
+            assert set(drawn) <= set(masked)  # masked, so valid, frames of the same clip
+            assert t not in drawn  # never the positive itself
+
+
+def test_schedule_warms_up_stays_flat_then_decays_to_zero() -> None:
+    c = TaptConfig(steps=200, warmup_steps=100, flat_ratio=0.05)
+    f = [tapt.lr_factor(s, c) for s in range(200)]
+    assert f[0] == pytest.approx(0.01) and f[99] == 1.0
+    assert f[100:110] == [1.0] * 10
+    assert all(a >= b for a, b in itertools.pairwise(f[110:]))
+    assert f[199] == pytest.approx(1 / 90)
+
+
+# ---- what TAPT may read ------------------------------------------------------------------------
+
+
+def test_tapt_reads_training_audio_only(
+    corpus: tuple[Manifest, Fold],
+    models: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    m, fold = corpus
+    read: list[str] = []
+    real_load = tapt.load_audio
+
+    def spy(path: str, **kwargs: object) -> np.ndarray:
+        read.append(str(path))
+        return real_load(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tapt, "load_audio", spy)
+    for family in ("wav2vec2", "hubert"):  # hubert also reads audio to fit k-means
+        tapt.run_tapt(m, fold, str(models[family]), tmp_path / family, FAST, progress=False)
+    train = {m[i].path for i in fold.train}
+    held_out = {m[i].path for i in [*fold.dev, *fold.test]}
+    assert read and set(read) <= train
+    assert not set(read) & held_out
+
+
+def test_a_fold_that_leaks_is_refused(corpus: tuple[Manifest, Fold]) -> None:
+    m, fold = corpus
+    leaky = Fold(fold.name, [*fold.train, fold.test[0]], fold.dev, fold.test, [], [])
+    with pytest.raises(FoldError, match="also held out"):
+        tapt.tapt_ids(m, leaky)
+
+
+# ---- wav2vec 2.0 ---------------------------------------------------------------------------------
+
+
+def test_wav2vec2_tapt_learns_and_saves_a_loadable_model(
+    corpus: tuple[Manifest, Fold], models: dict[str, Path], tmp_path: Path
+) -> None:
+    m, fold = corpus
+    # A random-init model sits at chance (ln 21 with 20 negatives) for ~100 steps, then learns.
+    config = TaptConfig(
+        steps=300, batch_size=4, max_seconds=1.5, lr=5e-3, warmup_steps=5, log_every=1
+    )
+    out = tapt.run_tapt(m, fold, str(models["wav2vec2"]), tmp_path / "out", config, progress=False)
+    log = _log(out)
+    assert [r["step"] for r in log] == list(range(1, 301))
+    chance = np.log(1 + 20)
+    first = np.mean([r["contrastive"] for r in log[:10]])
+    last = np.mean([r["contrastive"] for r in log[-20:]])
+    assert last < min(first, chance) - 0.1, (first, last)
+    assert all(np.isfinite(r["grad_norm"]) for r in log)
+
+    start = AutoModel.from_pretrained(models["wav2vec2"])
+    after = AutoModel.from_pretrained(out)
+    assert type(after).__name__ == "Wav2Vec2Model"
+    changed = [
+        name
+        for name, p in after.state_dict().items()
+        if name.startswith("encoder.") and not torch.equal(p, start.state_dict()[name])
+    ]
+    assert len(changed) > 10
+    info = json.loads((out / tapt.DONE_FILE).read_text())
+    assert info["fold"] == fold.name and info["num_clips"] == len(fold.train)
+    assert (out / "preprocessor_config.json").is_file()
+
+
+def test_frozen_cnn_stays_put(
+    corpus: tuple[Manifest, Fold], models: dict[str, Path], tmp_path: Path
+) -> None:
+    m, fold = corpus
+    config = TaptConfig(**{**FAST.to_dict(), "freeze_cnn": True, "steps": 4})
+    out = tapt.run_tapt(m, fold, str(models["wav2vec2"]), tmp_path / "o", config, progress=False)
+    start = AutoModel.from_pretrained(models["wav2vec2"]).state_dict()
+    for name, p in AutoModel.from_pretrained(out).state_dict().items():
+        if name.startswith("feature_extractor."):
+            assert torch.equal(p, start[name]), name
+
+
+def test_resume_after_a_kill_gives_the_uninterrupted_result(
+    corpus: tuple[Manifest, Fold],
+    models: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    m, fold = corpus
+    backbone = str(models["wav2vec2"])
+    whole = tapt.run_tapt(m, fold, backbone, tmp_path / "whole", FAST, progress=False)
+
+    real_batch = tapt._Stream.batch
+
+    def killed_at_8(self: tapt._Stream, g: int) -> tapt._Batch:
+        if g == 8:
+            raise KeyboardInterrupt
+        return real_batch(self, g)
+
+    monkeypatch.setattr(tapt._Stream, "batch", killed_at_8)
+    with pytest.raises(KeyboardInterrupt):
+        tapt.run_tapt(m, fold, backbone, tmp_path / "cut", FAST, progress=False)
+    assert [p.name for p in (tmp_path / "cut" / tapt.CHECKPOINTS).iterdir()] == ["step_5"]
+    with pytest.raises(AfterError, match="--resume"):
+        tapt.run_tapt(m, fold, backbone, tmp_path / "cut", FAST, progress=False)
+    other = TaptConfig(**{**FAST.to_dict(), "lr": 1e-3})
+    with pytest.raises(AfterError, match="different TAPT run"):
+        tapt.run_tapt(m, fold, backbone, tmp_path / "cut", other, resume=True, progress=False)
+
+    monkeypatch.setattr(tapt._Stream, "batch", real_batch)
+    cut = tapt.run_tapt(m, fold, backbone, tmp_path / "cut", FAST, resume=True, progress=False)
+    assert json.loads((cut / tapt.DONE_FILE).read_text())["resumed_from_step"] == 5
+    assert [r["step"] for r in _log(cut)][-7:] == list(range(6, 13))
+    a = AutoModel.from_pretrained(whole).state_dict()
+    b = AutoModel.from_pretrained(cut).state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+# ---- HuBERT / WavLM ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["hubert", "wavlm"])
+def test_masked_prediction_tapt(
+    family: str, corpus: tuple[Manifest, Fold], models: dict[str, Path], tmp_path: Path
+) -> None:
+    m, fold = corpus
+    out = tapt.run_tapt(m, fold, str(models[family]), tmp_path / family, FAST, progress=False)
+    log = _log(out)
+    assert len(log) == FAST.steps and all(0 <= r["masked_accuracy"] <= 1 for r in log)
+    reloaded = AutoModel.from_pretrained(out)
+    assert reloaded.config.model_type == family
+    with np.load(out / tapt.KMEANS_FILE) as targets:
+        assert targets["centroids"].shape == (8, 32)
+        assert {str(i) for i in targets["ids"]} == set(fold.train)
+
+
+def test_data2vec_has_no_tapt_objective(corpus: tuple[Manifest, Fold], tmp_path: Path) -> None:
+    m, fold = corpus
+    d2v = tiny_backbone(tmp_path / "d2v", "data2vec-audio")
+    with pytest.raises(AfterError, match="not data2vec-audio"):
+        tapt.run_tapt(m, fold, str(d2v), tmp_path / "out", FAST, progress=False)
