@@ -43,7 +43,7 @@ from after.config import TaptConfig, config_hash
 from after.data.audio import SAMPLE_RATE, load_audio
 from after.data.batching import bucket_batches
 from after.data.folds import Fold
-from after.data.manifest import Manifest
+from after.data.manifest import Manifest, Utterance
 from after.errors import AfterError, AudioError, FoldError
 from after.io import atomic_write_json
 from after.models.backbones import (
@@ -278,7 +278,12 @@ def fit_kmeans_targets(
     encoder: Any, stream: _Stream, config: TaptConfig, device: torch.device
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """k-means on one hidden layer of `encoder` over the stream's clips; returns the centroids
-    (K, D) and each clip's per-frame cluster ids (whole clips, not crops)."""
+    (K, D) and each clip's per-frame cluster ids (whole clips, not crops).
+
+    Memory stays bounded on large corpora: k-means is fitted on the frames of clips drawn at random
+    until `kmeans_max_frames` are collected; then every clip is encoded again and only its cluster
+    ids are kept.
+    """
     from sklearn.cluster import MiniBatchKMeans
 
     num_layers: int = encoder.config.num_hidden_layers
@@ -287,28 +292,40 @@ def fit_kmeans_targets(
         raise AfterError(f"kmeans_layer={layer}: the model has hidden layers 0..{num_layers}")
     was_training = encoder.training
     encoder.eval()
-    features: dict[str, np.ndarray] = {}
-    for u in stream.utts:
+
+    def hidden(u: Utterance) -> np.ndarray | None:
+        if u.id in stream.skipped:
+            return None
         try:
             wave = load_audio(u.path)
         except AudioError as e:
             logger.warning("TAPT skips %s: %s", u.id, e)
             stream.skipped[u.id] = str(e)
-            continue
+            return None
         x = stream.fe(wave, sampling_rate=SAMPLE_RATE, return_tensors="pt")["input_values"]
         out = encoder(x.to(device), output_hidden_states=True)
-        features[u.id] = out.hidden_states[layer][0].float().cpu().numpy()
-    encoder.train(was_training)
-    if not features:
-        raise AfterError("TAPT: no readable training clip to fit k-means on")
-    frames = np.concatenate(list(features.values()))
+        return np.asarray(out.hidden_states[layer][0].float().cpu().numpy())
+
     rng = _rng(config.seed, "kmeans")
+    sample: list[np.ndarray] = []
+    for i in rng.permutation(len(stream.utts)):
+        if sum(len(f) for f in sample) >= config.kmeans_max_frames:
+            break
+        if (f := hidden(stream.utts[i])) is not None:
+            sample.append(f)
+    if not sample:
+        raise AfterError("TAPT: no readable training clip to fit k-means on")
+    frames = np.concatenate(sample)
     if len(frames) > config.kmeans_max_frames:
         frames = frames[rng.choice(len(frames), config.kmeans_max_frames, replace=False)]
     k = min(config.kmeans_clusters, len(frames))
     kmeans = MiniBatchKMeans(n_clusters=k, random_state=config.seed, n_init=3, batch_size=4096)
     kmeans.fit(frames)
-    targets = {i: kmeans.predict(f).astype(np.int64) for i, f in features.items()}
+    targets = {}
+    for u in stream.utts:
+        if (f := hidden(u)) is not None:
+            targets[u.id] = kmeans.predict(f).astype(np.int16 if k <= 2**15 else np.int32)
+    encoder.train(was_training)
     return kmeans.cluster_centers_.astype(np.float32), targets
 
 
