@@ -1,0 +1,106 @@
+"""Classification metrics of speech emotion recognition, and their summary across folds and seeds.
+
+- UA, unweighted accuracy: the mean of per-class recalls over the classes present in the
+  reference (scikit-learn's `balanced_accuracy_score`). The headline metric: it does not reward
+  predicting the majority class.
+- WA, weighted accuracy: plain accuracy (each clip counts once; classes weigh by their size).
+- macro-F1: the mean of per-class F1 over the classes present in the reference or the predictions
+  (a class never predicted and never present does not count); micro-F1 equals WA for one label per
+  clip and is reported for completeness.
+- the confusion matrix, rows = reference, columns = prediction, in the order of `labels`.
+
+Predictions and references are class indices into `labels`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from after.errors import AfterError
+
+
+def confusion_matrix(y_true: Sequence[int], y_pred: Sequence[int], num_classes: int) -> np.ndarray:
+    """Counts (num_classes, num_classes): [i, j] = clips of class i predicted as j."""
+    t, p = _check(y_true, y_pred, num_classes)
+    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(cm, (t, p), 1)
+    return cm
+
+
+def classification_scores(
+    y_true: Sequence[int], y_pred: Sequence[int], labels: Sequence[str]
+) -> dict[str, Any]:
+    """UA, WA, macro-F1, micro-F1, per-class recall / precision / F1 / support, and the
+    confusion matrix (as nested lists), for one evaluation."""
+    cm = confusion_matrix(y_true, y_pred, len(labels))
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+    hits = np.diag(cm)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = np.where(support > 0, hits / support, 0.0)
+        precision = np.where(predicted > 0, hits / predicted, 0.0)
+        f1 = np.where(recall + precision > 0, 2 * recall * precision / (recall + precision), 0.0)
+    present = support > 0
+    counted = present | (predicted > 0)
+    wa = float(hits.sum() / cm.sum())
+    return {
+        "ua": float(recall[present].mean()),
+        "wa": wa,
+        "macro_f1": float(f1[counted].mean()),
+        "micro_f1": wa,
+        "num_clips": int(cm.sum()),
+        "per_class": {
+            label: {
+                "recall": float(recall[i]),
+                "precision": float(precision[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, label in enumerate(labels)
+        },
+        "labels": list(labels),
+        "confusion": cm.tolist(),
+    }
+
+
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+    """Mean, sample standard deviation (n - 1; 0 for one value) and n of `values`."""
+    if not values:
+        raise AfterError("no values to summarise")
+    x = np.asarray(values, dtype=float)
+    std = float(x.std(ddof=1)) if x.size > 1 else 0.0
+    return {"mean": float(x.mean()), "std": std, "n": int(x.size)}
+
+
+def summarize(
+    results: Sequence[dict[str, Any]], keys: Sequence[str] = ("ua", "wa", "macro_f1")
+) -> dict[str, Any]:
+    """Mean ± std of each metric in `keys` over several evaluations (folds x seeds)."""
+    return {k: mean_std([r[k] for r in results]) for k in keys}
+
+
+def format_mean_std(summary: dict[str, float], scale: float = 100.0, digits: int = 2) -> str:
+    """E.g. "63.21 ± 4.05 (n=10)" (percent by default)."""
+    mean, std = summary["mean"] * scale, summary["std"] * scale
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{mean:.{digits}f} ± {std:.{digits}f} (n={summary['n']})"
+
+
+def _check(
+    y_true: Sequence[int], y_pred: Sequence[int], num_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    t = np.asarray(y_true, dtype=np.int64)
+    p = np.asarray(y_pred, dtype=np.int64)
+    if t.shape != p.shape or t.ndim != 1:
+        raise AfterError(f"references {t.shape} and predictions {p.shape} must be equal-length 1-D")
+    if t.size == 0:
+        raise AfterError("no clips to score")
+    for name, a in (("reference", t), ("prediction", p)):
+        if a.min() < 0 or a.max() >= num_classes:
+            raise AfterError(f"a {name} class index is outside 0..{num_classes - 1}")
+    return t, p

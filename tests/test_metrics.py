@@ -1,0 +1,70 @@
+"""Metrics agree with scikit-learn on random and edge-case predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from sklearn import metrics as sk
+
+from after.errors import AfterError
+from after.metrics import (
+    classification_scores,
+    confusion_matrix,
+    format_mean_std,
+    mean_std,
+    summarize,
+)
+
+LABELS = ["anger", "happiness", "neutral", "sadness"]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # scikit-learn's notes on degenerate cases
+@settings(max_examples=200, deadline=None)
+@given(
+    pairs=st.lists(
+        st.tuples(st.integers(0, len(LABELS) - 1), st.integers(0, len(LABELS) - 1)),
+        min_size=1,
+        max_size=60,
+    )
+)
+def test_scores_match_scikit_learn(pairs: list[tuple[int, int]]) -> None:
+    y_true, y_pred = (list(x) for x in zip(*pairs, strict=True))
+    s = classification_scores(y_true, y_pred, LABELS)
+    assert s["ua"] == pytest.approx(sk.balanced_accuracy_score(y_true, y_pred))
+    assert s["wa"] == pytest.approx(sk.accuracy_score(y_true, y_pred))
+    assert s["macro_f1"] == pytest.approx(
+        sk.f1_score(y_true, y_pred, average="macro", zero_division=0)
+    )
+    assert s["micro_f1"] == pytest.approx(sk.f1_score(y_true, y_pred, average="micro"))
+    expected = sk.confusion_matrix(y_true, y_pred, labels=range(len(LABELS)))
+    assert (np.array(s["confusion"]) == expected).all()
+    recall = sk.recall_score(
+        y_true, y_pred, labels=range(len(LABELS)), average=None, zero_division=0
+    )
+    assert [s["per_class"][c]["recall"] for c in LABELS] == pytest.approx(recall)
+
+
+def test_ua_is_not_fooled_by_the_majority_class() -> None:
+    y_true = [0] * 90 + [1] * 10
+    s = classification_scores(y_true, [0] * 100, ["neutral", "anger"])
+    assert s["wa"] == 0.9 and s["ua"] == 0.5
+
+
+def test_bad_inputs_are_clear_errors() -> None:
+    with pytest.raises(AfterError, match="equal-length"):
+        confusion_matrix([0, 1], [0], 2)
+    with pytest.raises(AfterError, match=r"outside 0\.\.1"):
+        confusion_matrix([0, 2], [0, 1], 2)
+    with pytest.raises(AfterError, match="no clips"):
+        confusion_matrix([], [], 2)
+
+
+def test_mean_std_across_folds() -> None:
+    s = mean_std([0.5, 0.7, 0.6])
+    assert s["mean"] == pytest.approx(0.6) and s["std"] == pytest.approx(0.1) and s["n"] == 3
+    assert mean_std([0.4])["std"] == 0.0
+    runs = [{"ua": 0.5, "wa": 0.6, "macro_f1": 0.4}, {"ua": 0.7, "wa": 0.8, "macro_f1": 0.6}]
+    assert summarize(runs)["wa"]["mean"] == pytest.approx(0.7)
+    assert format_mean_std(s) == "60.00 ± 10.00 (n=3)"
