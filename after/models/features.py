@@ -22,19 +22,14 @@ They are frozen: nothing here is trained or fine-tuned; an utterance always maps
   to nothing, so when trimming leaves less than 0.25 s we embed the volume-normalised untrimmed clip
   instead. It describes the voice more than the emotion; it is a baseline.
 
-`embed_manifest` computes one row per utterance and caches each row on disk (layout in the
-comment above `cache_folder`).
+`embed_manifest` computes one row per utterance and caches each row on disk (see `after.cache`).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import tempfile
 import threading
 import warnings
-import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +40,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from after.cache import ArrayCache
+from after.cache import cache_folder as _cache_folder
 from after.data.audio import SAMPLE_RATE, load_audio
 from after.data.manifest import Manifest, Utterance
 from after.errors import AfterError
@@ -210,86 +207,9 @@ def load_feature_backbone(name: str) -> FeatureBackbone:
     return cls()
 
 
-# ---- on-disk cache
-# -------------------------------------------------------------------------------------------
-#
-# Layout: <cache_dir>/<backbone.name>-<sha256(version)[:12]>/<h[:2]>/<h[2:32]>.feat, where
-# h = sha256(utterance id). One small file per utterance, 256 shard folders (about 400 files each
-# at 100k utterances). A file is: the magic line, one line of JSON ({"id", "size", "mtime_ns",
-# "dim", "crc32"}), then `dim` little-endian float32. An entry is used only when the id, the audio
-# file's size and mtime_ns, the dim and the checksum all match; anything else (a changed file, a
-# truncated or garbled entry) is recomputed and overwritten. Entries are written to a temporary
-# file and renamed, so a killed run leaves the old entry or the new one, never half of one; they
-# are not fsynced (a cache), and a power cut's empty or partial file fails the checks.
-
-_MAGIC = b"AFTER-FEATURES 1\n"
-
-
 def cache_folder(backbone: FeatureBackbone, cache_dir: str | os.PathLike[str]) -> Path:
-    """The folder holding `backbone`'s cached features under `cache_dir`."""
-    tag = hashlib.sha256(backbone.version.encode()).hexdigest()[:12]
-    return Path(cache_dir) / f"{backbone.name}-{tag}"
-
-
-def _entry_path(folder: Path, utt_id: str) -> Path:
-    h = hashlib.sha256(utt_id.encode()).hexdigest()
-    return folder / h[:2] / f"{h[2:32]}.feat"
-
-
-def _read_entry(path: Path, utt_id: str, stat: os.stat_result, dim: int) -> np.ndarray | None:
-    """The cached row, or None when absent, stale or damaged."""
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    if not data.startswith(_MAGIC):
-        return None
-    end = data.find(b"\n", len(_MAGIC))
-    if end < 0:
-        return None
-    try:
-        meta = json.loads(data[len(_MAGIC) : end])
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return None
-    body = data[end + 1 :]
-    if (
-        not isinstance(meta, dict)
-        or meta.get("id") != utt_id
-        or meta.get("size") != stat.st_size
-        or meta.get("mtime_ns") != stat.st_mtime_ns
-        or meta.get("dim") != dim
-        or len(body) != 4 * dim
-        or meta.get("crc32") != zlib.crc32(body)
-    ):
-        return None
-    return np.frombuffer(body, dtype="<f4").astype(np.float32)
-
-
-def _write_entry(path: Path, utt_id: str, stat: os.stat_result, row: np.ndarray) -> None:
-    body = np.ascontiguousarray(row, dtype="<f4").tobytes()
-    meta = {
-        "id": utt_id,
-        "size": stat.st_size,
-        "mtime_ns": stat.st_mtime_ns,
-        "dim": int(row.size),
-        "crc32": zlib.crc32(body),
-    }
-    header = json.dumps(meta, ensure_ascii=True).encode() + b"\n"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise AfterError(
-            f"{path.parent}: cannot write the feature cache here ({e.strerror}); "
-            "choose a writable cache folder"
-        ) from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(_MAGIC + header + body)
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise AfterError(f"{path}: writing the feature cache failed ({e.strerror})") from e
+    """The folder holding `backbone`'s cached features under `cache_dir` (see `after.cache`)."""
+    return _cache_folder(cache_dir, backbone.name, backbone.version)
 
 
 def embed_manifest(
@@ -307,10 +227,10 @@ def embed_manifest(
     a hit returns exactly the array computing it would. `num_workers` threads load and embed in
     parallel; `on_item` is called once per utterance (from a worker thread).
     """
-    folder = None if cache_dir is None else cache_folder(backbone, cache_dir)
+    cache = None if cache_dir is None else ArrayCache(cache_folder(backbone, cache_dir))
 
     def one(u: Utterance) -> np.ndarray:
-        row = _embed_one(backbone, u, folder)
+        row = _embed_one(backbone, u, cache)
         if on_item is not None:
             on_item()
         return row
@@ -325,24 +245,16 @@ def embed_manifest(
     return np.stack(rows).astype(np.float32, copy=False)
 
 
-def _embed_one(backbone: FeatureBackbone, u: Utterance, folder: Path | None) -> np.ndarray:
-    stat: os.stat_result | None = None
-    entry: Path | None = None
-    if folder is not None:
-        try:
-            stat = os.stat(u.path)
-        except OSError:
-            stat = None  # load_audio below raises the precise AudioError
-        if stat is not None:
-            entry = _entry_path(folder, u.id)
-            cached = _read_entry(entry, u.id, stat, backbone.dim)
-            if cached is not None:
-                return cached
+def _embed_one(backbone: FeatureBackbone, u: Utterance, cache: ArrayCache | None) -> np.ndarray:
+    if cache is not None:
+        cached = cache.get(u)
+        if cached is not None and cached.shape == (backbone.dim,) and cached.dtype == np.float32:
+            return cached
     wave = load_audio(u.path)
     try:
         row = backbone.embed(wave)
     except AfterError as e:
         raise AfterError(f"{u.path} (utterance {u.id!r}): {e}") from e
-    if entry is not None and stat is not None:
-        _write_entry(entry, u.id, stat, row)
+    if cache is not None:
+        cache.put(u, row)
     return row
