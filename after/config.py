@@ -77,3 +77,59 @@ def config_hash(obj: Any) -> str:
     data = dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj  # type: ignore[arg-type]
     text = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Fine-tuning a classifier (the V-FT baseline and every active-learning round).
+
+    The backbone and its new head learn at different rates (`lr`, `head_lr`); a frozen feature
+    backbone has only the head. Warm-up over `warmup_ratio` of the steps, then linear decay.
+    """
+
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 5e-5
+    head_lr: float = 1e-3
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    patience: int = 5  # epochs without a better dev UA before stopping; 0: never stop early
+    max_seconds: float = 8.0  # training clips are cropped at random to this length
+    max_eval_seconds: float = 30.0  # evaluation sees the centre of longer clips
+    freeze_cnn: bool = True
+    cache_cnn: bool = True  # cache frozen CNN outputs per clip (only with freeze_cnn)
+    class_weighted: bool = True  # loss weighted by inverse class frequency of the labeled set
+    soft_labels: bool = False  # train on annotator vote distributions where `votes` exist
+    spec_time_prob: float = 0.05  # SpecAugment on the encoder's input frames during training
+    spec_feature_prob: float = 0.0
+    seed: int = 0
+    precision: Precision = "auto"
+    eval_batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        from after.errors import AfterError
+
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": self.lr > 0,
+            "head_lr": self.head_lr > 0,
+            "warmup_ratio": 0 <= self.warmup_ratio < 1,
+            "patience": self.patience >= 0,
+            "max_seconds": self.max_seconds > 0,
+            "max_eval_seconds": self.max_eval_seconds > 0,
+            "spec_time_prob": 0 <= self.spec_time_prob < 1,
+            "spec_feature_prob": 0 <= self.spec_feature_prob < 1,
+            "eval_batch_size": self.eval_batch_size >= 1,
+            "precision": self.precision in ("auto", "no", "fp16", "bf16"),
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise AfterError(
+                "invalid training setting(s): "
+                + ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -44,6 +44,7 @@ from after.data.audio import SAMPLE_RATE, load_audio
 from after.data.batching import bucket_batches
 from after.data.folds import Fold
 from after.data.manifest import Manifest, Utterance
+from after.dist import accelerator as make_accelerator
 from after.errors import AfterError, AudioError, FoldError
 from after.io import atomic_write_json
 from after.models.backbones import (
@@ -359,14 +360,6 @@ def lr_factor(step: int, config: TaptConfig) -> float:
     return max(0.0, (config.steps - step) / decay) if decay else 1.0
 
 
-def _precision(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    if not torch.cuda.is_available():
-        return "no"
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-
-
 def _latest_checkpoint(out_dir: Path) -> Path | None:
     done = [p for p in (out_dir / CHECKPOINTS).glob("step_*") if (p / STATE_FILE).is_file()]
     return max(done, key=lambda p: int(p.name.removeprefix("step_")), default=None)
@@ -398,8 +391,6 @@ def run_tapt(
 ) -> Path:
     """Continue `backbone`'s self-supervised training on `fold`'s training audio; returns
     `out_dir`, a folder that `AutoModel.from_pretrained` loads (see the module docstring)."""
-    from accelerate import Accelerator
-
     config = config or TaptConfig()
     out = Path(out_dir)
     ids = tapt_ids(manifest, fold)
@@ -414,7 +405,7 @@ def run_tapt(
     key = _run_key(backbone, fold, ids, config)
     checkpoint = _prepare_out_dir(out, key, resume)
 
-    accelerator = Accelerator(mixed_precision=_precision(config.precision))
+    accelerator = make_accelerator(config.precision)
     torch.manual_seed(config.seed)
     stream = _Stream(manifest, ids, config, model_config, load_feature_extractor(backbone))
 

@@ -14,7 +14,9 @@ Families: wav2vec 2.0, HuBERT, WavLM and data2vec-audio (`FAMILIES`), all throug
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +25,14 @@ from transformers import (
     AutoConfig,
     AutoFeatureExtractor,
     AutoModel,
+    AutoModelForAudioClassification,
     PretrainedConfig,
     PreTrainedModel,
     Wav2Vec2Config,
     Wav2Vec2FeatureExtractor,
     Wav2Vec2ForPreTraining,
 )
+from transformers.utils import logging as hf_logging
 
 from after.data.audio import SAMPLE_RATE
 from after.errors import AfterError
@@ -119,7 +123,30 @@ def load_backbone(spec: str, *, pretraining: bool = False) -> PreTrainedModel:
         Wav2Vec2ForPreTraining if pretraining and config.model_type == "wav2vec2" else AutoModel
     )
     try:
-        model: PreTrainedModel = cls.from_pretrained(source, local_files_only=local_only)
+        with _quiet():
+            model: PreTrainedModel = cls.from_pretrained(source, local_files_only=local_only)
+    except (OSError, ValueError) as e:
+        raise _not_found(spec, source, e) from None
+    return model
+
+
+def load_audio_classifier(spec: str, **config_changes: Any) -> PreTrainedModel:
+    """Backbone `spec` with transformers' audio-classification head (linear projection, mean
+    pooling over valid frames, linear classifier), new and random; `config_changes` (num_labels,
+    id2label, SpecAugment settings, ...) are set on its config first. The result is a stock
+    `*ForSequenceClassification`, so a saved one loads in `transformers.pipeline`."""
+    config = load_config(spec)
+    for key, value in config_changes.items():
+        setattr(config, key, value)
+    if spec.startswith(SCRATCH_PREFIX):
+        scratch: PreTrainedModel = AutoModelForAudioClassification.from_config(config)
+        return scratch
+    source, local_only = _source(spec)
+    try:
+        with _quiet():
+            model: PreTrainedModel = AutoModelForAudioClassification.from_pretrained(
+                source, config=config, local_files_only=local_only
+            )
     except (OSError, ValueError) as e:
         raise _not_found(spec, source, e) from None
     return model
@@ -173,6 +200,20 @@ def num_frames(config: PretrainedConfig, num_samples: torch.Tensor) -> torch.Ten
     for kernel, stride in zip(config.conv_kernel, config.conv_stride, strict=True):
         lengths = torch.div(lengths - kernel, stride, rounding_mode="floor") + 1
     return lengths.clamp(min=0)
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence transformers' per-load progress bar and report of new or unused weights: a new
+    classification head, or a pre-training head left out, is what we ask for."""
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        hf_logging.enable_progress_bar()
 
 
 def _source(spec: str) -> tuple[str, bool]:

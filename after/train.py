@@ -1,0 +1,526 @@
+"""Fine-tuning an emotion classifier on labeled clips, model selection on dev, and prediction.
+
+`fit` is one readable loop over HF Accelerate: length-bucketed batches, reshuffled every epoch
+(every labeled clip, old or newly acquired, is seen every epoch); loss weighted by the inverse class
+frequency of the labeled set, against hard labels or annotator vote distributions; the epoch with
+the best dev UA is kept; training stops after `patience` epochs without improvement.
+
+With a frozen CNN feature encoder (the default), its outputs never change, so they are computed
+once per clip and cached on disk (`after.cache`), keyed on a hash of the CNN weights: epochs and
+active-learning rounds then run only the transformer. A frozen feature backbone (`egemaps`,
+`resemblyzer`) is cached the same way, one vector per clip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import math
+import os
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from after.cache import ArrayCache, cache_folder
+from after.config import TrainConfig
+from after.data.audio import SAMPLE_RATE, load_audio
+from after.data.batching import bucket_batches
+from after.data.manifest import Manifest, Utterance
+from after.dist import accelerator as make_accelerator
+from after.errors import AfterError
+from after.metrics import classification_scores
+from after.models.classifier import Classifier, new_classifier
+
+logger = logging.getLogger(__name__)
+
+_CNN_CACHE_REVISION = "1"
+
+
+@dataclass
+class FitResult:
+    classifier: Classifier
+    best_epoch: int  # 1-based; the last epoch when there is no dev set
+    dev: dict[str, Any] | None  # scores of the kept epoch on dev
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# ---- targets and loss ----------------------------------------------------------------------------
+
+
+def label_targets(utts: Sequence[Utterance], labels: Sequence[str], soft: bool) -> np.ndarray:
+    """(N, C) target distributions: one-hot labels, or with `soft` the annotators' votes over
+    `labels` where a clip has them (votes for other categories are ignored)."""
+    index = {label: i for i, label in enumerate(labels)}
+    q = np.zeros((len(utts), len(labels)))
+    for n, u in enumerate(utts):
+        if u.label not in index:
+            raise AfterError(
+                f"utterance {u.id!r} has label {u.label!r}, not one of {list(labels)}; "
+                "relabel it or leave it out"
+            )
+        votes = {k: v for k, v in (u.votes or {}).items() if k in index} if soft else {}
+        if sum(votes.values()) > 0:
+            for k, v in votes.items():
+                q[n, index[k]] = v
+            q[n] /= q[n].sum()
+        else:
+            q[n, index[u.label]] = 1.0
+    return q
+
+
+def class_weights(targets: np.ndarray) -> np.ndarray:
+    """Inverse class frequency of the labeled set, N / (C_present * n_c) (scikit-learn's
+    "balanced"); 0 for a class with no labeled clip yet. Soft targets count fractionally."""
+    counts = targets.sum(axis=0)
+    present = counts > 0
+    w = np.zeros_like(counts)
+    w[present] = counts.sum() / (present.sum() * counts[present])
+    return w
+
+
+def weighted_soft_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """Cross-entropy against target distributions, each clip weighted by its targets' class
+    weight; for one-hot targets exactly `F.cross_entropy(logits, y, weight=weights)`."""
+    log_p = torch.log_softmax(logits.float(), dim=-1)
+    clip_weight = targets @ weights
+    per_clip = -(targets * log_p).sum(dim=-1)
+    return (clip_weight * per_clip).sum() / clip_weight.sum().clamp(min=1e-12)
+
+
+# ---- inputs -------------------------------------------------------------------------------------
+
+
+def _rng(seed: int, *keys: object) -> np.random.Generator:
+    return np.random.default_rng([seed, *(zlib.crc32(str(k).encode()) for k in keys)])
+
+
+class _Passthrough(nn.Module):
+    """Stands in for the CNN feature encoder: cached CNN outputs (B, C, T) pass through as they
+    are; waveforms (B, S) still go through the CNN."""
+
+    def __init__(self, cnn: nn.Module) -> None:
+        super().__init__()
+        self.cnn = cnn
+        self._requires_grad = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = x if x.dim() == 3 else self.cnn(x)
+        return out
+
+
+def _cnn_owner(model: nn.Module) -> tuple[nn.Module, str]:
+    for module in model.modules():
+        if isinstance(getattr(module, "feature_extractor", None), nn.Module):
+            return module, "feature_extractor"
+    raise AfterError(f"{type(model).__name__} has no CNN feature encoder to cache")
+
+
+@contextlib.contextmanager
+def _cached_cnn(model: nn.Module, enabled: bool) -> Iterator[None]:
+    """Let `model` take cached CNN outputs while inside; the model is unchanged afterwards."""
+    if not enabled:
+        yield
+        return
+    owner, name = _cnn_owner(model)
+    cnn = getattr(owner, name)
+    setattr(owner, name, _Passthrough(cnn))
+    try:
+        yield
+    finally:
+        setattr(owner, name, cnn)
+
+
+class _Inputs:
+    """Builds model inputs for lists of utterance ids: waveforms, cached CNN outputs, or cached
+    feature vectors."""
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        manifest: Manifest,
+        config: TrainConfig,
+        cache_dir: str | os.PathLike[str] | None,
+        device: torch.device,
+        *,
+        cnn_cached: bool,
+    ) -> None:
+        """`cnn_cached`: feed the transformer cached CNN outputs (only right when the CNN does
+        not train). They are kept on disk under `cache_dir` (keyed on the CNN weights), or in
+        memory without one."""
+        self.clf = classifier
+        self.manifest = manifest
+        self.config = config
+        self.device = device
+        self.cache_dir = cache_dir
+        self.memory: dict[str, np.ndarray] = {}  # vectors, or CNN outputs when not on disk
+        self.cache: ArrayCache | None = None
+        self.cnn_cached = classifier.kind == "transformers" and cnn_cached
+        if classifier.kind == "transformers":
+            mc: Any = classifier.module.config
+            self.kernels, self.strides = list(mc.conv_kernel), list(mc.conv_stride)
+            self.stride = math.prod(self.strides)
+            if self.cnn_cached and cache_dir is not None:
+                self.cache = ArrayCache(cache_folder(cache_dir, "cnn", self._cnn_version()))
+
+    # -- what each kind reads
+
+    def _wave(self, u: Utterance) -> np.ndarray:
+        return load_audio(u.path, max_duration_s=self.config.max_eval_seconds, crop="center")
+
+    def _cnn_version(self) -> str:
+        from after.models.backbones import feature_encoder
+
+        h = hashlib.sha256()
+        for name, p in sorted(feature_encoder(self.clf.module).state_dict().items()):
+            h.update(name.encode())
+            h.update(p.detach().cpu().contiguous().numpy().tobytes())
+        fe = self.clf.feature_extractor
+        h.update(f"{fe.do_normalize};{self.config.max_eval_seconds};{_CNN_CACHE_REVISION}".encode())
+        return h.hexdigest()
+
+    @torch.no_grad()
+    def _cnn(self, u: Utterance) -> np.ndarray:
+        """CNN outputs (T, C) of the (centre-capped) clip, from memory, disk, or computed."""
+        if u.id in self.memory:
+            return self.memory[u.id]
+        found = self.cache.get(u) if self.cache is not None else None
+        if found is None:
+            from after.models.backbones import feature_encoder
+
+            x = self.clf.feature_extractor(
+                self._wave(u), sampling_rate=SAMPLE_RATE, return_tensors="pt"
+            )["input_values"]
+            cnn = feature_encoder(self.clf.module)
+            cnn = cnn.cnn if isinstance(cnn, _Passthrough) else cnn
+            found = cnn(x.to(self.device))[0].T.float().cpu().numpy()
+            if self.cache is not None:
+                self.cache.put(u, found)
+        if self.cache is None:
+            self.memory[u.id] = found
+        return found
+
+    def vectors_of(self, ids: Sequence[str]) -> np.ndarray:
+        """Feature-backbone vectors (len(ids), dim), embedded once per clip and cached."""
+        from after.models.features import embed_manifest
+
+        assert self.clf.features is not None
+        missing = [i for i in dict.fromkeys(ids) if i not in self.memory]
+        if missing:
+            rows = embed_manifest(
+                self.clf.features,
+                self.manifest.subset(missing),
+                cache_dir=self.cache_dir,
+                num_workers=min(4, os.cpu_count() or 1),
+            )
+            self.memory.update(zip(missing, rows, strict=True))
+        return np.stack([self.memory[i] for i in ids])
+
+    def _min_samples(self, frames: int) -> int:
+        """The shortest input that gives `frames` CNN frames."""
+        n = frames
+        for k, s in zip(reversed(self.kernels), reversed(self.strides), strict=True):
+            n = (n - 1) * s + k
+        return n
+
+    # -- batches
+
+    def batch(self, ids: Sequence[str], rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
+        """Inputs for `ids`; with `rng` (training), clips longer than `max_seconds` are cropped
+        at random."""
+        utts = [self.manifest[i] for i in ids]
+        if self.clf.kind == "features":
+            return {"features": torch.from_numpy(self.vectors_of(ids)).float()}
+        if self.cnn_cached:
+            return self._cnn_batch(utts, rng)
+        waves = []
+        for u in utts:
+            w = self._wave(u)
+            limit = int(self.config.max_seconds * SAMPLE_RATE) // self.stride * self.stride
+            if rng is not None and w.size > limit:
+                start = int(rng.integers(0, (w.size - limit) // self.stride + 1)) * self.stride
+                w = w[start : start + limit]
+            waves.append(w)
+        f = self.clf.feature_extractor(
+            waves,
+            sampling_rate=SAMPLE_RATE,
+            padding=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        return {"input_values": f["input_values"], "attention_mask": f["attention_mask"]}
+
+    def _cnn_batch(
+        self, utts: Sequence[Utterance], rng: np.random.Generator | None
+    ) -> dict[str, torch.Tensor]:
+        feats = [self._cnn(u) for u in utts]
+        if rng is not None:
+            limit = max(1, int(self.config.max_seconds * SAMPLE_RATE) // self.stride)
+            cropped = []
+            for f in feats:
+                if len(f) > limit:
+                    start = int(rng.integers(0, len(f) - limit + 1))
+                    f = f[start : start + limit]
+                cropped.append(f)
+            feats = cropped
+        frames = max(len(f) for f in feats)
+        x = torch.zeros(len(feats), feats[0].shape[1], frames)
+        samples = [self._min_samples(len(f)) for f in feats]
+        mask = torch.zeros(len(feats), max(samples), dtype=torch.long)
+        for b, (f, n) in enumerate(zip(feats, samples, strict=True)):
+            x[b, :, : len(f)] = torch.from_numpy(f).T
+            mask[b, :n] = 1
+        return {"input_values": x, "attention_mask": mask}
+
+    def duration(self, utt_id: str) -> float:
+        u = self.manifest[utt_id]
+        if u.duration_s is not None:
+            return u.duration_s
+        import soundfile as sf
+
+        try:
+            return float(sf.info(u.path).duration)
+        except (sf.SoundFileError, RuntimeError, OSError):
+            return 0.0
+
+
+def _forward(clf: Classifier, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    if clf.kind == "features":
+        out: torch.Tensor = model(inputs["features"])
+        return out
+    logits: torch.Tensor = model(**inputs).logits
+    return logits
+
+
+# ---- prediction --------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def _predict(
+    clf: Classifier, model: nn.Module, data: _Inputs, ids: Sequence[str], device: torch.device
+) -> np.ndarray:
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(ids)), key=lambda i: data.duration(ids[i]))
+    probs = np.zeros((len(ids), len(clf.labels)))
+    size = data.config.eval_batch_size
+    for start in range(0, len(order), size):
+        chunk = order[start : start + size]
+        inputs = {k: v.to(device) for k, v in data.batch([ids[i] for i in chunk], None).items()}
+        logits = _forward(clf, model, inputs)
+        probs[chunk] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+    model.train(was_training)
+    return probs
+
+
+def predict(
+    clf: Classifier,
+    manifest: Manifest,
+    ids: Sequence[str],
+    *,
+    config: TrainConfig | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> np.ndarray:
+    """Class probabilities (len(ids), C) of a classifier, in the order of `ids`."""
+    config = config or TrainConfig()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    clf.module.to(device)
+    # The CNN cache is keyed on the CNN weights, so it is right for any model, trained or not.
+    data = _Inputs(clf, manifest, config, cache_dir, device, cnn_cached=config.cache_cnn)
+    with _cached_cnn(clf.module, data.cnn_cached):
+        return _predict(clf, clf.module, data, ids, device)
+
+
+def evaluate(
+    clf: Classifier,
+    manifest: Manifest,
+    ids: Sequence[str],
+    *,
+    config: TrainConfig | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Scores (`after.metrics.classification_scores`) of a classifier on labeled clips."""
+    probs = predict(clf, manifest, ids, config=config, cache_dir=cache_dir)
+    truth = label_targets([manifest[i] for i in ids], clf.labels, soft=False).argmax(axis=1)
+    return classification_scores(truth.tolist(), probs.argmax(axis=1).tolist(), clf.labels)
+
+
+# ---- training ------------------------------------------------------------------------------------
+
+
+def fit(
+    manifest: Manifest,
+    train_ids: Sequence[str],
+    dev_ids: Sequence[str],
+    backbone: str,
+    config: TrainConfig | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> FitResult:
+    """Train a new classifier on `train_ids` (labeled), keep the epoch with the best dev UA.
+
+    `labels` fixes the class set and order (default: every label in the manifest, so the classes
+    do not depend on which clips happen to be labeled yet).
+    """
+    config = config or TrainConfig()
+    labels = list(labels or manifest.labels)
+    if not train_ids:
+        raise AfterError("no labeled training clips")
+    overlap = set(train_ids) & set(dev_ids)
+    if overlap:
+        raise AfterError(f"{len(overlap)} clip(s) in both train and dev, e.g. {sorted(overlap)[0]}")
+    t0 = time.perf_counter()
+    accelerator = make_accelerator(config.precision)
+    torch.manual_seed(config.seed)
+    clf = new_classifier(
+        backbone,
+        labels,
+        freeze_cnn=config.freeze_cnn,
+        spec_time_prob=config.spec_time_prob,
+        spec_feature_prob=config.spec_feature_prob,
+    )
+    clf.module.to(accelerator.device)
+    data = _Inputs(
+        clf,
+        manifest,
+        config,
+        cache_dir,
+        accelerator.device,
+        cnn_cached=config.freeze_cnn and config.cache_cnn,
+    )
+    train_ids = list(train_ids)
+    targets = label_targets([manifest[i] for i in train_ids], labels, config.soft_labels)
+    weights = class_weights(targets) if config.class_weighted else np.ones(len(labels))
+    if clf.kind == "features":
+        clf.module.fit_scaler(torch.from_numpy(data.vectors_of(train_ids)).float())  # type: ignore[operator]
+
+    head = {id(p) for p in clf.head_parameters()}
+    body = [p for p in clf.module.parameters() if p.requires_grad and id(p) not in head]
+    groups = [{"params": clf.head_parameters(), "lr": config.head_lr}]
+    if body:
+        groups.append({"params": body, "lr": config.lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(
+        math.ceil(len(train_ids) / config.batch_size) / accelerator.num_processes
+    )
+    total = config.epochs * steps_per_epoch
+    warmup = round(config.warmup_ratio * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (
+            (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
+        ),
+    )
+    model, optimizer, scheduler = accelerator.prepare(clf.module, optimizer, scheduler)
+    weights_t = torch.tensor(weights, dtype=torch.float32, device=accelerator.device)
+    durations = [min(data.duration(i), config.max_seconds) for i in train_ids]
+
+    history: list[dict[str, Any]] = []
+    best: tuple[float, int, dict[str, torch.Tensor] | None, dict[str, Any] | None] = (
+        -1.0,
+        0,
+        None,
+        None,
+    )
+    bar = _progress_bar(progress and accelerator.is_main_process)
+    with _cached_cnn(clf.module, data.cnn_cached), bar:
+        task = bar.add_task("fine-tuning", total=total, info="")
+        for epoch in range(config.epochs):
+            epoch_t0 = time.perf_counter()
+            model.train()
+            batches = bucket_batches(
+                durations, config.batch_size, _rng(config.seed, "epoch", epoch)
+            )
+            mine = batches[accelerator.process_index :: accelerator.num_processes]
+            losses = []
+            for k, batch in enumerate(mine):
+                ids = [train_ids[i] for i in batch]
+                rng = _rng(config.seed, "crop", epoch, k)
+                inputs = {key: v.to(accelerator.device) for key, v in data.batch(ids, rng).items()}
+                q = torch.tensor(targets[batch], dtype=torch.float32, device=accelerator.device)
+                with accelerator.autocast():
+                    logits = _forward(clf, model, inputs)
+                loss = weighted_soft_cross_entropy(logits, q, weights_t)
+                accelerator.backward(loss)
+                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                losses.append(float(loss.detach()))
+                bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {losses[-1]:.3f}")
+            record: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                "seconds": time.perf_counter() - epoch_t0,
+            }
+            dev_scores = None
+            if dev_ids:
+                probs = _predict(clf, model, data, dev_ids, accelerator.device)
+                truth = label_targets([manifest[i] for i in dev_ids], labels, soft=False)
+                dev_scores = classification_scores(
+                    truth.argmax(axis=1).tolist(), probs.argmax(axis=1).tolist(), labels
+                )
+                record.update(dev_ua=dev_scores["ua"], dev_wa=dev_scores["wa"])
+            history.append(record)
+            score = dev_scores["ua"] if dev_scores else float(epoch)
+            if score > best[0]:
+                state = accelerator.unwrap_model(model).state_dict()
+                best = (
+                    score,
+                    epoch + 1,
+                    {k: v.detach().clone() for k, v in state.items()},
+                    dev_scores,
+                )
+            elif config.patience and epoch + 1 - best[1] >= config.patience:
+                break
+        assert best[2] is not None  # keys saved while the CNN cache was in place: load here
+        accelerator.unwrap_model(model).load_state_dict(best[2])
+    clf.module = accelerator.unwrap_model(model)
+    return FitResult(clf, best[1], best[3], history, time.perf_counter() - t0)
+
+
+def _progress_bar(enabled: bool) -> Any:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+        transient=True,
+    )
+
+
+def save_result(out_dir: str | os.PathLike[str], result: FitResult, **extra: Any) -> Path:
+    """Save the model to `out_dir/model` with its training provenance."""
+    return result.classifier.save(
+        Path(out_dir) / "model",
+        best_epoch=result.best_epoch,
+        history=result.history,
+        **extra,
+    )

@@ -1,0 +1,180 @@
+"""Fine-tuning, prediction and export on tiny models and synthetic clips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from sklearn.utils.class_weight import compute_class_weight
+from transformers import pipeline
+
+import after.train as train
+from after.config import TrainConfig
+from after.data.audio import load_audio
+from after.data.folds import Fold, make_folds
+from after.data.manifest import Manifest, Utterance
+from after.errors import AfterError
+from after.models.classifier import load_classifier
+from after.testing.dummies import TONE_HZ, tone_corpus
+
+LABELS = sorted(TONE_HZ)
+
+
+@pytest.fixture(scope="module")
+def tones(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Fold]:
+    """4 speakers x 4 pitch classes x 6 clips; an easy task: pitch is the class."""
+    m = tone_corpus(tmp_path_factory.mktemp("tones"), num_speakers=4, clips_per_label=6)
+    return m, make_folds(m, "loso", seed=0).get(1)
+
+
+@pytest.fixture(scope="module")
+def trained(tones: tuple[Manifest, Fold]) -> train.FitResult:
+    m, fold = tones
+    config = TrainConfig(epochs=12, batch_size=8, lr=1e-3, freeze_cnn=False, patience=0)
+    return train.fit(m, fold.train, fold.dev, "scratch:tiny", config, progress=False)
+
+
+# ---- targets and loss ----------------------------------------------------------------------------
+
+
+def test_soft_loss_equals_hard_loss_for_one_hot_votes() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 4, generator=g)
+    y = torch.randint(0, 4, (16,), generator=g)
+    w = torch.rand(4, generator=g) + 0.1
+    one_hot = torch.nn.functional.one_hot(y, 4).float()
+    soft = train.weighted_soft_cross_entropy(logits, one_hot, w)
+    torch.testing.assert_close(soft, torch.nn.functional.cross_entropy(logits, y, weight=w))
+
+
+def test_class_weights_are_balanced_inverse_frequency() -> None:
+    y = np.array([0, 0, 0, 0, 1, 1, 3])
+    q = np.eye(4)[y]
+    expected = compute_class_weight("balanced", classes=np.array([0, 1, 3]), y=y)
+    w = train.class_weights(q)
+    assert w[2] == 0  # no labeled clip of class 2 yet
+    np.testing.assert_allclose(w[[0, 1, 3]], expected)
+
+
+def test_vote_targets() -> None:
+    def utt(label: str, votes: dict[str, int] | None) -> Utterance:
+        return Utterance("x", "x.wav", label, "s", "c", votes=votes)
+
+    labels = ["ang", "hap", "neu"]
+    q = train.label_targets(
+        [utt("ang", {"ang": 2, "neu": 1, "fru": 3}), utt("hap", None), utt("neu", {"fru": 2})],
+        labels,
+        soft=True,
+    )
+    np.testing.assert_allclose(q, [[2 / 3, 0, 1 / 3], [0, 1, 0], [0, 0, 1]])
+    hard = train.label_targets([utt("ang", {"neu": 5})], labels, soft=False)
+    np.testing.assert_allclose(hard, [[1, 0, 0]])
+    with pytest.raises(AfterError, match="not one of"):
+        train.label_targets([utt("sad", None)], labels, soft=False)
+
+
+# ---- training -----------------------------------------------------------------------------------
+
+
+def test_training_lowers_the_loss_and_beats_chance(
+    trained: train.FitResult, tones: tuple[Manifest, Fold]
+) -> None:
+    m, fold = tones
+    losses = [h["train_loss"] for h in trained.history]
+    assert losses[-1] < 0.5 * losses[0]
+    scores = train.evaluate(trained.classifier, m, fold.test)
+    assert scores["ua"] >= 0.75  # chance is 0.25
+    assert trained.dev is not None and trained.best_epoch >= 1
+
+
+def test_feature_backbone_learns_the_tones(tones: tuple[Manifest, Fold], tmp_path: Path) -> None:
+    m, fold = tones
+    config = TrainConfig(epochs=30, batch_size=8, patience=0)
+    r = train.fit(m, fold.train, fold.dev, "egemaps", config, cache_dir=tmp_path, progress=False)
+    assert train.evaluate(r.classifier, m, fold.test, cache_dir=tmp_path)["ua"] >= 0.75
+    saved = train.save_result(tmp_path / "run", r)
+    again = load_classifier(saved)
+    np.testing.assert_allclose(
+        train.predict(again, m, fold.test), train.predict(r.classifier, m, fold.test), atol=1e-6
+    )
+
+
+def test_every_labeled_clip_is_seen_every_epoch(
+    tones: tuple[Manifest, Fold], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m, fold = tones
+    seen: list[list[str]] = []
+    real = train._Inputs.batch
+
+    def spy(self: train._Inputs, ids: list[str], rng: np.random.Generator | None) -> object:
+        if rng is not None:
+            seen.append(list(ids))
+        return real(self, ids, rng)
+
+    monkeypatch.setattr(train._Inputs, "batch", spy)
+    config = TrainConfig(epochs=3, batch_size=5, patience=0)
+    train.fit(m, fold.train, [], "egemaps", config, progress=False)
+    per_epoch = len(seen) // 3
+    epochs = [[i for b in seen[e * per_epoch : (e + 1) * per_epoch] for i in b] for e in range(3)]
+    for ids in epochs:
+        assert sorted(ids) == sorted(fold.train)
+    assert epochs[0] != epochs[1]  # reshuffled
+
+
+def test_early_stopping_keeps_the_best_epoch(
+    tones: tuple[Manifest, Fold], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    m, fold = tones
+    uas = iter([0.3, 0.6, 0.5, 0.6, 0.4, 0.9])
+    real = train.classification_scores
+
+    def scripted(*args: object) -> dict[str, object]:
+        return {**real(*args), "ua": next(uas)}  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train, "classification_scores", scripted)
+    config = TrainConfig(epochs=6, patience=2)
+    r = train.fit(m, fold.train, fold.dev, "egemaps", config, progress=False)
+    assert [h["epoch"] for h in r.history] == [1, 2, 3, 4]  # no gain in epochs 3 and 4
+    assert r.best_epoch == 2 and r.dev is not None and r.dev["ua"] == 0.6
+
+
+def test_fit_refuses_bad_splits(tones: tuple[Manifest, Fold]) -> None:
+    m, fold = tones
+    with pytest.raises(AfterError, match="both train and dev"):
+        train.fit(m, fold.train, [fold.train[0]], "egemaps", progress=False)
+    with pytest.raises(AfterError, match="no labeled training clips"):
+        train.fit(m, [], fold.dev, "egemaps", progress=False)
+
+
+# ---- cache and export ---------------------------------------------------------------------------
+
+
+def test_cached_cnn_gives_the_uncached_logits(
+    trained: train.FitResult, tones: tuple[Manifest, Fold], tmp_path: Path
+) -> None:
+    m, fold = tones
+    clf = trained.classifier
+    one = TrainConfig(eval_batch_size=1)  # no padding, so both paths see the same input
+    plain = train.predict(clf, m, fold.test, config=TrainConfig(eval_batch_size=1, cache_cnn=False))
+    first = train.predict(clf, m, fold.test, config=one, cache_dir=tmp_path)  # fills the cache
+    assert list(tmp_path.glob("cnn-*/*/*.feat"))
+    hit = train.predict(clf, m, fold.test, config=one, cache_dir=tmp_path)  # reads it
+    np.testing.assert_allclose(first, plain, atol=1e-6)
+    np.testing.assert_array_equal(hit, first)
+
+
+def test_saved_model_works_in_the_transformers_pipeline(
+    trained: train.FitResult, tones: tuple[Manifest, Fold], tmp_path: Path
+) -> None:
+    m, fold = tones
+    saved = train.save_result(tmp_path / "run", trained)
+    classify = pipeline("audio-classification", model=str(saved), device="cpu")
+    clip = m[fold.test[0]]
+    out = classify(load_audio(clip.path), top_k=len(LABELS))
+    assert {r["label"] for r in out} == set(LABELS)
+    assert sum(r["score"] for r in out) == pytest.approx(1.0, abs=1e-5)
+    ours = train.predict(load_classifier(saved), m, [clip.id], config=TrainConfig(cache_cnn=False))
+    by_label = {r["label"]: r["score"] for r in out}
+    np.testing.assert_allclose([by_label[x] for x in LABELS], ours[0], atol=1e-4)
