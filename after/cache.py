@@ -122,3 +122,11 @@ def _stat(path: str) -> os.stat_result | None:
         return os.stat(path)
     except OSError:
         return None
+
+
+def default_cache_dir() -> Path:
+    """`$AFTER_CACHE_DIR`, else `$XDG_CACHE_HOME/after`, else `~/.cache/after`."""
+    if os.environ.get("AFTER_CACHE_DIR"):
+        return Path(os.environ["AFTER_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "after"

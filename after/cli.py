@@ -12,12 +12,13 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from after.config import TaptConfig
+from after.config import TaptConfig, TrainConfig
 from after.data.audio import validate_manifest, write_rejections
 from after.data.folds import PROTOCOLS, Folds, make_folds
-from after.data.manifest import Manifest
+from after.data.manifest import Manifest, Utterance
 from after.data.stats import summarize
 from after.errors import AfterError
+from after.io import atomic_write_json, atomic_write_text
 
 app = typer.Typer(
     help="Label-efficient speech emotion recognition with task adaptation and active learning.",
@@ -325,6 +326,251 @@ def tapt(
     err.print(f"TAPT of {backbone} on fold {chosen.name}: {len(chosen.train)} training clips")
     run_tapt(m, chosen, backbone, out, config, resume=resume)
     console.print(f"{out}: TAPT model (load with from_pretrained); log in {out}/tapt_log.jsonl")
+
+
+# ---- fine-tuning -------------------------------------------------------------------------------
+
+EPOCHS = typer.Option(TrainConfig.epochs, min=1, help="Maximum epochs.")
+BATCH = typer.Option(TrainConfig.batch_size, min=1, help="Clips per step and device.")
+LR = typer.Option(TrainConfig.lr, help="Learning rate of the backbone.")
+HEAD_LR = typer.Option(TrainConfig.head_lr, help="Learning rate of the new head.")
+PATIENCE = typer.Option(
+    TrainConfig.patience, min=0, help="Stop after N epochs without a better dev UA (0: never)."
+)
+SOFT = typer.Option(False, "--soft-labels", help="Train on annotator vote distributions.")
+WEIGHTED = typer.Option(
+    True, "--class-weights/--no-class-weights", help="Weight the loss by inverse class frequency."
+)
+FREEZE = typer.Option(True, "--freeze-cnn/--train-cnn", help="Freeze the CNN feature encoder.")
+CACHE = typer.Option(
+    None, "--cache-dir", help="Feature cache (default $AFTER_CACHE_DIR or ~/.cache/after)."
+)
+SEED = typer.Option(0, help="Seed of the head init, batches and crops.")
+
+
+def _load_fold(manifest: Path, folds_file: Path, fold: str) -> tuple[Manifest, Any]:
+    m = Manifest.from_jsonl(manifest)
+    return m, Folds.from_json(folds_file, m).get(int(fold) if fold.isdigit() else fold)
+
+
+def _corpus_name(m: Manifest) -> str:
+    return ", ".join(sorted({u.corpus for u in m}))
+
+
+@app.command()
+def train(
+    manifest: Path = typer.Option(..., help="Manifest (JSONL).", show_default=False),
+    folds_file: Path = typer.Option(Path("folds.json"), "--folds", help="Folds of this manifest."),
+    fold: str = typer.Option(..., help="Fold name or index."),
+    backbone: str = typer.Option(
+        "facebook/wav2vec2-base",
+        help="Hub id (local cache), folder (a TAPT output...), scratch:SIZE, egemaps, resemblyzer.",
+    ),
+    out: Path = typer.Option(..., help="Output folder.", show_default=False),
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH,
+    lr: float = LR,
+    head_lr: float = HEAD_LR,
+    patience: int = PATIENCE,
+    soft_labels: bool = SOFT,
+    class_weighted: bool = WEIGHTED,
+    freeze_cnn: bool = FREEZE,
+    cache_dir: Path | None = CACHE,
+    seed: int = SEED,
+) -> None:
+    """Fine-tune on all labeled training clips of a fold (the V-FT baseline), test once."""
+    from after.cache import default_cache_dir
+    from after.report import plot_confusion
+    from after.train import evaluate, fit, save_result
+
+    m, chosen = _load_fold(manifest, folds_file, fold)
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        head_lr=head_lr,
+        patience=patience,
+        soft_labels=soft_labels,
+        class_weighted=class_weighted,
+        freeze_cnn=freeze_cnn,
+        seed=seed,
+    )
+    cache = cache_dir or default_cache_dir()
+    err.print(f"fine-tuning {backbone} on fold {chosen.name}: {len(chosen.train)} training clips")
+    labeled = [i for i in chosen.train if m[i].label is not None]
+    result = fit(m, labeled, chosen.dev, backbone, config, cache_dir=cache)
+    test = evaluate(result.classifier, m, chosen.test, config=config, cache_dir=cache)
+    record = {
+        "corpus": _corpus_name(m),
+        "fold": chosen.name,
+        "seed": seed,
+        "backbone": backbone,
+        "num_train": len(labeled),
+        "best_epoch": result.best_epoch,
+        "dev": result.dev,
+        "test": test,
+        "seconds": result.seconds,
+        "config": config.to_dict(),
+    }
+    save_result(out, result, fold=chosen.name, corpus=record["corpus"])
+    atomic_write_json(out / "result.json", record)
+    plot_confusion(test, out / "confusion.png", f"{backbone}, fold {chosen.name} (test)")
+    console.print(
+        f"fold {chosen.name} test: UA {100 * test['ua']:.2f}%, WA {100 * test['wa']:.2f}% "
+        f"({test['num_clips']} clips); model in {out / 'model'}",
+        highlight=False,
+    )
+
+
+@app.command()
+def evaluate(
+    model: Path = typer.Option(
+        ..., help="Model folder (after train's out/model).", show_default=False
+    ),
+    manifest: Path = typer.Option(..., help="Manifest (JSONL).", show_default=False),
+    folds_file: Path = typer.Option(Path("folds.json"), "--folds", help="Folds of this manifest."),
+    fold: str = typer.Option(..., help="Fold name or index."),
+    split: str = typer.Option("test", help="test or dev."),
+    out: Path = typer.Option(
+        Path("evaluation.json"), help="Scores (JSON); the PNG goes beside it."
+    ),
+    cache_dir: Path | None = CACHE,
+) -> None:
+    """Score a model on a fold's test (or dev) split: metrics and a confusion-matrix PNG."""
+    from after.cache import default_cache_dir
+    from after.models.classifier import load_classifier
+    from after.report import plot_confusion
+    from after.train import evaluate as score
+
+    if split not in ("test", "dev"):
+        raise AfterError(f"--split {split!r}: choose test or dev")
+    m, chosen = _load_fold(manifest, folds_file, fold)
+    clf = load_classifier(model)
+    scores = score(clf, m, getattr(chosen, split), cache_dir=cache_dir or default_cache_dir())
+    atomic_write_json(out, {"model": str(model), "fold": chosen.name, "split": split, **scores})
+    png = plot_confusion(
+        scores, out.with_suffix(".png"), f"{model.name}, fold {chosen.name} ({split})"
+    )
+    console.print(
+        f"UA {100 * scores['ua']:.2f}%, WA {100 * scores['wa']:.2f}%, macro-F1 "
+        f"{100 * scores['macro_f1']:.2f}% on {scores['num_clips']} clips; {out}, {png}",
+        highlight=False,
+    )
+
+
+@app.command()
+def predict(
+    files: list[Path] = typer.Argument(..., help="Audio files (any format soundfile reads)."),
+    model: Path = typer.Option(..., help="Model folder.", show_default=False),
+) -> None:
+    """Classify audio files: one JSON line each (file, label, per-class scores)."""
+    from after.data.audio import load_audio
+    from after.errors import AudioError
+    from after.models.classifier import load_classifier
+    from after.train import predict as classify
+
+    clf = load_classifier(model)
+    good, bad = [], 0
+    for i, f in enumerate(files):
+        try:
+            load_audio(f, max_duration_s=1.0)
+        except AudioError as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            bad += 1
+            continue
+        good.append(Utterance(f"file{i}", str(f), None, "unknown", "predict"))
+    if good:
+        m = Manifest(good)
+        probs = classify(clf, m, m.ids, config=TrainConfig(cache_cnn=False))
+        for u, p in zip(good, probs, strict=True):
+            scores = {label: round(float(x), 6) for label, x in zip(clf.labels, p, strict=True)}
+            line = {"file": u.path, "label": clf.labels[int(p.argmax())], "scores": scores}
+            sys.stdout.write(json.dumps(line) + "\n")
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command()
+def cv(
+    manifest: Path = typer.Option(..., help="Manifest (JSONL).", show_default=False),
+    folds_file: Path = typer.Option(Path("folds.json"), "--folds", help="Folds of this manifest."),
+    backbone: str = typer.Option("facebook/wav2vec2-base", help="As for after train."),
+    out: Path = typer.Option(..., help="Output folder.", show_default=False),
+    seeds: str = typer.Option("0", help="Comma-separated seeds; every fold runs with each."),
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH,
+    lr: float = LR,
+    head_lr: float = HEAD_LR,
+    patience: int = PATIENCE,
+    soft_labels: bool = SOFT,
+    class_weighted: bool = WEIGHTED,
+    freeze_cnn: bool = FREEZE,
+    cache_dir: Path | None = CACHE,
+) -> None:
+    """Fine-tune and test on every fold (x seeds); write a table with mean ± std. Runs already
+    done in --out are kept, so a stopped cv resumes."""
+    from after.cache import default_cache_dir
+    from after.report import cv_table
+    from after.train import evaluate as score
+    from after.train import fit
+
+    m = Manifest.from_jsonl(manifest)
+    all_folds = Folds.from_json(folds_file, m)
+    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    cache = cache_dir or default_cache_dir()
+    runs = []
+    for f in all_folds.folds:
+        for seed in seed_list:
+            done = out / "runs" / f"{f.name}_seed{seed}.json"
+            if done.is_file():
+                runs.append(json.loads(done.read_text()))
+                continue
+            config = TrainConfig(
+                epochs=epochs,
+                batch_size=batch_size,
+                lr=lr,
+                head_lr=head_lr,
+                patience=patience,
+                soft_labels=soft_labels,
+                class_weighted=class_weighted,
+                freeze_cnn=freeze_cnn,
+                seed=seed,
+            )
+            err.print(f"fold {f.name}, seed {seed}")
+            labeled = [i for i in f.train if m[i].label is not None]
+            result = fit(m, labeled, f.dev, backbone, config, cache_dir=cache)
+            test = score(result.classifier, m, f.test, config=config, cache_dir=cache)
+            run = {
+                "fold": f.name,
+                "seed": seed,
+                "num_train": len(labeled),
+                "best_epoch": result.best_epoch,
+                "dev": result.dev,
+                "test": test,
+                "seconds": result.seconds,
+            }
+            atomic_write_json(done, run)
+            runs.append(run)
+            console.print(
+                f"fold {f.name} seed {seed}: UA {100 * test['ua']:.2f}%, "
+                f"WA {100 * test['wa']:.2f}%",
+                highlight=False,
+            )
+    protocol = {
+        "backbone": backbone,
+        "corpus": _corpus_name(m),
+        "protocol": all_folds.protocol,
+        "num_folds": len(all_folds),
+        "seeds": seed_list,
+        "training": f"{epochs} epochs max, patience {patience}, lr {lr}, head lr {head_lr}, "
+        f"batch {batch_size}, CNN {'frozen' if freeze_cnn else 'trained'}, "
+        f"{'soft' if soft_labels else 'hard'} labels, "
+        f"{'class-weighted' if class_weighted else 'unweighted'} loss",
+    }
+    table = cv_table(runs, protocol)
+    atomic_write_text(out / "cv.md", table)
+    atomic_write_json(out / "cv.json", {"protocol": protocol, "runs": runs})
+    console.print(table, highlight=False)
 
 
 @app.command()

@@ -18,3 +18,11 @@ def emodb_dir() -> Path:
             pytest.fail(f"EmoDB not found at {EMODB_DIR}; CI needs ../shared beside the clone")
         pytest.skip(f"EmoDB not found at {EMODB_DIR}")
     return EMODB_DIR
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tests never write to the user's feature cache (~/.cache/after)."""
+    monkeypatch.setenv("AFTER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "after-cache"))

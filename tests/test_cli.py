@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -142,3 +143,41 @@ def test_tapt_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert "--resume" in capsys.readouterr().err
     bad = [*args[:6], "nosuchfold", *args[7:]]
     assert run(*bad) == 2 and "nosuchfold" in capsys.readouterr().err
+
+
+def test_train_evaluate_predict_and_cv(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    corpus = tmp_path / "synth"
+    assert run("synth", "--out", str(corpus), "--speakers", "4", "--sentences", "2") == 0
+    m, f = corpus / "manifest.jsonl", tmp_path / "folds.json"
+    assert run("folds", str(m), "--out", str(f)) == 0
+    common = ["--manifest", str(m), "--folds", str(f)]
+    fast = ["--backbone", "egemaps", "--epochs", "3", "--cache-dir", str(tmp_path / "cache")]
+    out = tmp_path / "run"
+    assert run("train", *common, "--fold", "0", *fast, "--out", str(out)) == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["num_train"] == 16 and result["test"]["num_clips"] == 8
+    assert (out / "confusion.png").stat().st_size > 1000
+
+    scores = tmp_path / "eval.json"
+    model = str(out / "model")
+    assert run("evaluate", "--model", model, *common, "--fold", "0", "--out", str(scores)) == 0
+    assert json.loads(scores.read_text())["confusion"] == result["test"]["confusion"]
+    assert scores.with_suffix(".png").is_file()
+
+    clip = next(iter(Manifest.from_jsonl(m))).path
+    capsys.readouterr()
+    assert run("predict", clip, str(tmp_path / "missing.wav"), "--model", model) == 1
+    captured = capsys.readouterr()
+    (line,) = captured.out.splitlines()
+    assert json.loads(line)["file"] == clip and "missing.wav: missing" in captured.err
+
+    cv_out = tmp_path / "cv"
+    assert run("cv", *common, *fast[:4], "--out", str(cv_out), "--seeds", "0,1") == 0
+    runs = json.loads((cv_out / "cv.json").read_text())["runs"]
+    assert len(runs) == 8  # 4 folds x 2 seeds
+    assert "mean ± sample std over 8 runs" in (cv_out / "cv.md").read_text()
+    (cv_out / "runs" / f"{runs[0]['fold']}_seed0.json").unlink()
+    capsys.readouterr()
+    assert run("cv", *common, *fast[:4], "--out", str(cv_out), "--seeds", "0,1") == 0
+    redone = re.findall(r"^fold \S+ seed \d: UA", capsys.readouterr().out, flags=re.M)
+    assert len(redone) == 1  # the deleted run is redone, the others kept
