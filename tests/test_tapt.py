@@ -230,3 +230,17 @@ def test_data2vec_has_no_tapt_objective(corpus: tuple[Manifest, Fold], tmp_path:
     d2v = tiny_backbone(tmp_path / "d2v", "data2vec-audio")
     with pytest.raises(AfterError, match="not data2vec-audio"):
         tapt.run_tapt(m, fold, str(d2v), tmp_path / "out", FAST, progress=False)
+
+
+def test_a_tapt_output_fine_tunes(
+    corpus: tuple[Manifest, Fold], models: dict[str, Path], tmp_path: Path
+) -> None:
+    from after.config import TrainConfig
+    from after.train import evaluate, fit
+
+    m, fold = corpus
+    out = tapt.run_tapt(m, fold, str(models["wav2vec2"]), tmp_path / "t", FAST, progress=False)
+    labeled = [i for i in fold.train if m[i].label is not None]
+    r = fit(m, labeled, fold.dev, str(out), TrainConfig(epochs=1), progress=False)
+    assert type(r.classifier.module).__name__ == "Wav2Vec2ForSequenceClassification"
+    assert evaluate(r.classifier, m, fold.test)["num_clips"] == len(fold.test)
