@@ -1,0 +1,138 @@
+"""Query-strategy speed: seconds for every registered strategy to pick `--queries` clips from a
+synthetic pool of N clips.
+
+    .venv/bin/python bench/strategies.py [--n 100000] [--dim 768] [--queries 1000]
+
+The pool is float32: embeddings (N, D) from a mixture of 64 Gaussian blobs (some structure, as
+real features have; k-means on pure noise would be slower than on real data), softmax `probs`
+(N, C) of a random linear head on them, `mc_probs` (N, C, S) from that head with dropout-like
+noise, BADGE gradient embeddings (p - onehot(argmax p)) x h of size C * D, and surprisal
+embeddings (N, L) of positive values. `--labeled` clips are already labeled (CoreSet measures
+its distance to them). Each strategy runs once, with an empty memo (Cluster-Margin clusters the
+pool in that call). Prints one JSON object; peak RSS is that of the whole process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import sys
+import time
+
+import numpy as np
+
+from after.strategies import STRATEGIES, PoolOutputs, get_strategy
+
+CHUNK = 8192
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def make_outputs(
+    ids: list[str], dim: int, classes: int, passes: int, surprisal_dim: int, seed: int
+) -> PoolOutputs:
+    """Every field for `ids`, float32, built in row chunks to bound the temporaries."""
+    rng = np.random.default_rng(seed)
+    n = len(ids)
+    centres = rng.standard_normal((64, dim)).astype(np.float32) * 2.0
+    head = rng.standard_normal((dim, classes)).astype(np.float32) / np.sqrt(dim)
+    emb = np.empty((n, dim), dtype=np.float32)
+    probs = np.empty((n, classes), dtype=np.float32)
+    mc = np.empty((n, classes, passes), dtype=np.float32)
+    grad = np.empty((n, classes * dim), dtype=np.float32)
+    for i in range(0, n, CHUNK):
+        m = min(CHUNK, n - i)
+        h = centres[rng.integers(64, size=m)] + rng.standard_normal((m, dim), dtype=np.float32)
+        logits = h @ head * 3.0
+        p = softmax(logits.astype(np.float64))
+        noise = rng.standard_normal((m, passes, classes))
+        mc[i : i + m] = softmax(logits[:, None, :] + noise).transpose(0, 2, 1)
+        emb[i : i + m] = h
+        probs[i : i + m] = p
+        onehot = np.eye(classes)[p.argmax(axis=1)]
+        grad[i : i + m] = ((p - onehot)[:, :, None] * h[:, None, :]).reshape(m, -1)
+    surprisal = rng.gamma(2.0, size=(n, surprisal_dim)).astype(np.float32)
+    return PoolOutputs(
+        ids=ids,
+        probs=probs,
+        mc_probs=mc,
+        embeddings=emb,
+        grad_embeddings=grad,
+        surprisal=surprisal,
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--n", type=int, default=100_000, help="pool size N")
+    p.add_argument("--dim", type=int, default=768, help="embedding size D")
+    p.add_argument("--classes", type=int, default=4, help="classes C")
+    p.add_argument("--passes", type=int, default=10, help="MC-dropout passes S")
+    p.add_argument("--surprisal-dim", type=int, default=None, help="L (default: D)")
+    p.add_argument("--queries", type=int, default=1000, help="clips to select")
+    p.add_argument("--labeled", type=int, default=1000, help="clips already labeled")
+    p.add_argument("--strategies", default=",".join(STRATEGIES))
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    surprisal_dim = args.surprisal_dim or args.dim
+
+    t0 = time.perf_counter()
+    ids = [f"clip{i:07d}" for i in range(args.n + args.labeled)]
+    pool = make_outputs(
+        ids[: args.n], args.dim, args.classes, args.passes, surprisal_dim, args.seed
+    )
+    labeled = make_outputs(
+        ids[args.n :], args.dim, args.classes, args.passes, surprisal_dim, args.seed + 1
+    )
+    build_s = time.perf_counter() - t0
+    import torch  # noqa: F401  (the first distance pass would otherwise pay its import)
+
+    seconds: dict[str, float] = {}
+    for name in args.strategies.split(","):
+        strategy = get_strategy(name)
+        rng = np.random.default_rng(args.seed)
+        t = time.perf_counter()
+        got = strategy.select(pool, args.queries, labeled=labeled, rng=rng, memo={})
+        seconds[name] = round(time.perf_counter() - t, 3)
+        assert len(set(got)) == args.queries
+        print(f"{name}: {seconds[name]} s", file=sys.stderr, flush=True)
+
+    print(
+        json.dumps(
+            {
+                "benchmark": "strategies",
+                "pool": {
+                    "n": args.n,
+                    "dim": args.dim,
+                    "classes": args.classes,
+                    "mc_passes": args.passes,
+                    "grad_dim": args.classes * args.dim,
+                    "surprisal_dim": surprisal_dim,
+                    "labeled": args.labeled,
+                    "dtype": "float32",
+                },
+                "queries": args.queries,
+                "build_and_validate_seconds": round(build_s, 1),
+                "select_seconds": seconds,
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+                "machine": {
+                    "python": platform.python_version(),
+                    "cpus": os.cpu_count(),
+                    "usable_cpus": len(os.sched_getaffinity(0)),
+                    "processor": platform.processor() or platform.machine(),
+                },
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
