@@ -9,16 +9,16 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from after.config import TaptConfig, TrainConfig
+from after.config import ALConfig, TaptConfig, TrainConfig
 from after.data.audio import validate_manifest, write_rejections
 from after.data.folds import PROTOCOLS, Folds, make_folds
 from after.data.manifest import Manifest, Utterance
 from after.data.stats import summarize
 from after.errors import AfterError
 from after.io import atomic_write_json, atomic_write_text
+from after.progress import progress_bar
 
 app = typer.Typer(
     help="Label-efficient speech emotion recognition with task adaptation and active learning.",
@@ -42,17 +42,6 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(130) from None
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-    )
-
-
 def _validate(
     manifest: Manifest,
     *,
@@ -61,8 +50,8 @@ def _validate(
     labels: list[str] | None = None,
     workers: int = 4,
 ) -> tuple[Manifest, list[Any]]:
-    with _progress() as bar:
-        task = bar.add_task("checking audio", total=len(manifest))
+    with progress_bar(transient=True) as bar:
+        task = bar.add_task("checking audio", total=len(manifest), info="")
         report = validate_manifest(
             manifest,
             min_duration_s=min_duration,
@@ -573,25 +562,218 @@ def cv(
     console.print(table, highlight=False)
 
 
+# ---- active learning ---------------------------------------------------------------------------
+
+STRATEGY_HELP = (
+    "random, entropy, least_confidence, margin, bald, dbal_variation_ratios, dbal_max_entropy, "
+    "badge, coreset, alps, cluster_margin"
+)
+SCHEDULE = typer.Option(
+    "0.02,0.05,0.1,0.15,0.2",
+    help="Labeled-set size after each round: pool fractions (0.1), counts (40) or minutes (5min).",
+)
+COLD_START = typer.Option("kmeans", help="Seed set: kmeans (resemblyzer embeddings), random, alps.")
+
+
+@app.command()
+def run(
+    manifest: Path | None = typer.Option(None, help="Manifest (JSONL)."),
+    folds_file: Path = typer.Option(Path("folds.json"), "--folds", help="Folds of this manifest."),
+    fold: str | None = typer.Option(None, help="Fold name or index."),
+    backbone: str = typer.Option("facebook/wav2vec2-base", help="As for after train."),
+    strategy: str = typer.Option("entropy", help=STRATEGY_HELP),
+    schedule: str = SCHEDULE,
+    cold_start: str = COLD_START,
+    warm_start: bool = typer.Option(False, help="Train each round from the last round's model."),
+    target_ua: float | None = typer.Option(None, help="Stop once dev UA reaches this (0-1)."),
+    stabilize: float | None = typer.Option(
+        None, help="Stop once successive rounds agree (Cohen's kappa) this much on a stop set."
+    ),
+    mc_passes: int = typer.Option(10, min=2, help="MC-dropout passes (bald, dbal_*)."),
+    surprisal_model: str | None = typer.Option(None, help="alps: the TAPT wav2vec 2.0 model."),
+    seed: int = SEED,
+    out: Path | None = typer.Option(None, help="Run folder (new)."),
+    resume: Path | None = typer.Option(None, help="Continue the run in this folder."),
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH,
+    lr: float = LR,
+    head_lr: float = HEAD_LR,
+    patience: int = PATIENCE,
+    soft_labels: bool = SOFT,
+    class_weighted: bool = WEIGHTED,
+    freeze_cnn: bool = FREEZE,
+    cache_dir: Path | None = CACHE,
+) -> None:
+    """Active learning: cold start, then rounds of fine-tune, evaluate, query, label."""
+    from after.cache import default_cache_dir
+    from after.loop.runner import Run, run_loop, start_run
+    from after.loop.state import LoopState
+
+    if resume is not None:
+        the_run = Run.from_dir(resume)
+        state = LoopState.load(resume)
+        err.print(f"resuming {resume} at round {state.round} ({state.phase})")
+    else:
+        if manifest is None or fold is None or out is None:
+            raise AfterError("give --manifest, --fold and --out for a new run, or --resume RUN_DIR")
+        m, chosen = _load_fold(manifest, folds_file, fold)
+        al = ALConfig(
+            strategy=strategy,
+            schedule=tuple(x.strip() for x in schedule.split(",") if x.strip()),
+            cold_start=cold_start,
+            warm_start=warm_start,
+            mc_passes=mc_passes,
+            target_ua=target_ua,
+            stabilize_kappa=stabilize,
+            surprisal_model=surprisal_model,
+            seed=seed,
+        )
+        from after.strategies import get_strategy
+
+        get_strategy(strategy)  # an unknown name fails now, not after the first round
+        config = TrainConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            head_lr=head_lr,
+            patience=patience,
+            soft_labels=soft_labels,
+            class_weighted=class_weighted,
+            freeze_cnn=freeze_cnn,
+            seed=seed,
+        )
+        cache = str((cache_dir or default_cache_dir()).resolve())
+        the_run = Run(
+            m,
+            str(manifest.resolve()),
+            str(folds_file.resolve()),
+            chosen,
+            backbone,
+            al,
+            config,
+            out,
+            cache,
+        )
+        state = start_run(the_run)
+
+    def show(r: dict[str, Any]) -> None:
+        console.print(
+            f"round {r['round']}: {r['num_labeled']} labeled ({100 * r['fraction']:.1f}%, "
+            f"{r['minutes']:.1f} min), test UA {100 * r['test_ua']:.2f}%, dev UA "
+            f"{100 * (r['dev_ua'] or 0):.2f}%, train {r['train_s']:.1f}s",
+            highlight=False,
+        )
+
+    state = run_loop(the_run, state, on_round=show)
+    if state.phase == "done":
+        console.print(f"{the_run.run_dir}: done ({state.stopped_because}); rounds.csv, model/")
+    else:
+        console.print(f"{the_run.run_dir}: {len(state.pending)} queries wait for labels")
+
+
+@app.command()
+def compare(
+    manifest: Path = typer.Option(..., help="Manifest (JSONL).", show_default=False),
+    folds_file: Path = typer.Option(Path("folds.json"), "--folds", help="Folds of this manifest."),
+    fold: str = typer.Option("all", help="Comma-separated fold names or indices, or all."),
+    backbone: str = typer.Option("facebook/wav2vec2-base", help="As for after train."),
+    strategies: str = typer.Option("random,entropy,margin,badge", help=STRATEGY_HELP),
+    seeds: str = typer.Option("0,1,2", help="Comma-separated seeds."),
+    schedule: str = SCHEDULE,
+    cold_start: str = COLD_START,
+    out: Path = typer.Option(..., help="Output folder (resumable).", show_default=False),
+    epochs: int = EPOCHS,
+    batch_size: int = BATCH,
+    lr: float = LR,
+    head_lr: float = HEAD_LR,
+    patience: int = PATIENCE,
+    freeze_cnn: bool = FREEZE,
+    cache_dir: Path | None = CACHE,
+) -> None:
+    """Run strategies x seeds (+ all labels) on the same folds; learning curves with mean ± std."""
+    from after.cache import default_cache_dir
+    from after.loop.compare import compare as run_compare
+    from after.strategies import get_strategy
+
+    m = Manifest.from_jsonl(manifest)
+    all_folds = Folds.from_json(folds_file, m)
+    if fold == "all":
+        chosen = list(all_folds.folds)
+    else:
+        chosen = [all_folds.get(int(x) if x.isdigit() else x) for x in fold.split(",")]
+    names = [x.strip() for x in strategies.split(",") if x.strip()]
+    for name in names:
+        get_strategy(name)
+    al = ALConfig(schedule=tuple(x.strip() for x in schedule.split(",")), cold_start=cold_start)
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        head_lr=head_lr,
+        patience=patience,
+        freeze_cnn=freeze_cnn,
+    )
+    summary = run_compare(
+        m,
+        str(manifest.resolve()),
+        str(folds_file.resolve()),
+        chosen,
+        backbone,
+        names,
+        [int(x) for x in seeds.split(",")],
+        al,
+        config,
+        out,
+        cache_dir=str((cache_dir or default_cache_dir()).resolve()),
+        log=lambda line: err.print(line, highlight=False),
+    )
+    console.print((out / "summary.md").read_text(), highlight=False)
+    del summary
+
+
 @app.command()
 def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for everything."),
     seed: int = typer.Option(0, help="Seed."),
 ) -> None:
-    """Run the built-in demo: synthesize a corpus, check it, make folds, summarise."""
+    """Run the built-in demo: synthesize a corpus, check it, make folds, then compare active
+    learning (margin sampling) with random sampling and with all labels on one fold."""
     from after.data.synth import synthesize
+    from after.loop.compare import compare as run_compare
 
-    err.print("[bold]1/3[/] synthesizing the demo corpus with espeak-ng")
+    err.print("[bold]1/4[/] synthesizing the demo corpus with espeak-ng")
     corpus = synthesize(out_dir / "corpus", seed=seed)
-    err.print("[bold]2/3[/] checking the audio")
+    err.print("[bold]2/4[/] checking the audio")
     usable, rejected = _validate(corpus, min_duration=0.25, silence_dbfs=-60.0)
     if rejected:
         _print_rejections(rejected)
-    usable.to_jsonl(out_dir / "manifest.jsonl")
-    err.print("[bold]3/3[/] leave-one-speaker-out folds")
+    manifest_path = usable.to_jsonl(out_dir / "manifest.jsonl")
+    err.print("[bold]3/4[/] leave-one-speaker-out folds")
     f = make_folds(usable, "loso", seed=seed)
-    f.to_json(out_dir / "folds.json")
+    folds_path = f.to_json(out_dir / "folds.json")
     _print_summary(summarize(usable, f))
+    err.print(
+        "[bold]4/4[/] active learning on fold 0 with eGeMAPS features: margin vs random, "
+        "seed set by k-means on speaker embeddings, 5% -> 40% of the labels"
+    )
+    al = ALConfig(schedule=("0.05", "0.1", "0.2", "0.4"), cold_start="kmeans", seed=seed)
+    run_compare(
+        usable,
+        str(manifest_path.resolve()),
+        str(folds_path.resolve()),
+        [f.get(0)],
+        "egemaps",
+        ["random", "margin"],
+        [seed],
+        al,
+        TrainConfig(epochs=30, batch_size=8, patience=0, seed=seed),
+        out_dir / "compare",
+        cache_dir=str((out_dir / "cache").resolve()),
+        log=lambda line: err.print(line, highlight=False),
+    )
+    console.print((out_dir / "compare" / "summary.md").read_text(), highlight=False)
     console.print(
-        f"demo outputs in {out_dir}: manifest.jsonl, folds.json, corpus/", highlight=False
+        f"demo outputs in {out_dir}: manifest.jsonl, folds.json, corpus/, compare/ "
+        "(curve.csv, summary.md, one run folder per strategy)",
+        highlight=False,
     )

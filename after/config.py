@@ -133,3 +133,36 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class ALConfig:
+    """An active-learning run: how the seed set is chosen, what is queried, when to stop.
+
+    `schedule` gives the labeled-set size after each round, as fractions of the pool ("0.1"),
+    counts ("40"), or minutes of audio ("5min"); the first entry is the seed set.
+    """
+
+    strategy: str = "entropy"
+    schedule: tuple[str, ...] = ("0.02", "0.05", "0.1", "0.15", "0.2")
+    cold_start: str = "kmeans"  # kmeans (on resemblyzer speaker embeddings), random, or alps
+    warm_start: bool = False  # False: every round trains from the backbone, as in AFTER
+    mc_passes: int = 10  # MC-dropout passes for bald / dbal_*
+    target_ua: float | None = None  # stop once dev UA reaches this
+    stabilize_kappa: float | None = None  # stop once successive rounds agree this much
+    stop_set_size: int = 200  # held-aside unlabeled clips for the agreement check
+    surprisal_model: str | None = None  # wav2vec 2.0 pre-training model for alps (TAPT output)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from after.errors import AfterError
+
+        if not self.schedule:
+            raise AfterError("the schedule is empty; give label budgets like 0.05,0.1,0.2")
+        if self.cold_start not in ("kmeans", "random", "alps"):
+            raise AfterError(f"cold_start={self.cold_start!r}: choose kmeans, random or alps")
+        if self.mc_passes < 2:
+            raise AfterError(f"mc_passes={self.mc_passes}: MC dropout needs at least 2 passes")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -55,6 +55,7 @@ from after.models.backbones import (
     load_feature_extractor,
     num_frames,
 )
+from after.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -442,7 +443,7 @@ def run_tapt(
     log_path = out / LOG_FILE
     t0, audio_s = time.perf_counter(), 0.0
     last: dict[str, float] = {}
-    bar = _progress_bar(progress and accelerator.is_main_process)
+    bar = progress_bar(progress and accelerator.is_main_process)
     with bar:
         task = bar.add_task("TAPT", total=config.steps, completed=start, info="")
         for step in range(start, config.steps):
@@ -628,25 +629,65 @@ def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _progress_bar(enabled: bool) -> Any:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+# ---- surprisal embeddings (ALPS) -----------------------------------------------------------------
 
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
+
+@torch.no_grad()
+def surprisal_embeddings(
+    model_dir: str,
+    manifest: Manifest,
+    ids: list[str],
+    *,
+    num_segments: int = 16,
+    mask_prob: float = 0.5,
+    max_seconds: float = 30.0,
+    seed: int = 0,
+) -> np.ndarray:
+    """ALPS's surprisal embedding adapted to speech, (len(ids), num_segments).
+
+    ALPS (Yuan et al. 2020) embeds a sentence by the masked-LM loss of each token under the
+    pre-trained model. Here the pre-trained (TAPT) wav2vec 2.0 plays the LM: each clip gets span
+    masks (about `mask_prob` of its frames, seeded by the clip id, so the same clip always gets
+    the same masks), the per-frame contrastive loss of each masked frame (its quantized target
+    against negatives from the clip's other masked frames) is computed, and the losses are
+    averaged over `num_segments` equal stretches of the clip, giving a fixed-length vector of how
+    surprising each part of the clip is to the model. No labels are used. Needs a wav2vec 2.0
+    with its pre-training head: a TAPT output or a `scratch:` spec.
+    """
+    config = load_config(model_dir)
+    if config.model_type != "wav2vec2":
+        raise AfterError(
+            f"{model_dir}: ALPS surprisal needs a wav2vec 2.0 pre-training model (a TAPT output), "
+            f"not {FAMILIES.get(config.model_type, config.model_type)}"
+        )
+    model: Any = load_backbone(model_dir, pretraining=True)
+    fe = load_feature_extractor(model_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model.to(device).eval()
+    out = np.zeros((len(ids), num_segments), dtype=np.float32)
+    for row, utt_id in enumerate(ids):
+        u = manifest[utt_id]
+        wave = load_audio(u.path, max_duration_s=max_seconds, crop="center")
+        x = fe(wave, sampling_rate=SAMPLE_RATE, return_tensors="pt")["input_values"].to(device)
+        frames = int(num_frames(config, torch.tensor([wave.size]))[0])
+        rng = _rng(seed, "surprisal", u.id)
+        mask = span_mask(
+            np.array([frames]), frames, mask_prob=mask_prob, mask_length=10, min_masks=2, rng=rng
+        )
+        result = model(x, mask_time_indices=torch.from_numpy(mask).to(device))
+        context = result.projected_states[0].float()  # (T, P)
+        targets = result.projected_quantized_states[0].float()  # (T, P)
+        masked = np.flatnonzero(mask[0])
+        negatives = sample_negatives(mask, min(model.config.num_negatives, 20), rng)[0][masked]
+        c, pos = context[masked], targets[masked]
+        neg = targets[torch.from_numpy(negatives).to(device)]  # (M, K, P)
+        candidates = torch.cat([pos[:, None], neg], dim=1)
+        logits = torch.cosine_similarity(c[:, None], candidates, dim=-1)
+        logits = logits / model.config.contrastive_logits_temperature
+        loss = -torch.log_softmax(logits, dim=-1)[:, 0].cpu().numpy()  # per masked frame
+        segment = np.minimum((masked * num_segments) // max(frames, 1), num_segments - 1)
+        sums = np.bincount(segment, weights=loss, minlength=num_segments)
+        counts = np.bincount(segment, minlength=num_segments)
+        mean = float(loss.mean()) if loss.size else 0.0
+        out[row] = np.where(counts > 0, sums / np.maximum(counts, 1), mean)
+    return out

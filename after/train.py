@@ -14,6 +14,7 @@ active-learning rounds then run only the transformer. A frozen feature backbone 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
 import math
@@ -27,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.utils import set_seed
 from torch import nn
 
 from after.cache import ArrayCache, cache_folder
@@ -38,6 +40,7 @@ from after.dist import accelerator as make_accelerator
 from after.errors import AfterError
 from after.metrics import classification_scores
 from after.models.classifier import Classifier, new_classifier
+from after.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -309,18 +312,57 @@ def _forward(clf: Classifier, model: nn.Module, inputs: dict[str, torch.Tensor])
 def _predict(
     clf: Classifier, model: nn.Module, data: _Inputs, ids: Sequence[str], device: torch.device
 ) -> np.ndarray:
+    return _infer(clf, model, data, ids, device)["probs"]
+
+
+@torch.no_grad()
+def _infer(
+    clf: Classifier,
+    model: nn.Module,
+    data: _Inputs,
+    ids: Sequence[str],
+    device: torch.device,
+    *,
+    embeddings: bool = False,
+    mc_passes: int = 0,
+) -> dict[str, np.ndarray]:
+    """Class probabilities (N, C) with dropout off; with `embeddings`, the pooled input of the
+    output layer (N, D); with `mc_passes` S > 0, S more passes with only the dropout layers
+    active (MC dropout; SpecAugment and layer drop stay off), as (N, C, S)."""
     was_training = model.training
     model.eval()
+    captured: list[torch.Tensor] = []
+    hook = clf.output_layer().register_forward_hook(
+        lambda _m, args, _out: captured.append(args[0].detach())
+    )
+    dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     order = sorted(range(len(ids)), key=lambda i: data.duration(ids[i]))
-    probs = np.zeros((len(ids), len(clf.labels)))
+    out = {"probs": np.zeros((len(ids), len(clf.labels)))}
+    if embeddings:
+        out["embeddings"] = np.zeros((len(ids), clf.output_layer().in_features), dtype=np.float32)
+    if mc_passes:
+        out["mc_probs"] = np.zeros((len(ids), len(clf.labels), mc_passes))
     size = data.config.eval_batch_size
-    for start in range(0, len(order), size):
-        chunk = order[start : start + size]
-        inputs = {k: v.to(device) for k, v in data.batch([ids[i] for i in chunk], None).items()}
-        logits = _forward(clf, model, inputs)
-        probs[chunk] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-    model.train(was_training)
-    return probs
+    try:
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            inputs = {k: v.to(device) for k, v in data.batch([ids[i] for i in chunk], None).items()}
+            captured.clear()
+            logits = _forward(clf, model, inputs)
+            out["probs"][chunk] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            if embeddings:
+                out["embeddings"][chunk] = captured[0].float().cpu().numpy()
+            for s in range(mc_passes):
+                for m in dropouts:
+                    m.train()
+                mc = torch.softmax(_forward(clf, model, inputs).float(), dim=-1)
+                out["mc_probs"][chunk, :, s] = mc.cpu().numpy()
+                for m in dropouts:
+                    m.eval()
+    finally:
+        hook.remove()
+        model.train(was_training)
+    return out
 
 
 def predict(
@@ -331,14 +373,31 @@ def predict(
     config: TrainConfig | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> np.ndarray:
-    """Class probabilities (len(ids), C) of a classifier, in the order of `ids`."""
+    """Class probabilities (len(ids), C) of a classifier, in the order of `ids`. The CNN cache
+    is keyed on the CNN weights, so it is right for any model, trained or not."""
+    return infer(clf, manifest, ids, config=config, cache_dir=cache_dir)["probs"]
+
+
+def infer(
+    clf: Classifier,
+    manifest: Manifest,
+    ids: Sequence[str],
+    *,
+    embeddings: bool = False,
+    mc_passes: int = 0,
+    config: TrainConfig | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """What active-learning strategies need of a classifier, in one pass over `ids`: `probs`
+    (N, C), and optionally `embeddings` (N, D) and `mc_probs` (N, C, S); see `_infer`."""
     config = config or TrainConfig()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     clf.module.to(device)
-    # The CNN cache is keyed on the CNN weights, so it is right for any model, trained or not.
     data = _Inputs(clf, manifest, config, cache_dir, device, cnn_cached=config.cache_cnn)
     with _cached_cnn(clf.module, data.cnn_cached):
-        return _predict(clf, clf.module, data, ids, device)
+        return _infer(
+            clf, clf.module, data, ids, device, embeddings=embeddings, mc_passes=mc_passes
+        )
 
 
 def evaluate(
@@ -367,12 +426,14 @@ def fit(
     *,
     labels: Sequence[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    init: Classifier | None = None,
     progress: bool = True,
 ) -> FitResult:
-    """Train a new classifier on `train_ids` (labeled), keep the epoch with the best dev UA.
+    """Train a classifier on `train_ids` (labeled), keep the epoch with the best dev UA.
 
     `labels` fixes the class set and order (default: every label in the manifest, so the classes
-    do not depend on which clips happen to be labeled yet).
+    do not depend on which clips happen to be labeled yet). The classifier is new (random head on
+    `backbone`), or with `init` a copy of that one, trained further (warm start).
     """
     config = config or TrainConfig()
     labels = list(labels or manifest.labels)
@@ -383,14 +444,21 @@ def fit(
         raise AfterError(f"{len(overlap)} clip(s) in both train and dev, e.g. {sorted(overlap)[0]}")
     t0 = time.perf_counter()
     accelerator = make_accelerator(config.precision)
-    torch.manual_seed(config.seed)
-    clf = new_classifier(
-        backbone,
-        labels,
-        freeze_cnn=config.freeze_cnn,
-        spec_time_prob=config.spec_time_prob,
-        spec_feature_prob=config.spec_feature_prob,
-    )
+    # Python's, numpy's and torch's global generators: transformers draws SpecAugment masks from
+    # numpy's, so without this a run resumed in a new process would train differently.
+    set_seed(config.seed)
+    if init is not None:
+        if init.labels != labels:
+            raise AfterError(f"warm start from a model with labels {init.labels}, not {labels}")
+        clf = copy.deepcopy(init)
+    else:
+        clf = new_classifier(
+            backbone,
+            labels,
+            freeze_cnn=config.freeze_cnn,
+            spec_time_prob=config.spec_time_prob,
+            spec_feature_prob=config.spec_feature_prob,
+        )
     clf.module.to(accelerator.device)
     data = _Inputs(
         clf,
@@ -403,7 +471,7 @@ def fit(
     train_ids = list(train_ids)
     targets = label_targets([manifest[i] for i in train_ids], labels, config.soft_labels)
     weights = class_weights(targets) if config.class_weighted else np.ones(len(labels))
-    if clf.kind == "features":
+    if clf.kind == "features" and init is None:
         clf.module.fit_scaler(torch.from_numpy(data.vectors_of(train_ids)).float())  # type: ignore[operator]
 
     head = {id(p) for p in clf.head_parameters()}
@@ -434,7 +502,7 @@ def fit(
         None,
         None,
     )
-    bar = _progress_bar(progress and accelerator.is_main_process)
+    bar = progress_bar(progress and accelerator.is_main_process, transient=True)
     with _cached_cnn(clf.module, data.cnn_cached), bar:
         task = bar.add_task("fine-tuning", total=total, info="")
         for epoch in range(config.epochs):
@@ -489,31 +557,6 @@ def fit(
         accelerator.unwrap_model(model).load_state_dict(best[2])
     clf.module = accelerator.unwrap_model(model)
     return FitResult(clf, best[1], best[3], history, time.perf_counter() - t0)
-
-
-def _progress_bar(enabled: bool) -> Any:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-        transient=True,
-    )
 
 
 def save_result(out_dir: str | os.PathLike[str], result: FitResult, **extra: Any) -> Path:

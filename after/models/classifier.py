@@ -34,14 +34,16 @@ Kind = Literal["transformers", "features"]
 
 
 class FeatureHead(nn.Module):
-    """Standardise (with statistics of the training vectors), then a linear layer."""
+    """Standardise (with statistics of the training vectors), dropout, then a linear layer. The
+    dropout regularises training and is what MC-dropout strategies (BALD, DBAL) sample."""
 
-    def __init__(self, dim: int, num_labels: int) -> None:
+    def __init__(self, dim: int, num_labels: int, dropout: float = 0.2) -> None:
         super().__init__()
         self.mean: torch.Tensor
         self.scale: torch.Tensor
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(dim))
+        self.dropout = nn.Dropout(dropout)
         self.linear = nn.Linear(dim, num_labels)
 
     def fit_scaler(self, vectors: torch.Tensor) -> None:
@@ -49,7 +51,7 @@ class FeatureHead(nn.Module):
         self.scale.copy_(vectors.std(dim=0, unbiased=False).clamp(min=1e-6))
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear((features - self.mean) / self.scale)
+        return self.linear(self.dropout((features - self.mean) / self.scale))
 
 
 @dataclass
@@ -71,12 +73,12 @@ class Classifier:
         m: Any = self.module
         return [*m.projector.parameters(), *m.classifier.parameters()]
 
-    def logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        if self.kind == "features":
-            out: torch.Tensor = self.module(inputs["features"])
-            return out
-        logits: torch.Tensor = self.module(**inputs).logits
-        return logits
+    def output_layer(self) -> nn.Linear:
+        """The last linear layer: its input is the pooled embedding, its output the logits."""
+        m: Any = self.module
+        layer = m.linear if self.kind == "features" else m.classifier
+        assert isinstance(layer, nn.Linear)
+        return layer
 
     def save(self, out_dir: str | os.PathLike[str], **extra: Any) -> Path:
         """Write the model folder; `extra` goes into after_model.json (e.g. training provenance)."""

@@ -1,0 +1,1 @@
+"""The active-learning loop: state, oracles and the runner."""

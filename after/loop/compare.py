@@ -1,0 +1,226 @@
+"""Compare strategies: every strategy x seed x fold on the same schedule, plus fine-tuning on all
+labels, summarised as learning curves (mean ± std of test UA per budget), the area under each
+UA curve, and each run's time relative to full-data fine-tuning.
+
+Every run is its own resumable run folder, and every full-data result its own JSON file, so a
+stopped comparison resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from after.config import ALConfig, TrainConfig
+from after.data.folds import Fold
+from after.data.manifest import Manifest
+from after.io import atomic_write_json, atomic_write_text
+from after.loop.runner import Run, run_loop, start_run
+from after.loop.state import LoopState
+from after.metrics import mean_std
+
+
+def compare(
+    manifest: Manifest,
+    manifest_path: str,
+    folds_path: str,
+    folds: Sequence[Fold],
+    backbone: str,
+    strategies: Sequence[str],
+    seeds: Sequence[int],
+    al: ALConfig,
+    train: TrainConfig,
+    out_dir: str | Path,
+    *,
+    cache_dir: str | None = None,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run everything missing in `out_dir`, then write `curve.csv`, `curve.json` and
+    `summary.md` there; returns the summary."""
+    from after.train import evaluate, fit
+
+    out = Path(out_dir)
+    runs: dict[str, list[list[dict[str, Any]]]] = {s: [] for s in strategies}
+    run_seconds: dict[str, list[float]] = {s: [] for s in strategies}
+    full: list[dict[str, Any]] = []
+    for fold in folds:
+        labeled = [i for i in fold.train if manifest[i].label is not None]
+        for seed in seeds:
+            path = out / "full" / f"{fold.name}_seed{seed}.json"
+            if not path.is_file():
+                t0 = time.perf_counter()
+                config = TrainConfig(**{**train.to_dict(), "seed": seed})
+                r = fit(
+                    manifest,
+                    labeled,
+                    fold.dev,
+                    backbone,
+                    config,
+                    cache_dir=cache_dir,
+                    progress=False,
+                )
+                test = evaluate(
+                    r.classifier, manifest, fold.test, config=config, cache_dir=cache_dir
+                )
+                atomic_write_json(
+                    path,
+                    {
+                        "fold": fold.name,
+                        "seed": seed,
+                        "test_ua": test["ua"],
+                        "test_wa": test["wa"],
+                        "seconds": time.perf_counter() - t0,
+                    },
+                )
+                log(f"{fold.name} seed {seed}: all labels, test UA {100 * test['ua']:.1f}%")
+            full.append(json.loads(path.read_text()))
+            for strategy in strategies:
+                run_dir = out / "runs" / fold.name / f"{strategy}_seed{seed}"
+                cfg = ALConfig(**{**al.to_dict(), "strategy": strategy, "seed": seed})
+                run = Run(
+                    manifest,
+                    manifest_path,
+                    folds_path,
+                    fold,
+                    backbone,
+                    cfg,
+                    TrainConfig(**{**train.to_dict(), "seed": seed}),
+                    run_dir,
+                    cache_dir,
+                )
+                state = (
+                    LoopState.load(run_dir)
+                    if (run_dir / "state.json").is_file()
+                    else start_run(run)
+                )
+                if state.phase != "done":
+                    state = run_loop(run, state)
+                    last = state.rounds[-1]
+                    log(
+                        f"{fold.name} seed {seed} {strategy}: test UA {100 * last['test_ua']:.1f}% "
+                        f"with {last['num_labeled']} labels"
+                    )
+                runs[strategy].append(state.rounds)
+                run_seconds[strategy].append(
+                    sum(
+                        r["train_s"] + r["eval_s"] + r["score_s"] + r["select_s"]
+                        for r in state.rounds
+                    )
+                )
+    summary = _summarise(runs, run_seconds, full, al.schedule)
+    summary["protocol"] = {
+        "corpus": ", ".join(sorted({u.corpus for u in manifest})),
+        "folds": [f.name for f in folds],
+        "seeds": list(seeds),
+        "backbone": backbone,
+        "schedule": list(al.schedule),
+        "cold_start": al.cold_start,
+    }
+    atomic_write_json(out / "curve.json", summary)
+    atomic_write_text(out / "curve.csv", _curve_csv(summary))
+    atomic_write_text(out / "summary.md", _markdown(summary))
+    return summary
+
+
+def _summarise(
+    runs: dict[str, list[list[dict[str, Any]]]],
+    run_seconds: dict[str, list[float]],
+    full: list[dict[str, Any]],
+    schedule: Sequence[str],
+) -> dict[str, Any]:
+    full_ua = mean_std([r["test_ua"] for r in full])
+    full_s = float(np.mean([r["seconds"] for r in full]))
+    curves: dict[str, Any] = {}
+    for strategy, per_run in runs.items():
+        rounds = min(len(r) for r in per_run)  # a run that stopped early shortens the curve
+        points = []
+        for k in range(rounds):
+            points.append(
+                {
+                    "budget": schedule[k],
+                    "fraction": mean_std([r[k]["fraction"] for r in per_run]),
+                    "test_ua": mean_std([r[k]["test_ua"] for r in per_run]),
+                    "test_wa": mean_std([r[k]["test_wa"] for r in per_run]),
+                }
+            )
+        aucs = [_auc(r[:rounds]) for r in per_run]
+        curves[strategy] = {
+            "points": points,
+            "auc_ua": mean_std(aucs),
+            "seconds": mean_std(run_seconds[strategy]),
+            "time_vs_full": float(np.mean(run_seconds[strategy])) / full_s,
+        }
+    return {"full": {"test_ua": full_ua, "seconds": full_s}, "strategies": curves}
+
+
+def _auc(rounds: list[dict[str, Any]]) -> float:
+    """Area under the test-UA curve over the labeled fraction, divided by the fraction range
+    (so it is a mean UA over the budget span); one round gives its UA."""
+    x = np.array([r["fraction"] for r in rounds])
+    y = np.array([r["test_ua"] for r in rounds])
+    if len(x) < 2 or x[-1] == x[0]:
+        return float(y.mean())
+    return float(np.trapezoid(y, x) / (x[-1] - x[0]))
+
+
+def _curve_csv(summary: dict[str, Any]) -> str:
+    out = io.StringIO()
+    w = csv.writer(out)
+    w.writerow(["strategy", "budget", "fraction", "test_ua_mean", "test_ua_std", "n"])
+    for name, c in summary["strategies"].items():
+        for p in c["points"]:
+            ua = p["test_ua"]
+            w.writerow(
+                [
+                    name,
+                    p["budget"],
+                    f"{p['fraction']['mean']:.4f}",
+                    f"{ua['mean']:.4f}",
+                    f"{ua['std']:.4f}",
+                    ua["n"],
+                ]
+            )
+    full = summary["full"]["test_ua"]
+    w.writerow(
+        ["all labels", "1.0", "1.0000", f"{full['mean']:.4f}", f"{full['std']:.4f}", full["n"]]
+    )
+    return out.getvalue()
+
+
+def _markdown(summary: dict[str, Any]) -> str:
+    p = summary["protocol"]
+    budgets = p["schedule"]
+    lines = [
+        f"# Label efficiency: {p['backbone']} on {p['corpus']}",
+        "",
+        f"Folds {', '.join(p['folds'])}; seeds {', '.join(map(str, p['seeds']))}; cold start "
+        f"{p['cold_start']}. Test UA in %, mean ± sample std over folds x seeds.",
+        "",
+        "| strategy | " + " | ".join(budgets) + " | AUC | time vs all labels |",
+        "| --- | " + " | ".join("---:" for _ in budgets) + " | ---: | ---: |",
+    ]
+    for name, c in summary["strategies"].items():
+        cells = [
+            f"{100 * pt['test_ua']['mean']:.1f} ± {100 * pt['test_ua']['std']:.1f}"
+            for pt in c["points"]
+        ]
+        cells += ["-"] * (len(budgets) - len(cells))
+        lines.append(
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | {100 * c['auc_ua']['mean']:.1f} | {c['time_vs_full']:.2f}x |"
+        )
+    full = summary["full"]["test_ua"]
+    lines += [
+        "",
+        f"All labels: {100 * full['mean']:.1f} ± {100 * full['std']:.1f} (n={full['n']}).",
+        "",
+    ]
+    return "\n".join(lines)

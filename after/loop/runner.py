@@ -1,0 +1,519 @@
+"""The active-learning loop: cold start, then rounds of fine-tune -> evaluate -> score the pool ->
+select -> label, until the schedule is spent or a stopping criterion fires.
+
+Honest by construction: the pool is the fold's training clips only; the classifier sees a view of
+the manifest in which pool clips carry only the labels the oracle gave; dev and test clips are
+never scored, selected or used for the cold start. Every step ends with `state.json` written
+atomically, and every random draw is seeded by (seed, round, purpose), so `resume` continues a
+killed run with the same result as an uninterrupted one.
+
+Run folder: `config.json` (everything needed to resume), `state.json` (see `LoopState`),
+`rounds.csv` (one row per round: labeled count, fraction and minutes; dev and test UA / WA /
+macro-F1; seconds spent training, evaluating, scoring and selecting), `model/` (the latest
+round's classifier), and cached per-run arrays (`surprisal.npz` for ALPS).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import itertools
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from after.config import ALConfig, TrainConfig, config_hash
+from after.data.folds import Fold, Folds, manifest_digest
+from after.data.manifest import Manifest
+from after.errors import AfterError
+from after.io import atomic_write_json, atomic_write_text
+from after.loop.oracle import Oracle, SimulatedOracle
+from after.loop.state import LoopState
+from after.models.classifier import Classifier, load_classifier
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+ROUNDS_FILE = "rounds.csv"
+MODEL_DIR = "model"
+SURPRISAL_FILE = "surprisal.npz"
+
+
+def rng_for(seed: int, *keys: object) -> np.random.Generator:
+    return np.random.default_rng([seed, *(zlib.crc32(str(k).encode()) for k in keys)])
+
+
+# ---- schedule ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """The labeled-set size to reach by the end of a round selection: clips, or audio minutes."""
+
+    count: int | None = None
+    minutes: float | None = None
+
+    def describe(self) -> str:
+        return f"{self.minutes:g} min" if self.minutes is not None else f"{self.count} clips"
+
+
+def parse_schedule(schedule: Sequence[str], pool_size: int) -> list[Budget]:
+    """ "0.1" -> 10% of the pool, "40" -> 40 clips, "5min" -> 5 minutes of audio. Budgets must
+    grow from round to round and fit in the pool."""
+    budgets = []
+    for item in schedule:
+        text = item.strip()
+        try:
+            if text.endswith("min"):
+                budgets.append(Budget(minutes=float(text.removesuffix("min"))))
+            elif "." in text:
+                fraction = float(text)
+                if not 0 < fraction <= 1:
+                    raise ValueError
+                budgets.append(Budget(count=max(1, round(fraction * pool_size))))
+            else:
+                budgets.append(Budget(count=int(text)))
+        except ValueError:
+            raise AfterError(
+                f"schedule entry {item!r}: use a fraction of the pool (0.05), a count (40) or "
+                "minutes of audio (5min)"
+            ) from None
+    if len({b.minutes is None for b in budgets}) > 1:
+        raise AfterError("schedule: do not mix minutes with fractions or counts")
+    values = [b.minutes if b.minutes is not None else float(b.count or 0) for b in budgets]
+    if values[0] <= 0 or any(a >= b for a, b in itertools.pairwise(values)):
+        raise AfterError(f"schedule {list(schedule)}: budgets must be positive and increasing")
+    if any(b.count is not None and b.count > pool_size for b in budgets):
+        raise AfterError(
+            f"schedule {list(schedule)}: a budget exceeds the pool ({pool_size} clips)"
+        )
+    return budgets
+
+
+# ---- the run -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything a run needs; `config.json` holds it so that `resume` can rebuild it."""
+
+    manifest: Manifest
+    manifest_path: str
+    folds_path: str
+    fold: Fold
+    backbone: str
+    al: ALConfig
+    train: TrainConfig
+    run_dir: Path
+    cache_dir: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "manifest": self.manifest_path,
+            "manifest_digest": manifest_digest(self.manifest),
+            "folds": self.folds_path,
+            "fold": self.fold.name,
+            "backbone": self.backbone,
+            "al": self.al.to_dict(),
+            "train": self.train.to_dict(),
+            "cache_dir": self.cache_dir,
+        }
+
+    @classmethod
+    def from_dir(cls, run_dir: str | os.PathLike[str]) -> Run:
+        folder = Path(run_dir)
+        path = folder / CONFIG_FILE
+        if not path.is_file():
+            raise AfterError(f"{path}: not found; is {folder} a run folder of after run?")
+        c = json.loads(path.read_text())
+        manifest = Manifest.from_jsonl(c["manifest"])
+        if manifest_digest(manifest) != c["manifest_digest"]:
+            raise AfterError(
+                f"{c['manifest']} changed since the run started; resume needs the same manifest"
+            )
+        al = c["al"]
+        al["schedule"] = tuple(al["schedule"])
+        return cls(
+            manifest=manifest,
+            manifest_path=c["manifest"],
+            folds_path=c["folds"],
+            fold=Folds.from_json(c["folds"], manifest).get(c["fold"]),
+            backbone=c["backbone"],
+            al=ALConfig(**al),
+            train=TrainConfig(**c["train"]),
+            run_dir=folder,
+            cache_dir=c["cache_dir"],
+        )
+
+
+def start_run(run: Run) -> LoopState:
+    """Create the run folder and its first state; refuses a folder that holds a run."""
+    if (run.run_dir / CONFIG_FILE).exists():
+        raise AfterError(
+            f"{run.run_dir}: holds a run already; continue it with --resume {run.run_dir}, or "
+            "choose another --out"
+        )
+    run.run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run.run_dir / CONFIG_FILE, run.to_json())
+    state = LoopState(config_hash=config_hash(run.to_json()), seed=run.al.seed)
+    state.save(run.run_dir)
+    return state
+
+
+def run_loop(
+    run: Run,
+    state: LoopState,
+    *,
+    oracle: Oracle | None = None,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = False,
+) -> LoopState:
+    """Advance `state` until the run is done (or the oracle leaves queries unanswered)."""
+    if state.config_hash != config_hash(run.to_json()):
+        raise AfterError(f"{run.run_dir}: config.json does not match state.json; was it edited?")
+    oracle = oracle or SimulatedOracle(run.manifest)
+    loop = _Loop(run, state, oracle, progress)
+    while state.phase != "done":
+        if state.phase == "select":
+            loop.select()
+        elif state.phase == "label":
+            if not loop.label():
+                logger.info("waiting for %d label(s)", len(state.pending))
+                return state
+        elif state.phase == "train":
+            record = loop.train()
+            if on_round is not None:
+                on_round(record)
+    return state
+
+
+class _Loop:
+    def __init__(self, run: Run, state: LoopState, oracle: Oracle, progress: bool) -> None:
+        self.run, self.state, self.oracle, self.progress = run, state, oracle, progress
+        m, fold = run.manifest, run.fold
+        simulated = isinstance(oracle, SimulatedOracle)
+        candidates = [i for i in fold.train if not simulated or m[i].label is not None]
+        self.stop_set: list[str] = []
+        if run.al.stabilize_kappa is not None:
+            rng = rng_for(run.al.seed, "stop-set")
+            size = min(run.al.stop_set_size, len(candidates) // 4)
+            picked = set(rng.choice(len(candidates), size, replace=False).tolist())
+            self.stop_set = [c for k, c in enumerate(candidates) if k in picked]
+        held = set(self.stop_set)
+        self.pool_ids = [c for c in candidates if c not in held]
+        self.budgets = parse_schedule(run.al.schedule, len(self.pool_ids))
+        self.durations = {i: _duration(m, i) for i in self.pool_ids}
+        self.classifier: Classifier | None = None
+        self.timings: dict[str, float] = {}
+
+    # -- views
+
+    def view(self) -> Manifest:
+        """The manifest as the learner may see it: pool clips carry only oracle labels."""
+        pool = set(self.pool_ids) | set(self.stop_set)
+        items = []
+        for u in self.run.manifest:
+            if u.id in pool:
+                label = self.state.labels.get(u.id)
+                u = dataclasses.replace(u, label=label, votes=u.votes if label else None)
+            items.append(u)
+        return Manifest(items, source="active-learning view")
+
+    def unlabeled(self) -> list[str]:
+        done = set(self.state.labeled) | set(self.state.pending)
+        return [i for i in self.pool_ids if i not in done]
+
+    # -- phases
+
+    def select(self) -> None:
+        r = self.state.round
+        budget = self.budgets[r]
+        unlabeled = self.unlabeled()
+        t0 = time.perf_counter()
+        if budget.minutes is not None:
+            have = sum(self.durations[i] for i in self.state.labeled) / 60
+            need_s = max(0.0, (budget.minutes - have) * 60)
+            mean = float(np.mean([self.durations[i] for i in unlabeled])) if unlabeled else 1.0
+            n = min(len(unlabeled), math.ceil(1.5 * need_s / max(mean, 1e-3)) + 1)
+        else:
+            n = budget.count - len(self.state.labeled)  # type: ignore[operator]
+        if n <= 0 or not unlabeled:
+            queries: list[str] = []
+        elif r == 0:
+            queries = self._cold_start(unlabeled, min(n, len(unlabeled)))
+        else:
+            queries = self._query(unlabeled, min(n, len(unlabeled)))
+        if budget.minutes is not None:  # keep the ranked prefix that fills the minutes
+            need_s = max(
+                0.0, budget.minutes * 60 - sum(self.durations[i] for i in self.state.labeled)
+            )
+            kept, total = [], 0.0
+            for q in queries:
+                if total >= need_s:
+                    break
+                kept.append(q)
+                total += self.durations[q]
+            queries = kept
+        self.timings["select_s"] = time.perf_counter() - t0
+        self.state.pending = queries
+        self.state.phase = "label"
+        self.state.save(self.run.run_dir)
+
+    def label(self) -> bool:
+        """Ask the oracle; True when every pending query is labeled."""
+        answers = self.oracle.label(self.state.pending) if self.state.pending else {}
+        for i in self.state.pending:
+            if i in answers:
+                self.state.labels[i] = answers[i]
+                self.state.labeled[i] = self.state.round
+        self.state.pending = [i for i in self.state.pending if i not in answers]
+        if self.state.pending:
+            self.state.save(self.run.run_dir)
+            return False
+        self.state.phase = "train"
+        self.state.save(self.run.run_dir)
+        return True
+
+    def train(self) -> dict[str, Any]:
+        from after.train import evaluate, fit, predict
+
+        run, state = self.run, self.state
+        view = self.view()
+        labeled = state.labeled_ids()
+        init = self._previous() if run.al.warm_start and state.round > 0 else None
+        t0 = time.perf_counter()
+        result = fit(
+            view,
+            labeled,
+            run.fold.dev,
+            run.backbone,
+            run.train,
+            labels=run.manifest.labels,
+            cache_dir=run.cache_dir,
+            init=init,
+            progress=self.progress,
+        )
+        train_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        test = evaluate(
+            result.classifier, view, run.fold.test, config=run.train, cache_dir=run.cache_dir
+        )
+        eval_s = time.perf_counter() - t0
+        self.classifier = result.classifier
+        _save_model(result.classifier, run.run_dir / MODEL_DIR, round=state.round)
+
+        minutes = sum(self.durations[i] for i in labeled) / 60
+        record: dict[str, Any] = {
+            "round": state.round,
+            "num_labeled": len(labeled),
+            "fraction": len(labeled) / len(self.pool_ids),
+            "minutes": round(minutes, 3),
+            "budget": self.budgets[state.round].describe(),
+            "best_epoch": result.best_epoch,
+            "dev_ua": result.dev["ua"] if result.dev else None,
+            "dev_wa": result.dev["wa"] if result.dev else None,
+            "dev_macro_f1": result.dev["macro_f1"] if result.dev else None,
+            "test_ua": test["ua"],
+            "test_wa": test["wa"],
+            "test_macro_f1": test["macro_f1"],
+            "train_s": round(train_s, 3),
+            "eval_s": round(eval_s, 3),
+            "score_s": round(self.timings.pop("score_s", 0.0), 3),
+            "select_s": round(self.timings.pop("select_s", 0.0), 3),
+        }
+        stop = ""
+        if state.round == len(self.budgets) - 1:
+            stop = "budget spent"
+        elif not self.unlabeled():
+            stop = "pool exhausted"
+        elif run.al.target_ua is not None and result.dev and result.dev["ua"] >= run.al.target_ua:
+            stop = f"dev UA {result.dev['ua']:.3f} reached the target {run.al.target_ua}"
+        if self.stop_set:
+            preds = predict(result.classifier, view, self.stop_set, config=run.train).argmax(1)
+            if state.stop_predictions:
+                kappa = _kappa(state.stop_predictions, preds.tolist(), len(run.manifest.labels))
+                record["stop_set_kappa"] = kappa
+                if (
+                    not stop
+                    and run.al.stabilize_kappa is not None
+                    and kappa >= run.al.stabilize_kappa
+                ):
+                    stop = f"predictions stable (kappa {kappa:.3f} >= {run.al.stabilize_kappa})"
+            state.stop_predictions = preds.tolist()
+        state.rounds.append(record)
+        if stop:
+            state.phase, state.stopped_because = "done", stop
+        else:
+            state.round += 1
+            state.phase = "select"
+        state.save(run.run_dir)
+        atomic_write_text(run.run_dir / ROUNDS_FILE, _csv(state.rounds))
+        return record
+
+    # -- selection
+
+    def _previous(self) -> Classifier:
+        if self.classifier is None:
+            self.classifier = load_classifier(self.run.run_dir / MODEL_DIR)
+        return self.classifier
+
+    def _cold_start(self, unlabeled: list[str], n: int) -> list[str]:
+        from after.strategies import cold_start
+
+        al = self.run.al
+        rng = rng_for(al.seed, "cold-start")
+        if al.cold_start == "alps":
+            queries = self._strategy_select("alps", unlabeled, n, rng)
+            self.state.cold_start = {"method": "alps"}
+            return queries
+        embeddings = None
+        if al.cold_start == "kmeans":
+            from after.models.features import embed_manifest, load_feature_backbone
+
+            embeddings = embed_manifest(
+                load_feature_backbone("resemblyzer"),
+                self.run.manifest.subset(unlabeled),
+                cache_dir=self.run.cache_dir,
+                num_workers=min(4, os.cpu_count() or 1),
+            )
+        queries, info = cold_start(unlabeled, embeddings, n, method=al.cold_start, rng=rng)  # type: ignore[arg-type]
+        self.state.cold_start = {
+            **info,
+            "embedding": "resemblyzer" if embeddings is not None else None,
+        }
+        return queries
+
+    def _query(self, unlabeled: list[str], n: int) -> list[str]:
+        rng = rng_for(self.run.al.seed, "select", self.state.round)
+        return self._strategy_select(self.run.al.strategy, unlabeled, n, rng)
+
+    def _strategy_select(
+        self, name: str, unlabeled: list[str], n: int, rng: np.random.Generator
+    ) -> list[str]:
+        from after.strategies import PoolOutputs, get_strategy
+
+        strategy = get_strategy(name)
+        t0 = time.perf_counter()
+        pool = self._outputs(unlabeled, strategy.requires)
+        labeled = self._outputs(
+            self.state.labeled_ids(), strategy.requires & {"embeddings", "surprisal"}
+        )
+        self.timings["score_s"] = time.perf_counter() - t0
+        assert isinstance(pool, PoolOutputs)
+        return strategy.select(pool, n, labeled=labeled, rng=rng, memo=self.state.memo)
+
+    def _outputs(self, ids: list[str], requires: frozenset[str]) -> Any:
+        from after.strategies import PoolOutputs
+        from after.train import infer
+
+        fields: dict[str, Any] = {}
+        if "surprisal" in requires:
+            fields["surprisal"] = self._surprisal(ids)
+        model_needs = requires & {"probs", "mc_probs", "embeddings", "grad_embeddings"}
+        if model_needs and ids:
+            clf = self._previous()
+            out = infer(
+                clf,
+                self.view(),
+                ids,
+                embeddings=bool(requires & {"embeddings", "grad_embeddings"}),
+                mc_passes=self.run.al.mc_passes if "mc_probs" in requires else 0,
+                config=self.run.train,
+                cache_dir=self.run.cache_dir,
+            )
+            if "probs" in requires:
+                fields["probs"] = out["probs"]
+            if "mc_probs" in requires:
+                fields["mc_probs"] = out["mc_probs"]
+            if "embeddings" in requires:
+                fields["embeddings"] = out["embeddings"]
+            if "grad_embeddings" in requires:
+                fields["grad_embeddings"] = grad_embeddings(out["probs"], out["embeddings"])
+        elif model_needs:  # no ids: empty arrays of the right rank
+            fields.update({k: np.zeros((0, 1)) for k in model_needs if k != "mc_probs"})
+        return PoolOutputs(ids=list(ids), **fields)
+
+    def _surprisal(self, ids: list[str]) -> np.ndarray:
+        """ALPS embeddings of `ids`, computed once per run for the whole pool and kept."""
+        from after.tapt import surprisal_embeddings
+
+        path = self.run.run_dir / SURPRISAL_FILE
+        if path.is_file():
+            with np.load(path) as data:
+                known = dict(zip([str(i) for i in data["ids"]], data["values"], strict=True))
+        else:
+            model = self.run.al.surprisal_model or self.run.backbone
+            values = surprisal_embeddings(
+                model, self.run.manifest, self.pool_ids, seed=self.run.al.seed
+            )
+            known = dict(zip(self.pool_ids, values, strict=True))
+            tmp = path.with_name(path.name + ".tmp.npz")
+            np.savez(tmp, ids=np.array(self.pool_ids), values=values)
+            tmp.replace(path)
+        if not ids:
+            return np.zeros((0, 16), dtype=np.float32)
+        return np.stack([known[i] for i in ids])
+
+
+def grad_embeddings(probs: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+    """BADGE's gradient embedding (Ash et al. 2020): the gradient of the cross-entropy loss with
+    respect to the output layer's weights, at the model's own most likely label ŷ:
+    (p - onehot(ŷ)) ⊗ h, flattened to (N, C * D)."""
+    residual = probs.copy()
+    residual[np.arange(len(probs)), probs.argmax(axis=1)] -= 1.0
+    return (
+        (residual[:, :, None] * embeddings[:, None, :]).reshape(len(probs), -1).astype(np.float32)
+    )
+
+
+def _kappa(a: Sequence[int], b: Sequence[int], num_classes: int) -> float:
+    """Cohen's kappa between two label sequences (1.0 when identical)."""
+    x, y = np.asarray(a), np.asarray(b)
+    observed = float((x == y).mean())
+    pa = np.bincount(x, minlength=num_classes) / len(x)
+    pb = np.bincount(y, minlength=num_classes) / len(y)
+    expected = float((pa * pb).sum())
+    return 1.0 if expected >= 1 else (observed - expected) / (1 - expected)
+
+
+def _duration(m: Manifest, utt_id: str) -> float:
+    u = m[utt_id]
+    if u.duration_s is not None:
+        return u.duration_s
+    import soundfile as sf
+
+    try:
+        return float(sf.info(u.path).duration)
+    except (sf.SoundFileError, RuntimeError, OSError):
+        return 0.0
+
+
+def _save_model(clf: Classifier, folder: Path, **extra: Any) -> None:
+    """Replace the run's model folder atomically (a new folder, then a rename)."""
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    clf.save(tmp, **extra)
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        folder.rename(old)
+    tmp.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _csv(rounds: list[dict[str, Any]]) -> str:
+    keys = list(dict.fromkeys(k for r in rounds for k in r))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(rounds)
+    return out.getvalue()

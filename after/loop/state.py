@@ -1,0 +1,71 @@
+"""The durable state of an active-learning run: what is labeled, since when, and what comes next.
+
+`state.json` is rewritten atomically (temp file, fsync, rename) after every step, so a run killed
+at any moment resumes from the last finished step. Randomness is not carried as generator state:
+every random choice draws from a generator seeded by (run seed, round, purpose), so a resumed run
+draws exactly what an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from after.errors import AfterError
+from after.io import atomic_write_json
+
+SCHEMA_VERSION = 1
+STATE_FILE = "state.json"
+Phase = Literal["select", "label", "train", "done"]
+
+
+@dataclass
+class LoopState:
+    """Where a run stands. Phases cycle select -> label -> train -> select ... -> done.
+
+    - select: choose the queries of `round` (round 0: the cold start);
+    - label: `pending` ids wait for the oracle;
+    - train: fine-tune on everything labeled, evaluate, decide whether to stop.
+    """
+
+    config_hash: str
+    seed: int
+    round: int = 0
+    phase: Phase = "select"
+    labeled: dict[str, int] = field(default_factory=dict)  # id -> round it was labeled in
+    labels: dict[str, str] = field(default_factory=dict)  # id -> the oracle's label
+    pending: list[str] = field(default_factory=list)  # queried, not yet labeled
+    memo: dict[str, Any] = field(default_factory=dict)  # the strategy's own, across rounds
+    cold_start: dict[str, Any] = field(default_factory=dict)  # how the seed set was chosen
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # metrics and timings per round
+    stop_predictions: list[int] = field(default_factory=list)  # last round's, on the stop set
+    stopped_because: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def save(self, run_dir: str | os.PathLike[str]) -> Path:
+        return atomic_write_json(Path(run_dir) / STATE_FILE, asdict(self))
+
+    @classmethod
+    def load(cls, run_dir: str | os.PathLike[str]) -> LoopState:
+        path = Path(run_dir) / STATE_FILE
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise AfterError(
+                f"{path}: not found; is {run_dir} a run folder of after run?"
+            ) from None
+        except json.JSONDecodeError as e:
+            raise AfterError(f"{path}: damaged ({e}); restore it from a backup") from None
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise AfterError(
+                f"{path}: state schema {version}, this version of after reads {SCHEMA_VERSION}"
+            )
+        return cls(**data)
+
+    def labeled_ids(self) -> list[str]:
+        """Labeled ids in the order they were labeled (round, then query order)."""
+        return list(self.labeled)

@@ -1,0 +1,198 @@
+"""The active-learning loop on the demo corpus: rounds, honesty, stopping, kill -9 and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from after.config import ALConfig, TrainConfig
+from after.data.folds import Folds, make_folds
+from after.data.manifest import Manifest
+from after.data.synth import synthesize
+from after.errors import AfterError
+from after.loop.compare import compare
+from after.loop.oracle import SimulatedOracle
+from after.loop.runner import (
+    Budget,
+    Run,
+    _Loop,
+    grad_embeddings,
+    parse_schedule,
+    run_loop,
+    start_run,
+)
+from after.loop.state import LoopState
+
+FAST = TrainConfig(epochs=3, batch_size=8, patience=0, lr=1e-3)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Path, Path]:
+    """4 voices x 4 sentences x 4 emotions = 64 clips; fold 0 pools 2 voices (32 clips)."""
+    root = tmp_path_factory.mktemp("demo")
+    m = synthesize(root / "corpus", num_speakers=4, num_sentences=4)
+    manifest = m.to_jsonl(root / "manifest.jsonl")
+    folds = make_folds(m, "loso", seed=0).to_json(root / "folds.json")
+    return m, manifest, folds
+
+
+def _run(demo: tuple[Manifest, Path, Path], out: Path, **al: object) -> Run:
+    m, manifest, folds = demo
+    fold = Folds.from_json(folds, m).get(0)
+    config = ALConfig(**{"schedule": ("4", "8", "12"), "cold_start": "random", **al})  # type: ignore[arg-type]
+    return Run(m, str(manifest), str(folds), fold, "scratch:tiny", config, FAST, out, None)
+
+
+def test_schedule_parsing() -> None:
+    assert parse_schedule(["0.1", "0.25", "40"], 100) == [Budget(10), Budget(25), Budget(40)]
+    assert parse_schedule(["2min", "5min"], 100)[1] == Budget(minutes=5.0)
+    for bad in (["0.2", "0.1"], ["1.5"], ["x"], ["5", "2min"], ["200"]):
+        with pytest.raises(AfterError):
+            parse_schedule(bad, 100)
+
+
+def test_grad_embedding_is_the_output_layer_gradient() -> None:
+    import torch
+
+    h = torch.randn(3, 5)
+    w = torch.randn(4, 5, requires_grad=True)
+    logits = h @ w.T
+    probs = torch.softmax(logits, -1).detach().numpy()
+    expected = []
+    for i in range(3):
+        w.grad = None
+        loss = torch.nn.functional.cross_entropy(logits[i : i + 1], logits[i : i + 1].argmax(1))
+        loss.backward(retain_graph=True)
+        expected.append(w.grad.flatten().numpy().copy())
+    np.testing.assert_allclose(grad_embeddings(probs, h.numpy()), expected, atol=1e-5)
+
+
+def test_a_run_completes_its_rounds_and_stays_honest(
+    demo: tuple[Manifest, Path, Path], tmp_path: Path
+) -> None:
+    run = _run(demo, tmp_path / "run", strategy="entropy")
+    state = run_loop(run, start_run(run))
+    assert state.phase == "done" and state.stopped_because == "budget spent"
+    assert [r["num_labeled"] for r in state.rounds] == [4, 8, 12]
+    assert sorted(set(state.labeled.values())) == [0, 1, 2]
+    fold = run.fold
+    assert set(state.labeled) <= set(fold.train)
+    assert not set(state.labeled) & (set(fold.dev) | set(fold.test))
+    rows = (tmp_path / "run" / "rounds.csv").read_text().splitlines()
+    assert len(rows) == 4 and "test_ua" in rows[0]
+    assert (tmp_path / "run" / "model" / "config.json").is_file()
+    with pytest.raises(AfterError, match="--resume"):
+        start_run(run)
+
+
+def test_the_learner_sees_only_oracle_labels(
+    demo: tuple[Manifest, Path, Path], tmp_path: Path
+) -> None:
+    run = _run(demo, tmp_path / "run")
+    state = start_run(run)
+    state.labels = {run.fold.train[0]: "anger"}
+    loop = _Loop(run, state, SimulatedOracle(run.manifest), progress=False)
+    view = loop.view()
+    assert view[run.fold.train[0]].label == "anger"
+    assert all(view[i].label is None for i in run.fold.train[1:])
+    assert all(view[i].label == run.manifest[i].label for i in [*run.fold.dev, *run.fold.test])
+
+
+def test_stopping_criteria(demo: tuple[Manifest, Path, Path], tmp_path: Path) -> None:
+    run = _run(demo, tmp_path / "target", target_ua=0.0)
+    state = run_loop(run, start_run(run))
+    assert len(state.rounds) == 1 and "reached the target" in state.stopped_because
+    run = _run(demo, tmp_path / "stable", stabilize_kappa=-1.0, schedule=("4", "6", "8", "10"))
+    state = run_loop(run, start_run(run))
+    assert len(state.rounds) == 2 and "stable" in state.stopped_because
+    stop_set = set(_Loop(run, state, SimulatedOracle(run.manifest), False).stop_set)
+    assert stop_set and not stop_set & set(state.labeled)  # held aside, never queried
+
+
+def test_kill_9_mid_round_then_resume_gives_the_clean_result(
+    demo: tuple[Manifest, Path, Path], tmp_path: Path
+) -> None:
+    _, manifest, folds = demo
+    args = ["--manifest", str(manifest), "--folds", str(folds), "--fold", "0"]
+    args += ["--backbone", "scratch:tiny", "--strategy", "margin", "--schedule", "4,8,12,16"]
+    args += ["--cold-start", "random", "--epochs", "3", "--lr", "0.001", "--patience", "0"]
+    env = {**os.environ, "AFTER_CACHE_DIR": str(tmp_path / "cache")}
+    clean = tmp_path / "clean"
+    cmd = [sys.executable, "-m", "after", "run", *args]
+    subprocess.run([*cmd, "--out", str(clean)], check=True, env=env, capture_output=True)
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(cut)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # kill once round 1 is under way
+        try:
+            s = json.loads((cut / "state.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            s = {}
+        if s.get("round") == 1 and s.get("phase") in ("label", "train"):
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert LoopState.load(cut).phase != "done"
+    done = subprocess.run(
+        [sys.executable, "-m", "after", "run", "--resume", str(cut)],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    a, b = LoopState.load(clean), LoopState.load(cut)
+    assert b.phase == "done" and a.labeled == b.labeled and a.labels == b.labels
+    assert [r["test_ua"] for r in a.rounds] == [r["test_ua"] for r in b.rounds]
+
+
+def test_compare_writes_curves_and_resumes(
+    demo: tuple[Manifest, Path, Path], tmp_path: Path
+) -> None:
+    m, manifest, folds_path = demo
+    folds = Folds.from_json(folds_path, m)
+    al = ALConfig(schedule=("4", "8"), cold_start="random")
+    args = (
+        m,
+        str(manifest),
+        str(folds_path),
+        [folds.get(0)],
+        "egemaps",
+        ["random", "margin"],
+        [0, 1],
+        al,
+        FAST,
+        tmp_path,
+    )
+    lines: list[str] = []
+    summary = compare(*args, cache_dir=str(tmp_path / "cache"), log=lines.append)
+    assert set(summary["strategies"]) == {"random", "margin"}
+    curve = summary["strategies"]["margin"]
+    assert [p["test_ua"]["n"] for p in curve["points"]] == [2, 2]
+    assert 0 <= curve["auc_ua"]["mean"] <= 1 and curve["time_vs_full"] > 0
+    assert (tmp_path / "curve.csv").read_text().count("\n") == 2 * 2 + 2
+    assert "All labels" in (tmp_path / "summary.md").read_text()
+    lines.clear()
+    compare(*args, cache_dir=str(tmp_path / "cache"), log=lines.append)
+    assert lines == []  # everything was already done
+
+
+def test_unlabeled_clips_cannot_be_simulated(demo: tuple[Manifest, Path, Path]) -> None:
+    m = demo[0]
+    from dataclasses import replace
+
+    clip = next(iter(m))
+    blank = Manifest([replace(clip, label=None)])
+    with pytest.raises(AfterError, match="no label"):
+        SimulatedOracle(blank).label([clip.id])
