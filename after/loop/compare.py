@@ -47,6 +47,7 @@ def compare(
     from after.train import evaluate, fit
 
     out = Path(out_dir)
+    _warm_caches(manifest, folds, backbone, al, train, cache_dir)
     runs: dict[str, list[list[dict[str, Any]]]] = {s: [] for s in strategies}
     run_seconds: dict[str, list[float]] = {s: [] for s in strategies}
     full: list[dict[str, Any]] = []
@@ -127,6 +128,40 @@ def compare(
     atomic_write_text(out / "curve.csv", _curve_csv(summary))
     atomic_write_text(out / "summary.md", _markdown(summary))
     return summary
+
+
+def _warm_caches(
+    manifest: Manifest,
+    folds: Sequence[Fold],
+    backbone: str,
+    al: ALConfig,
+    train: TrainConfig,
+    cache_dir: str | None,
+) -> None:
+    """Compute every cached input once before anything is timed, so that no run (active or
+    all-labels) is charged for extracting features that the others then reuse."""
+    if cache_dir is None:
+        return
+    from after.models.classifier import new_classifier
+    from after.models.features import embed_manifest, is_feature_backbone, load_feature_backbone
+    from after.train import predict
+
+    ids = list(dict.fromkeys(i for f in folds for i in (*f.train, *f.dev, *f.test)))
+    clips = manifest.subset(ids)
+    if al.cold_start == "kmeans":
+        embed_manifest(
+            load_feature_backbone("resemblyzer"), clips, cache_dir=cache_dir, num_workers=2
+        )
+    if is_feature_backbone(backbone):
+        embed_manifest(load_feature_backbone(backbone), clips, cache_dir=cache_dir, num_workers=2)
+    elif train.freeze_cnn and train.cache_cnn:
+        predict(
+            new_classifier(backbone, manifest.labels),
+            manifest,
+            ids,
+            config=train,
+            cache_dir=cache_dir,
+        )
 
 
 def _summarise(
