@@ -713,7 +713,7 @@ def compare(
         patience=patience,
         freeze_cnn=freeze_cnn,
     )
-    summary = run_compare(
+    run_compare(
         m,
         str(manifest.resolve()),
         str(folds_file.resolve()),
@@ -728,7 +728,6 @@ def compare(
         log=lambda line: err.print(line, highlight=False),
     )
     console.print((out / "summary.md").read_text(), highlight=False)
-    del summary
 
 
 @app.command()

@@ -196,3 +196,19 @@ def test_unlabeled_clips_cannot_be_simulated(demo: tuple[Manifest, Path, Path]) 
     blank = Manifest([replace(clip, label=None)])
     with pytest.raises(AfterError, match="no label"):
         SimulatedOracle(blank).label([clip.id])
+
+
+def test_compare_command(demo: tuple[Manifest, Path, Path], tmp_path: Path) -> None:
+    from after.cli import main
+
+    _, manifest, folds = demo
+    args = ["compare", "--manifest", str(manifest), "--folds", str(folds), "--fold", "0"]
+    args += ["--backbone", "egemaps", "--strategies", "random,entropy", "--seeds", "0"]
+    args += ["--schedule", "4,8", "--cold-start", "random", "--epochs", "3", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code in (0, None)
+    assert "| entropy |" in (tmp_path / "summary.md").read_text()
+    with pytest.raises(SystemExit) as e:
+        main([*args[:-2], "--strategies", "nosuch", "--out", str(tmp_path / "x")])
+    assert e.value.code == 2
