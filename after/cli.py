@@ -370,7 +370,7 @@ def train(
     """Fine-tune on all labeled training clips of a fold (the V-FT baseline), test once."""
     from after.cache import default_cache_dir
     from after.report import plot_confusion
-    from after.train import evaluate, fit, save_result
+    from after.train import fit_and_test, save_result
 
     m, chosen = _load_fold(manifest, folds_file, fold)
     config = TrainConfig(
@@ -386,21 +386,9 @@ def train(
     )
     cache = cache_dir or default_cache_dir()
     err.print(f"fine-tuning {backbone} on fold {chosen.name}: {len(chosen.train)} training clips")
-    labeled = [i for i in chosen.train if m[i].label is not None]
-    result = fit(m, labeled, chosen.dev, backbone, config, cache_dir=cache)
-    test = evaluate(result.classifier, m, chosen.test, config=config, cache_dir=cache)
-    record = {
-        "corpus": _corpus_name(m),
-        "fold": chosen.name,
-        "seed": seed,
-        "backbone": backbone,
-        "num_train": len(labeled),
-        "best_epoch": result.best_epoch,
-        "dev": result.dev,
-        "test": test,
-        "seconds": result.seconds,
-        "config": config.to_dict(),
-    }
+    result, run = fit_and_test(m, chosen, backbone, config, cache_dir=cache)
+    test = run["test"]
+    record = {"corpus": _corpus_name(m), "backbone": backbone, **run, "config": config.to_dict()}
     save_result(out, result, fold=chosen.name, corpus=record["corpus"])
     atomic_write_json(out / "result.json", record)
     plot_confusion(test, out / "confusion.png", f"{backbone}, fold {chosen.name} (test)")
@@ -500,8 +488,7 @@ def cv(
     done in --out are kept, so a stopped cv resumes."""
     from after.cache import default_cache_dir
     from after.report import cv_table
-    from after.train import evaluate as score
-    from after.train import fit
+    from after.train import fit_and_test
 
     m = Manifest.from_jsonl(manifest)
     all_folds = Folds.from_json(folds_file, m)
@@ -526,18 +513,8 @@ def cv(
                 seed=seed,
             )
             err.print(f"fold {f.name}, seed {seed}")
-            labeled = [i for i in f.train if m[i].label is not None]
-            result = fit(m, labeled, f.dev, backbone, config, cache_dir=cache)
-            test = score(result.classifier, m, f.test, config=config, cache_dir=cache)
-            run = {
-                "fold": f.name,
-                "seed": seed,
-                "num_train": len(labeled),
-                "best_epoch": result.best_epoch,
-                "dev": result.dev,
-                "test": test,
-                "seconds": result.seconds,
-            }
+            _, run = fit_and_test(m, f, backbone, config, cache_dir=cache)
+            test = run["test"]
             atomic_write_json(done, run)
             runs.append(run)
             console.print(

@@ -28,7 +28,6 @@ import logging
 import math
 import shutil
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +39,7 @@ from transformers import Wav2Vec2FeatureExtractor
 from transformers.utils import logging as hf_logging
 
 from after.config import TaptConfig, config_hash
-from after.data.audio import SAMPLE_RATE, load_audio
+from after.data.audio import SAMPLE_RATE, clip_duration, load_audio
 from after.data.batching import bucket_batches
 from after.data.folds import Fold
 from after.data.manifest import Manifest, Utterance
@@ -56,6 +55,7 @@ from after.models.backbones import (
     num_frames,
 )
 from after.progress import progress_bar
+from after.rng import derived_rng
 
 logger = logging.getLogger(__name__)
 
@@ -150,10 +150,6 @@ class _Batch:
     frame_offsets: list[int]  # where each crop starts, in frames of the whole clip
 
 
-def _rng(seed: int, *keys: object) -> np.random.Generator:
-    return np.random.default_rng([seed, *(zlib.crc32(str(k).encode()) for k in keys)])
-
-
 class _Stream:
     """Batch number g of the run is a pure function of (seed, g): length-bucketed batches, a new
     grouping and order every epoch, random crops aligned to the CNN's frame stride."""
@@ -171,7 +167,7 @@ class _Stream:
         self.model_config = model_config
         self.stride = math.prod(model_config.conv_stride)
         self.max_samples = int(config.max_seconds * SAMPLE_RATE) // self.stride * self.stride
-        self.durations = [_duration(u.path, u.duration_s) for u in self.utts]
+        self.durations = [clip_duration(u) for u in self.utts]
         self.fe = feature_extractor
         self._epoch: tuple[int, list[list[int]]] | None = None
         self.skipped: dict[str, str] = {}
@@ -179,7 +175,9 @@ class _Stream:
     def _batches(self, epoch: int) -> list[list[int]]:
         if self._epoch is None or self._epoch[0] != epoch:
             capped = [min(d, self.config.max_seconds) for d in self.durations]
-            batches = bucket_batches(capped, self.config.batch_size, _rng(self.config.seed, epoch))
+            batches = bucket_batches(
+                capped, self.config.batch_size, derived_rng(self.config.seed, epoch)
+            )
             self._epoch = (epoch, batches)
         return self._epoch[1]
 
@@ -188,7 +186,7 @@ class _Stream:
 
     def batch(self, g: int) -> _Batch:
         epoch, k = divmod(g, self.batches_per_epoch())
-        rng = _rng(self.config.seed, "crop", g)
+        rng = derived_rng(self.config.seed, "crop", g)
         ids, waves, offsets = [], [], []
         for i in self._batches(epoch)[k]:
             u = self.utts[i]
@@ -223,17 +221,6 @@ class _Stream:
             int(rng.integers(0, (wave.size - self.max_samples) // self.stride + 1)) * self.stride
         )
         return wave[start : start + self.max_samples], start
-
-
-def _duration(path: str, known: float | None) -> float:
-    if known is not None:
-        return known
-    import soundfile as sf
-
-    try:
-        return float(sf.info(path).duration)
-    except (sf.SoundFileError, RuntimeError, OSError):
-        return 0.0  # unreadable: found and skipped when its batch is loaded
 
 
 # ---- objectives ----------------------------------------------------------------------------------
@@ -308,7 +295,7 @@ def fit_kmeans_targets(
         out = encoder(x.to(device), output_hidden_states=True)
         return np.asarray(out.hidden_states[layer][0].float().cpu().numpy())
 
-    rng = _rng(config.seed, "kmeans")
+    rng = derived_rng(config.seed, "kmeans")
     sample: list[np.ndarray] = []
     for i in rng.permutation(len(stream.utts)):
         if sum(len(f) for f in sample) >= config.kmeans_max_frames:
@@ -449,7 +436,7 @@ def run_tapt(
         for step in range(start, config.steps):
             g = step * accelerator.num_processes + accelerator.process_index
             batch = stream.batch(g)
-            rng = _rng(config.seed, "mask", g)
+            rng = derived_rng(config.seed, "mask", g)
             mask = span_mask(
                 batch.frame_lengths,
                 int(batch.frame_lengths.max()),
@@ -670,7 +657,7 @@ def surprisal_embeddings(
         wave = load_audio(u.path, max_duration_s=max_seconds, crop="center")
         x = fe(wave, sampling_rate=SAMPLE_RATE, return_tensors="pt")["input_values"].to(device)
         frames = int(num_frames(config, torch.tensor([wave.size]))[0])
-        rng = _rng(seed, "surprisal", u.id)
+        rng = derived_rng(seed, "surprisal", u.id)
         mask = span_mask(
             np.array([frames]), frames, mask_prob=mask_prob, mask_length=10, min_masks=2, rng=rng
         )

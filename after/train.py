@@ -20,7 +20,6 @@ import logging
 import math
 import os
 import time
-import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,14 +32,16 @@ from torch import nn
 
 from after.cache import ArrayCache, cache_folder
 from after.config import TrainConfig
-from after.data.audio import SAMPLE_RATE, load_audio
+from after.data.audio import SAMPLE_RATE, clip_duration, load_audio
 from after.data.batching import bucket_batches
+from after.data.folds import Fold
 from after.data.manifest import Manifest, Utterance
 from after.dist import accelerator as make_accelerator
 from after.errors import AfterError
 from after.metrics import classification_scores
 from after.models.classifier import Classifier, new_classifier
 from after.progress import progress_bar
+from after.rng import derived_rng
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +103,6 @@ def weighted_soft_cross_entropy(
 
 
 # ---- inputs -------------------------------------------------------------------------------------
-
-
-def _rng(seed: int, *keys: object) -> np.random.Generator:
-    return np.random.default_rng([seed, *(zlib.crc32(str(k).encode()) for k in keys)])
 
 
 class _Passthrough(nn.Module):
@@ -286,15 +283,7 @@ class _Inputs:
         return {"input_values": x, "attention_mask": mask}
 
     def duration(self, utt_id: str) -> float:
-        u = self.manifest[utt_id]
-        if u.duration_s is not None:
-            return u.duration_s
-        import soundfile as sf
-
-        try:
-            return float(sf.info(u.path).duration)
-        except (sf.SoundFileError, RuntimeError, OSError):
-            return 0.0
+        return clip_duration(self.manifest[utt_id])
 
 
 def _forward(clf: Classifier, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -509,13 +498,13 @@ def fit(
             epoch_t0 = time.perf_counter()
             model.train()
             batches = bucket_batches(
-                durations, config.batch_size, _rng(config.seed, "epoch", epoch)
+                durations, config.batch_size, derived_rng(config.seed, "epoch", epoch)
             )
             mine = batches[accelerator.process_index :: accelerator.num_processes]
             losses = []
             for k, batch in enumerate(mine):
                 ids = [train_ids[i] for i in batch]
-                rng = _rng(config.seed, "crop", epoch, k)
+                rng = derived_rng(config.seed, "crop", epoch, k)
                 inputs = {key: v.to(accelerator.device) for key, v in data.batch(ids, rng).items()}
                 q = torch.tensor(targets[batch], dtype=torch.float32, device=accelerator.device)
                 with accelerator.autocast():
@@ -557,6 +546,35 @@ def fit(
         accelerator.unwrap_model(model).load_state_dict(best[2])
     clf.module = accelerator.unwrap_model(model)
     return FitResult(clf, best[1], best[3], history, time.perf_counter() - t0)
+
+
+def fit_and_test(
+    manifest: Manifest,
+    fold: Fold,
+    backbone: str,
+    config: TrainConfig,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+) -> tuple[FitResult, dict[str, Any]]:
+    """Fine-tuning on all labels of a fold (AFTER's V-FT baseline): fit on every labeled training
+    clip, keep the best dev epoch, test once. Returns the fit and a record of it (fold, seed,
+    number of training clips, best epoch, dev and test scores, training seconds)."""
+    labeled = [i for i in fold.train if manifest[i].label is not None]
+    result = fit(
+        manifest, labeled, fold.dev, backbone, config, cache_dir=cache_dir, progress=progress
+    )
+    test = evaluate(result.classifier, manifest, fold.test, config=config, cache_dir=cache_dir)
+    record = {
+        "fold": fold.name,
+        "seed": config.seed,
+        "num_train": len(labeled),
+        "best_epoch": result.best_epoch,
+        "dev": result.dev,
+        "test": test,
+        "seconds": result.seconds,
+    }
+    return result, record
 
 
 def save_result(out_dir: str | os.PathLike[str], result: FitResult, **extra: Any) -> Path:

@@ -287,3 +287,14 @@ def write_rejections(path: str | os.PathLike[str], rejected: list[Rejection]) ->
         for r in rejected
     ]
     return atomic_write_text(path, "".join(row + "\n" for row in rows))
+
+
+def clip_duration(u: Utterance) -> float:
+    """`u.duration_s`, else read from the file header (no decoding); 0.0 if it cannot be read
+    (the clip's own loading then reports why)."""
+    if u.duration_s is not None:
+        return u.duration_s
+    try:
+        return float(sf.info(u.path).duration)
+    except (sf.SoundFileError, RuntimeError, OSError):
+        return 0.0

@@ -34,7 +34,6 @@ import math
 import os
 import subprocess
 import sys
-import zlib
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -44,6 +43,7 @@ import numpy as np
 
 from after.data.manifest import Manifest, Utterance
 from after.errors import AfterError
+from after.rng import derived_rng
 
 CORPUS = "synth"
 SAMPLE_RATE = 16_000
@@ -286,12 +286,6 @@ class _SpeakerJob:
     audio_dir: str
 
 
-def _rng(seed: int, key: str) -> np.random.Generator:
-    """A generator for one speaker or clip: its draws depend on the seed and its id, nothing
-    else."""
-    return np.random.default_rng([seed, zlib.crc32(key.encode())])
-
-
 def _speaker_job(
     voice: str,
     variant: str,
@@ -302,7 +296,7 @@ def _speaker_job(
     audio_dir: Path,
 ) -> _SpeakerJob:
     speaker = f"{CORPUS}_{variant}"
-    rng = _rng(seed, speaker)
+    rng = derived_rng(seed, speaker)
     base_rate = rng.uniform(*BASE_RATE_WPM)
     base_pitch_st = rng.uniform(*BASE_PITCH_ST)
     base_range = rng.uniform(*BASE_RANGE)
@@ -312,7 +306,7 @@ def _speaker_job(
     for sentence in range(num_sentences):
         for emotion in emotions:
             clip_id = f"{speaker}_{emotion}_{sentence:03d}"
-            clip_rng = _rng(seed, clip_id)
+            clip_rng = derived_rng(seed, clip_id)
             d_rate, d_pitch, d_range, d_intensity = PROSODY[emotion]
             rate = base_rate * RATE_STEP**d_rate * math.exp(clip_rng.normal(0, JITTER["rate"]))
             pitch_st = (

@@ -44,7 +44,7 @@ def compare(
 ) -> dict[str, Any]:
     """Run everything missing in `out_dir`, then write `curve.csv`, `curve.json` and
     `summary.md` there; returns the summary."""
-    from after.train import evaluate, fit
+    from after.train import fit_and_test
 
     out = Path(out_dir)
     _warm_caches(manifest, folds, backbone, al, train, cache_dir)
@@ -52,24 +52,15 @@ def compare(
     run_seconds: dict[str, list[float]] = {s: [] for s in strategies}
     full: list[dict[str, Any]] = []
     for fold in folds:
-        labeled = [i for i in fold.train if manifest[i].label is not None]
         for seed in seeds:
             path = out / "full" / f"{fold.name}_seed{seed}.json"
             if not path.is_file():
                 t0 = time.perf_counter()
                 config = TrainConfig(**{**train.to_dict(), "seed": seed})
-                r = fit(
-                    manifest,
-                    labeled,
-                    fold.dev,
-                    backbone,
-                    config,
-                    cache_dir=cache_dir,
-                    progress=False,
+                _, record = fit_and_test(
+                    manifest, fold, backbone, config, cache_dir=cache_dir, progress=False
                 )
-                test = evaluate(
-                    r.classifier, manifest, fold.test, config=config, cache_dir=cache_dir
-                )
+                test = record["test"]
                 atomic_write_json(
                     path,
                     {

@@ -25,7 +25,6 @@ import math
 import os
 import shutil
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from after.config import ALConfig, TrainConfig, config_hash
+from after.data.audio import clip_duration
 from after.data.folds import Fold, Folds, manifest_digest
 from after.data.manifest import Manifest
 from after.errors import AfterError
@@ -40,6 +40,7 @@ from after.io import atomic_write_json, atomic_write_text
 from after.loop.oracle import Oracle, SimulatedOracle
 from after.loop.state import LoopState
 from after.models.classifier import Classifier, load_classifier
+from after.rng import derived_rng
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +48,6 @@ CONFIG_FILE = "config.json"
 ROUNDS_FILE = "rounds.csv"
 MODEL_DIR = "model"
 SURPRISAL_FILE = "surprisal.npz"
-
-
-def rng_for(seed: int, *keys: object) -> np.random.Generator:
-    return np.random.default_rng([seed, *(zlib.crc32(str(k).encode()) for k in keys)])
 
 
 # ---- schedule ------------------------------------------------------------------------------------
@@ -205,14 +202,14 @@ class _Loop:
         candidates = [i for i in fold.train if not simulated or m[i].label is not None]
         self.stop_set: list[str] = []
         if run.al.stabilize_kappa is not None:
-            rng = rng_for(run.al.seed, "stop-set")
+            rng = derived_rng(run.al.seed, "stop-set")
             size = min(run.al.stop_set_size, len(candidates) // 4)
             picked = set(rng.choice(len(candidates), size, replace=False).tolist())
             self.stop_set = [c for k, c in enumerate(candidates) if k in picked]
         held = set(self.stop_set)
         self.pool_ids = [c for c in candidates if c not in held]
         self.budgets = parse_schedule(run.al.schedule, len(self.pool_ids))
-        self.durations = {i: _duration(m, i) for i in self.pool_ids}
+        self.durations = {i: clip_duration(m[i]) for i in self.pool_ids}
         self.classifier: Classifier | None = None
         self.timings: dict[str, float] = {}
 
@@ -371,7 +368,7 @@ class _Loop:
         from after.strategies import cold_start
 
         al = self.run.al
-        rng = rng_for(al.seed, "cold-start")
+        rng = derived_rng(al.seed, "cold-start")
         if al.cold_start == "alps":
             queries = self._strategy_select("alps", unlabeled, n, rng)
             self.state.cold_start = {"method": "alps"}
@@ -394,7 +391,7 @@ class _Loop:
         return queries
 
     def _query(self, unlabeled: list[str], n: int) -> list[str]:
-        rng = rng_for(self.run.al.seed, "select", self.state.round)
+        rng = derived_rng(self.run.al.seed, "select", self.state.round)
         return self._strategy_select(self.run.al.strategy, unlabeled, n, rng)
 
     def _strategy_select(
@@ -484,18 +481,6 @@ def _kappa(a: Sequence[int], b: Sequence[int], num_classes: int) -> float:
     pb = np.bincount(y, minlength=num_classes) / len(y)
     expected = float((pa * pb).sum())
     return 1.0 if expected >= 1 else (observed - expected) / (1 - expected)
-
-
-def _duration(m: Manifest, utt_id: str) -> float:
-    u = m[utt_id]
-    if u.duration_s is not None:
-        return u.duration_s
-    import soundfile as sf
-
-    try:
-        return float(sf.info(u.path).duration)
-    except (sf.SoundFileError, RuntimeError, OSError):
-        return 0.0
 
 
 def _save_model(clf: Classifier, folder: Path, **extra: Any) -> None:
