@@ -568,6 +568,11 @@ def run(
     ),
     mc_passes: int = typer.Option(10, min=2, help="MC-dropout passes (bald, dbal_*)."),
     surprisal_model: str | None = typer.Option(None, help="alps: the TAPT wav2vec 2.0 model."),
+    oracle: str = typer.Option(
+        "simulated",
+        help="Who labels: simulated (the manifest's labels) or human (after label serve/import).",
+    ),
+    min_votes: int = typer.Option(1, min=1, help="human: answers a clip needs to count."),
     seed: int = SEED,
     out: Path | None = typer.Option(None, help="Run folder (new)."),
     resume: Path | None = typer.Option(None, help="Continue the run in this folder."),
@@ -603,6 +608,8 @@ def run(
             target_ua=target_ua,
             stabilize_kappa=stabilize,
             surprisal_model=surprisal_model,
+            oracle=oracle,
+            min_votes=min_votes,
             seed=seed,
         )
         from after.strategies import get_strategy
@@ -644,8 +651,131 @@ def run(
     state = run_loop(the_run, state, on_round=show)
     if state.phase == "done":
         console.print(f"{the_run.run_dir}: done ({state.stopped_because}); rounds.csv, model/")
+    elif the_run.al.oracle == "human":
+        console.print(
+            f"{the_run.run_dir}: round {state.round} waits for {len(state.pending)} label(s). "
+            f"Label them with: after label serve {the_run.run_dir}  (or after label export / "
+            f"import), then: after run --resume {the_run.run_dir}",
+            highlight=False,
+        )
     else:
         console.print(f"{the_run.run_dir}: {len(state.pending)} queries wait for labels")
+
+
+# ---- people label: after label ... ---------------------------------------------------------------
+
+label_app = typer.Typer(
+    help="People label the clips a run queries (runs started with --oracle human).",
+    no_args_is_help=True,
+)
+app.add_typer(label_app, name="label")
+RUN_DIR = typer.Argument(..., help="Run folder of after run --oracle human.")
+
+
+@label_app.command("serve")
+def label_serve(
+    run_dir: Path = RUN_DIR,
+    host: str = typer.Option(
+        "127.0.0.1", help="Address to bind; other than loopback needs a token."
+    ),
+    port: int = typer.Option(8765, help="Port."),
+    token: str | None = typer.Option(
+        None, help="Access token (made for you when --host is not loopback)."
+    ),
+    show_guess: bool = typer.Option(
+        False, help="Show the model's guess for each clip (off: it anchors annotators)."
+    ),
+) -> None:
+    """A local web page to label the current round: keyboard-driven, several annotators."""
+    import secrets
+
+    from after.label.app import create_app, is_loopback
+
+    if token is None and not is_loopback(host):
+        token = secrets.token_urlsafe(24)
+    create_app(run_dir, host=host, token=token, show_guess=show_guess)  # fail before printing
+    shown = "localhost" if is_loopback(host) else host
+    url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    console.print(f"labeling {run_dir} at {url}  (Ctrl+C to stop)", highlight=False)
+    from after.label.app import serve
+
+    serve(run_dir, host=host, port=port, token=token, show_guess=show_guess)
+
+
+@label_app.command("status")
+def label_status(run_dir: Path = RUN_DIR) -> None:
+    """The round's progress, answers per annotator, and agreement per round."""
+    from after.label.app import LabelingSession
+    from after.label.store import agreement
+
+    session = LabelingSession(run_dir)
+    p = session.progress()
+    console.print(
+        f"round {p['round']} ({p['phase']}): {p['decided']} of {p['total']} clips decided",
+        highlight=False,
+    )
+    answers = session.store.annotations()
+    table = Table(
+        "round", "answers", "skips", "annotators", "clips rated ≥ 2", "Fleiss κ", "pairs agree"
+    )
+    for r in sorted({a.round for a in answers}):
+        in_round = [a for a in answers if a.round == r]
+        agree = agreement(in_round, session.labels)
+        table.add_row(
+            str(r),
+            str(len(in_round)),
+            str(sum(a.label is None for a in in_round)),
+            str(len({a.annotator for a in in_round})),
+            str(agree["clips"]),
+            f"{agree['fleiss_kappa']:.3f}",
+            f"{agree['pairwise_agreement']:.3f}",
+        )
+    console.print(table)
+
+
+@label_app.command("export")
+def label_export(
+    run_dir: Path = RUN_DIR,
+    out: Path = typer.Option(
+        ..., help="Folder for labels.csv, tasks.csv and the Label Studio files."
+    ),
+    audio_url: str | None = typer.Option(
+        None,
+        help="Label Studio audio URL with {clip_id} or {path}; default: Label Studio local files "
+        "(/data/local-files/?d={path}, with LOCAL_FILES_DOCUMENT_ROOT=/).",
+    ),
+) -> None:
+    """Answers as CSV; the round's queries as CSV and as Label Studio tasks + config."""
+    from after.label.files import DEFAULT_AUDIO_URL, export
+
+    r = export(run_dir, out, audio_url=audio_url or DEFAULT_AUDIO_URL)
+    console.print(
+        f"{r['folder']}: labels.csv ({r['answers']} answers)"
+        + (
+            f", tasks.csv and label_studio_tasks.json ({r['tasks']} queries of round "
+            f"{r['round']}), label_studio_config.xml"
+            if r["tasks"]
+            else " (no round waits for labels)"
+        ),
+        highlight=False,
+    )
+
+
+@label_app.command("import")
+def label_import(
+    run_dir: Path = RUN_DIR,
+    file: Path = typer.Argument(..., help="CSV (clip_id,label[,annotator]) or Label Studio JSON."),
+    annotator: str | None = typer.Option(None, help="Annotator, for a CSV without that column."),
+) -> None:
+    """Store answers made elsewhere (all rows, or none if any is wrong)."""
+    from after.label.files import import_labels
+
+    r = import_labels(run_dir, file, annotator=annotator)
+    console.print(
+        f"stored {r['stored']} answer(s) from {file} ({r['format']}) for round {r['round']}; "
+        f"continue with after run --resume {run_dir}",
+        highlight=False,
+    )
 
 
 @app.command()

@@ -152,6 +152,8 @@ class ALConfig:
     stabilize_kappa: float | None = None  # stop once successive rounds agree this much
     stop_set_size: int = 200  # held-aside unlabeled clips for the agreement check
     surprisal_model: str | None = None  # wav2vec 2.0 pre-training model for alps (TAPT output)
+    oracle: str = "simulated"  # simulated (the manifest's labels) or human (after label serve)
+    min_votes: int = 1  # human: answers a clip needs before it counts
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -163,6 +165,10 @@ class ALConfig:
             raise AfterError(f"cold_start={self.cold_start!r}: choose kmeans, random or alps")
         if self.mc_passes < 2:
             raise AfterError(f"mc_passes={self.mc_passes}: MC dropout needs at least 2 passes")
+        if self.oracle not in ("simulated", "human"):
+            raise AfterError(f"oracle={self.oracle!r}: choose simulated or human")
+        if self.min_votes < 1:
+            raise AfterError(f"min_votes={self.min_votes}: a clip needs at least one answer")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

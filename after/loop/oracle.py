@@ -2,35 +2,66 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from after.data.manifest import Manifest
 from after.errors import AfterError
 
 
+@dataclass(frozen=True)
+class Answers:
+    """An oracle's answers about some queried clips.
+
+    labels: the decided label per clip. votes: label counts per clip, where known (soft labels
+    for training). dropped: clips nobody could label, taken out of the pool for good. A clip in
+    none of these is still waiting."""
+
+    labels: dict[str, str] = field(default_factory=dict)
+    votes: dict[str, dict[str, int]] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+
+
 class Oracle(Protocol):
     """Labels for queried clips. May answer only some (people label at their own pace): the
     loop waits for the rest."""
 
-    def label(self, ids: Sequence[str]) -> dict[str, str]: ...
+    def label(self, ids: Sequence[str]) -> Answers: ...
 
 
 class SimulatedOracle:
-    """Answers with the labels in the manifest: simulation of a labeling team on a labeled
-    corpus. Only queried clips are ever revealed to the loop."""
+    """Answers with the labels (and annotator votes) in the manifest: simulation of a labeling
+    team on a labeled corpus. Only queried clips are ever revealed to the loop."""
 
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
 
-    def label(self, ids: Sequence[str]) -> dict[str, str]:
-        out = {}
+    def label(self, ids: Sequence[str]) -> Answers:
+        answers = Answers()
         for i in ids:
-            label = self.manifest[i].label
-            if label is None:
+            u = self.manifest[i]
+            if u.label is None:
                 raise AfterError(
                     f"simulated oracle: clip {i!r} has no label in the manifest; simulation "
-                    "needs a labeled pool (or label it with people)"
+                    "needs a labeled pool (or label it with people: after run --oracle human)"
                 )
-            out[i] = label
-        return out
+            answers.labels[i] = u.label
+            if u.votes:
+                answers.votes[i] = dict(u.votes)
+        return answers
+
+
+class HumanOracle:
+    """Answers from the run's label store (`after label serve`, `after label import`): a clip
+    counts once `min_votes` annotators answered it (see `after.label.store`)."""
+
+    def __init__(self, run_dir: str | os.PathLike[str], min_votes: int = 1) -> None:
+        from after.label.store import LabelStore
+
+        self.store = LabelStore(run_dir)
+        self.min_votes = min_votes
+
+    def label(self, ids: Sequence[str]) -> Answers:
+        return self.store.resolve(ids, self.min_votes)

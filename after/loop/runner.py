@@ -10,13 +10,18 @@ killed run with the same result as an uninterrupted one.
 Run folder: `config.json` (everything needed to resume), `state.json` (see `LoopState`),
 `rounds.csv` (one row per round: labeled count, fraction and minutes; dev and test UA / WA /
 macro-F1; seconds spent training, evaluating, scoring and selecting), `model/` (the latest
-round's classifier), and cached per-run arrays (`surprisal.npz` for ALPS).
+round's classifier), `queries/round_NNN.json` (each round's queries in the strategy's order,
+with the model's guesses when people label), `labels.sqlite` (people's answers, see
+`after.label.store`), and cached per-run arrays (`surprisal.npz` for ALPS). One process at a time
+works on a run folder (`run.lock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import fcntl
 import io
 import itertools
 import json
@@ -25,7 +30,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +42,7 @@ from after.data.folds import Fold, Folds, manifest_digest
 from after.data.manifest import Manifest
 from after.errors import AfterError
 from after.io import atomic_write_json, atomic_write_text
-from after.loop.oracle import Oracle, SimulatedOracle
+from after.loop.oracle import Answers, HumanOracle, Oracle, SimulatedOracle
 from after.loop.state import LoopState
 from after.models.classifier import Classifier, load_classifier
 from after.rng import derived_rng
@@ -48,6 +53,12 @@ CONFIG_FILE = "config.json"
 ROUNDS_FILE = "rounds.csv"
 MODEL_DIR = "model"
 SURPRISAL_FILE = "surprisal.npz"
+QUERIES_DIR = "queries"
+LOCK_FILE = "run.lock"
+
+
+def queries_path(run_dir: str | os.PathLike[str], round: int) -> Path:
+    return Path(run_dir) / QUERIES_DIR / f"round_{round:03d}.json"
 
 
 # ---- schedule ------------------------------------------------------------------------------------
@@ -175,23 +186,52 @@ def run_loop(
     on_round: Callable[[dict[str, Any]], None] | None = None,
     progress: bool = False,
 ) -> LoopState:
-    """Advance `state` until the run is done (or the oracle leaves queries unanswered)."""
+    """Advance `state` until the run is done (or the oracle leaves queries unanswered). The
+    oracle defaults to the run's own: the manifest's labels, or people's (`after label`)."""
     if state.config_hash != config_hash(run.to_json()):
         raise AfterError(f"{run.run_dir}: config.json does not match state.json; was it edited?")
-    oracle = oracle or SimulatedOracle(run.manifest)
-    loop = _Loop(run, state, oracle, progress)
-    while state.phase != "done":
-        if state.phase == "select":
-            loop.select()
-        elif state.phase == "label":
-            if not loop.label():
-                logger.info("waiting for %d label(s)", len(state.pending))
-                return state
-        elif state.phase == "train":
-            record = loop.train()
-            if on_round is not None:
-                on_round(record)
+    if oracle is None:
+        human = run.al.oracle == "human"
+        oracle = (
+            HumanOracle(run.run_dir, run.al.min_votes) if human else SimulatedOracle(run.manifest)
+        )
+    with run_lock(run.run_dir):
+        loop = _Loop(run, state, oracle, progress)
+        while state.phase != "done":
+            if state.phase == "select":
+                loop.select()
+            elif state.phase == "label":
+                if not loop.label():
+                    logger.info("waiting for %d label(s)", len(state.pending))
+                    return state
+            elif state.phase == "train":
+                record = loop.train()
+                if on_round is not None:
+                    on_round(record)
     return state
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold the run folder's lock: a second process working on the same run would interleave
+    its state writes with ours. The lock goes with the process, even on kill -9."""
+    path = Path(run_dir) / LOCK_FILE
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise AfterError(
+                f"{run_dir}: another after process (pid {f.read().strip() or '?'}) is working "
+                "on this run; wait for it to finish"
+            ) from None
+        f.truncate(0)
+        f.write(str(os.getpid()))
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class _Loop:
@@ -222,12 +262,13 @@ class _Loop:
         for u in self.run.manifest:
             if u.id in pool:
                 label = self.state.labels.get(u.id)
-                u = dataclasses.replace(u, label=label, votes=u.votes if label else None)
+                votes = self.state.votes.get(u.id) if label else None
+                u = dataclasses.replace(u, label=label, votes=votes)
             items.append(u)
         return Manifest(items, source="active-learning view")
 
     def unlabeled(self) -> list[str]:
-        done = set(self.state.labeled) | set(self.state.pending)
+        done = set(self.state.labeled) | set(self.state.pending) | set(self.state.dropped)
         return [i for i in self.pool_ids if i not in done]
 
     # -- phases
@@ -262,18 +303,49 @@ class _Loop:
                 total += self.durations[q]
             queries = kept
         self.timings["select_s"] = time.perf_counter() - t0
+        self._write_queries(queries)
         self.state.pending = queries
         self.state.phase = "label"
         self.state.save(self.run.run_dir)
 
+    def _write_queries(self, queries: list[str]) -> None:
+        """Keep the round's queries, in order, for the labeling app and exports; when people
+        label, with the current model's guesses (shown only if the app is asked to)."""
+        r = self.state.round
+        record: dict[str, Any] = {
+            "round": r,
+            "method": self.run.al.strategy if r else f"cold start ({self.run.al.cold_start})",
+            "ids": queries,
+            "labels": list(self.run.manifest.labels),
+            "probs": None,
+        }
+        if self.run.al.oracle == "human" and r > 0 and queries:
+            from after.train import predict
+
+            probs = predict(
+                self._previous(),
+                self.view(),
+                queries,
+                config=self.run.train,
+                cache_dir=self.run.cache_dir,
+            )
+            record["probs"] = np.round(probs, 4).tolist()
+        atomic_write_json(queries_path(self.run.run_dir, r), record)
+
     def label(self) -> bool:
-        """Ask the oracle; True when every pending query is labeled."""
-        answers = self.oracle.label(self.state.pending) if self.state.pending else {}
-        for i in self.state.pending:
-            if i in answers:
-                self.state.labels[i] = answers[i]
-                self.state.labeled[i] = self.state.round
-        self.state.pending = [i for i in self.state.pending if i not in answers]
+        """Ask the oracle; True when every pending query is labeled (or dropped)."""
+        state = self.state
+        answers = self.oracle.label(state.pending) if state.pending else Answers()
+        for i in state.pending:
+            if i in answers.labels:
+                state.labels[i] = answers.labels[i]
+                state.labeled[i] = state.round
+                if i in answers.votes:
+                    state.votes[i] = answers.votes[i]
+            elif i in answers.dropped:
+                state.dropped.append(i)
+        settled = set(answers.labels) | set(answers.dropped)
+        state.pending = [i for i in state.pending if i not in settled]
         if self.state.pending:
             self.state.save(self.run.run_dir)
             return False
@@ -287,6 +359,11 @@ class _Loop:
         run, state = self.run, self.state
         view = self.view()
         labeled = state.labeled_ids()
+        if not labeled:
+            raise AfterError(
+                f"{run.run_dir}: round {state.round} ended with no labeled clip (every query was "
+                "skipped); label some of them, or start the run with a larger seed set"
+            )
         init = self._previous() if run.al.warm_start and state.round > 0 else None
         t0 = time.perf_counter()
         result = fit(
@@ -323,6 +400,7 @@ class _Loop:
             "test_ua": test["ua"],
             "test_wa": test["wa"],
             "test_macro_f1": test["macro_f1"],
+            "test_confusion": test["confusion"],
             "train_s": round(train_s, 3),
             "eval_s": round(eval_s, 3),
             "score_s": round(self.timings.pop("score_s", 0.0), 3),
@@ -496,9 +574,15 @@ def _save_model(clf: Classifier, folder: Path, **extra: Any) -> None:
 
 
 def _csv(rounds: list[dict[str, Any]]) -> str:
-    keys = list(dict.fromkeys(k for r in rounds for k in r))
+    """rounds.csv: the scalar columns of each round's record (the confusion matrix stays in
+    state.json)."""
+    keys = [
+        k
+        for k in dict.fromkeys(k for r in rounds for k in r)
+        if not any(isinstance(r.get(k), list | dict) for r in rounds)
+    ]
     out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=keys)
+    writer = csv.DictWriter(out, fieldnames=keys, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rounds)
     return out.getvalue()

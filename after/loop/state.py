@@ -27,7 +27,7 @@ class LoopState:
     """Where a run stands. Phases cycle select -> label -> train -> select ... -> done.
 
     - select: choose the queries of `round` (round 0: the cold start);
-    - label: `pending` ids wait for the oracle;
+    - label: `pending` ids wait for the oracle (their order is the strategy's);
     - train: fine-tune on everything labeled, evaluate, decide whether to stop.
     """
 
@@ -37,6 +37,8 @@ class LoopState:
     phase: Phase = "select"
     labeled: dict[str, int] = field(default_factory=dict)  # id -> round it was labeled in
     labels: dict[str, str] = field(default_factory=dict)  # id -> the oracle's label
+    votes: dict[str, dict[str, int]] = field(default_factory=dict)  # id -> label counts
+    dropped: list[str] = field(default_factory=list)  # nobody could label: out of the pool
     pending: list[str] = field(default_factory=list)  # queried, not yet labeled
     memo: dict[str, Any] = field(default_factory=dict)  # the strategy's own, across rounds
     cold_start: dict[str, Any] = field(default_factory=dict)  # how the seed set was chosen

@@ -1,0 +1,263 @@
+"""The label store: every answer people gave, durable, in one SQLite file inside the run folder.
+
+One row per (clip, annotator) holds that person's current answer: a label, or NULL for "skip" (the
+annotator cannot tell). Every change is also appended to `history`, so an undo or a re-label never
+erases what was said. The file runs in WAL mode with `synchronous=FULL`: a committed answer survives
+a crash or a power cut, and many annotators (threads or processes) can write at once; every write
+is one `BEGIN IMMEDIATE` transaction.
+
+A clip is *decided* once it has `min_votes` answers. It then takes the most voted label (ties go to
+the label voted first), and its vote counts are its soft label; a decided clip with only skips is
+*dropped*: nobody could label it, so the loop takes it out of the pool.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from after.errors import AfterError
+from after.loop.oracle import Answers
+
+STORE_FILE = "labels.sqlite"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS annotations (
+    clip_id TEXT NOT NULL,
+    annotator TEXT NOT NULL,
+    label TEXT,                -- NULL: skipped, the annotator could not tell
+    round INTEGER NOT NULL,
+    source TEXT NOT NULL,      -- web, csv, label-studio
+    created_at REAL NOT NULL,  -- unix seconds
+    seq INTEGER NOT NULL,      -- order of the last change, for undo and tie-breaks
+    PRIMARY KEY (clip_id, annotator)
+);
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    action TEXT NOT NULL,      -- set or undo
+    clip_id TEXT NOT NULL,
+    annotator TEXT NOT NULL,
+    label TEXT,
+    round INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS annotations_round ON annotations (round, annotator, seq);
+"""
+
+
+@dataclass(frozen=True)
+class Annotation:
+    clip_id: str
+    annotator: str
+    label: str | None  # None: skipped
+    round: int
+    source: str
+    created_at: float
+
+
+class LabelStore:
+    """`LabelStore(run_dir)` opens (or creates) `run_dir/labels.sqlite`. Safe to share between
+    threads and processes: every call opens its own connection."""
+
+    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+        self.path = Path(run_dir) / STORE_FILE
+        if not self.path.parent.is_dir():
+            raise AfterError(f"{self.path.parent}: no such run folder")
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (SCHEMA_VERSION,)
+                )
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise AfterError(
+                    f"{self.path}: label store schema {row[0]}, this version of after reads "
+                    f"{SCHEMA_VERSION}"
+                )
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        try:
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+        except sqlite3.Error as e:
+            raise AfterError(f"{self.path}: cannot open the label store ({e})") from None
+        try:
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA busy_timeout=60000")
+            yield db
+        except sqlite3.DatabaseError as e:
+            raise AfterError(
+                f"{self.path}: {e}; if the file is damaged, restore it from a backup (every "
+                "answer is also in its history table)"
+            ) from None
+        finally:
+            db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+
+    # ---- writes
+
+    def put(
+        self, clip_id: str, annotator: str, label: str | None, round: int, source: str = "web"
+    ) -> None:
+        """Record (or replace) one annotator's answer for one clip."""
+        self.put_many([(clip_id, annotator, label)], round, source)
+
+    def put_many(self, rows: Iterable[tuple[str, str, str | None]], round: int, source: str) -> int:
+        """Record many (clip, annotator, label-or-None) answers in one transaction: all or
+        none. Returns how many were written."""
+        now = time.time()
+        count = 0
+        with self._write() as db:
+            for clip_id, annotator, label in rows:
+                cur = db.execute(
+                    "INSERT INTO history (action, clip_id, annotator, label, round, source, at) "
+                    "VALUES ('set', ?, ?, ?, ?, ?, ?)",
+                    (clip_id, annotator, label, round, source, now),
+                )
+                db.execute(
+                    "INSERT INTO annotations VALUES (?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT (clip_id, annotator) DO UPDATE SET label=excluded.label, "
+                    "round=excluded.round, source=excluded.source, "
+                    "created_at=excluded.created_at, seq=excluded.seq",
+                    (clip_id, annotator, label, round, source, now, cur.lastrowid),
+                )
+                count += 1
+        return count
+
+    def undo(self, annotator: str, round: int) -> str | None:
+        """Withdraw `annotator`'s latest answer of `round`; returns its clip id (None if there
+        is nothing to undo). The answer stays in the history."""
+        with self._write() as db:
+            row = db.execute(
+                "SELECT clip_id, label, source FROM annotations WHERE annotator=? AND round=? "
+                "ORDER BY seq DESC LIMIT 1",
+                (annotator, round),
+            ).fetchone()
+            if row is None:
+                return None
+            clip_id, label, source = row
+            db.execute(
+                "DELETE FROM annotations WHERE clip_id=? AND annotator=?", (clip_id, annotator)
+            )
+            db.execute(
+                "INSERT INTO history (action, clip_id, annotator, label, round, source, at) "
+                "VALUES ('undo', ?, ?, ?, ?, ?, ?)",
+                (clip_id, annotator, label, round, source, time.time()),
+            )
+        return str(clip_id)
+
+    # ---- reads
+
+    def annotations(
+        self, clip_ids: Sequence[str] | None = None, round: int | None = None
+    ) -> list[Annotation]:
+        """Current answers, oldest change first; filtered by clips and/or round."""
+        sql, args = "SELECT * FROM annotations", []
+        where = []
+        if round is not None:
+            where.append("round=?")
+            args.append(round)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self._connect() as db:
+            rows = db.execute(sql + " ORDER BY seq", args).fetchall()
+        wanted = set(clip_ids) if clip_ids is not None else None
+        return [
+            Annotation(r[0], r[1], r[2], int(r[3]), r[4], float(r[5]))
+            for r in rows
+            if wanted is None or r[0] in wanted
+        ]
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every change ever made, in order."""
+        with self._connect() as db:
+            db.row_factory = sqlite3.Row
+            return [dict(r) for r in db.execute("SELECT * FROM history ORDER BY seq")]
+
+    def resolve(self, clip_ids: Sequence[str], min_votes: int = 1) -> Answers:
+        """The decided clips among `clip_ids`: their label and votes, or dropped."""
+        by_clip: dict[str, list[Annotation]] = {}
+        for a in self.annotations(clip_ids):
+            by_clip.setdefault(a.clip_id, []).append(a)
+        answers = Answers()
+        for clip in clip_ids:
+            given = by_clip.get(clip, [])
+            if len(given) < min_votes:
+                continue
+            labels = [a.label for a in given if a.label is not None]  # oldest first
+            if not labels:
+                answers.dropped.append(clip)
+                continue
+            counts = Counter(labels)
+            top = max(counts.values())
+            answers.labels[clip] = next(x for x in labels if counts[x] == top)
+            answers.votes[clip] = dict(counts)
+        return answers
+
+
+def fleiss_kappa(counts: np.ndarray) -> float:
+    """Fleiss' kappa of an (items, categories) matrix of rating counts. Items may have different
+    numbers of raters (each needs at least 2); NaN when fewer than one such item or when every
+    rating falls in one category."""
+    counts = np.asarray(counts, dtype=float)
+    n = counts.sum(axis=1)
+    counts = counts[n >= 2]
+    n = n[n >= 2]
+    if len(counts) == 0:
+        return float("nan")
+    agreement = ((counts * (counts - 1)).sum(axis=1) / (n * (n - 1))).mean()
+    shares = counts.sum(axis=0) / n.sum()
+    chance = float((shares**2).sum())
+    if chance >= 1.0:
+        return float("nan")
+    return float((agreement - chance) / (1.0 - chance))
+
+
+def agreement(annotations: Sequence[Annotation], labels: Sequence[str]) -> dict[str, Any]:
+    """How much annotators agree on clips labeled by two or more of them: Fleiss' kappa, the
+    share of rater pairs that agree, and how many clips and raters that covers (skips are not
+    ratings)."""
+    index = {label: k for k, label in enumerate(labels)}
+    rows: dict[str, np.ndarray] = {}
+    raters = set()
+    for a in annotations:
+        if a.label is None or a.label not in index:
+            continue
+        rows.setdefault(a.clip_id, np.zeros(len(labels)))[index[a.label]] += 1
+        raters.add(a.annotator)
+    counts = np.array([r for r in rows.values() if r.sum() >= 2]).reshape(-1, len(labels))
+    if len(counts):
+        n = counts.sum(axis=1)
+        pair = float(((counts * (counts - 1)).sum(axis=1) / (n * (n - 1))).mean())
+    else:
+        pair = float("nan")
+    return {
+        "fleiss_kappa": fleiss_kappa(counts) if len(counts) else float("nan"),
+        "pairwise_agreement": pair,
+        "clips": len(counts),
+        "annotators": len(raters),
+    }

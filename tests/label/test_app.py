@@ -1,0 +1,270 @@
+"""The labeling API: what it serves, what it refuses, and that concurrent annotators lose
+nothing."""
+
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import soundfile as sf
+from starlette.testclient import TestClient
+from typer.testing import CliRunner
+
+from after.errors import AfterError
+from after.label.app import MAX_BODY, create_app
+from after.label.store import LabelStore
+from after.loop.runner import Run, queries_path, start_run
+from after.loop.state import LoopState
+
+LOCAL = "http://127.0.0.1"
+
+
+def _client(run: Run, **kw: Any) -> TestClient:
+    return TestClient(create_app(run.run_dir, **kw), base_url=LOCAL)
+
+
+def _post(client: TestClient, path: str, body: Any, **headers: str) -> Any:
+    return client.post(
+        path, content=json.dumps(body), headers={"Content-Type": "application/json", **headers}
+    )
+
+
+def test_clips_come_in_strategy_order_and_answers_are_stored(
+    labeling: tuple[Run, LoopState],
+) -> None:
+    run, state = labeling
+    client = _client(run)
+    info = client.get("/api/session").json()
+    assert info["labels"] == run.manifest.labels and info["total"] == 6 and info["decided"] == 0
+    assert client.get("/").text.startswith("<!doctype html>")
+    seen = []
+    for k in range(6):
+        got = client.get("/api/next", params={"annotator": "ann"}).json()
+        clip = got["clip"]
+        assert "guess" not in clip  # off by default: no anchoring
+        seen.append(clip["clip_id"])
+        label = None if k == 5 else run.manifest.labels[k % 4]
+        r = _post(
+            client, "/api/answers", {"annotator": "ann", "clip_id": clip["clip_id"], "label": label}
+        )
+        assert r.status_code == 200 and r.json()["progress"]["decided"] == k + 1
+    assert seen == state.pending  # the strategy's order
+    assert client.get("/api/next", params={"annotator": "ann"}).json()["clip"] is None
+    assert client.get("/api/status").json()["complete"] is True
+    rows = LabelStore(run.run_dir).annotations(round=0)
+    assert [(a.clip_id, a.label) for a in rows] == [
+        (c, None if k == 5 else run.manifest.labels[k % 4]) for k, c in enumerate(seen)
+    ]
+    undone = _post(client, "/api/undo", {"annotator": "ann"}).json()
+    assert undone["clip"]["clip_id"] == seen[-1] and undone["progress"]["decided"] == 5
+
+
+def test_audio_is_served_by_clip_id_as_wav(labeling: tuple[Run, LoopState]) -> None:
+    run, _state = labeling
+    client = _client(run)
+    clip = client.get("/api/next", params={"annotator": "ann"}).json()["clip"]
+    r = client.get(clip["audio"])
+    assert r.status_code == 200 and r.headers["content-type"] == "audio/wav"
+    wave, sr = sf.read(io.BytesIO(r.content))
+    assert sr == 16000 and len(wave) > 1000
+
+
+def test_two_annotators_get_different_clips_first(labeling: tuple[Run, LoopState]) -> None:
+    run, state = labeling
+    client = _client(run)
+    a = client.get("/api/next", params={"annotator": "ann"}).json()["clip"]["clip_id"]
+    b = client.get("/api/next", params={"annotator": "bob"}).json()["clip"]["clip_id"]
+    assert (a, b) == (state.pending[0], state.pending[1])
+
+
+def test_min_votes_needs_that_many_people(make_run: Any, tmp_path: Path) -> None:
+    run, state = make_run(tmp_path / "run", min_votes=2)
+    client = _client(run)
+    first = state.pending[0]
+    for who in ("ann", "bob"):
+        _post(client, "/api/answers", {"annotator": who, "clip_id": first, "label": "anger"})
+        got = client.get("/api/next", params={"annotator": "cy"}).json()
+        assert (got["clip"]["clip_id"] == first) == (who == "ann")
+    assert got["progress"]["decided"] == 1
+
+
+def test_the_model_guess_shows_only_when_enabled(labeling: tuple[Run, LoopState]) -> None:
+    run, _state = labeling
+    path = queries_path(run.run_dir, 0)
+    queries = json.loads(path.read_text())
+    probs = [[0.1, 0.7, 0.1, 0.1]] * len(queries["ids"])
+    path.write_text(json.dumps({**queries, "probs": probs}))
+    clip = _client(run, show_guess=True).get("/api/next", params={"annotator": "a"}).json()["clip"]
+    assert clip["guess"] == {"label": run.manifest.labels[1], "score": 0.7}
+    clip = _client(run).get("/api/next", params={"annotator": "a"}).json()["clip"]
+    assert "guess" not in clip
+
+
+def test_bad_requests_get_4xx_with_a_message(labeling: tuple[Run, LoopState]) -> None:
+    run, state = labeling
+    client = _client(run)
+    clip = state.pending[0]
+    test_clip = run.fold.test[0]
+    cases = [
+        ({"annotator": "ann", "clip_id": clip, "label": "elation"}, 400, "unknown label"),
+        ({"annotator": "ann", "clip_id": "nope", "label": "anger"}, 404, "not queried"),
+        ({"annotator": "ann", "clip_id": test_clip, "label": "anger"}, 404, "not queried"),
+        ({"annotator": "", "clip_id": clip, "label": "anger"}, 400, "annotator"),
+        ({"annotator": "x" * 65, "clip_id": clip, "label": "anger"}, 400, "at most"),
+        ({"annotator": "ann", "clip_id": 3, "label": "anger"}, 400, "clip_id"),
+        ({"annotator": "ann", "clip_id": clip, "label": 2}, 400, "label must"),
+    ]
+    for body, status, message in cases:
+        r = _post(client, "/api/answers", body)
+        assert r.status_code == status and message in r.json()["error"], (body, r.text)
+    r = client.post(
+        "/api/answers", content="{not json", headers={"Content-Type": "application/json"}
+    )
+    assert r.status_code == 400 and "JSON" in r.json()["error"]
+    r = client.post(
+        "/api/answers",
+        content=json.dumps({"annotator": "a"}),
+        headers={"Content-Type": "text/plain"},
+    )
+    assert r.status_code == 415
+    big = json.dumps({"annotator": "ann", "clip_id": clip, "label": "x" * MAX_BODY})
+    assert _post(client, "/api/answers", big).status_code == 413
+
+    def chunks() -> Any:  # no Content-Length: the limit holds while streaming
+        for _ in range(8):
+            yield b" " * (MAX_BODY // 4)
+
+    r = client.post("/api/answers", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+    r = _post(client, "/api/answers", {"annotator": "a"}, Origin="http://evil.example")
+    assert r.status_code == 403
+    r = client.get("/api/session", headers={"Host": "evil.example"})
+    assert r.status_code == 421  # DNS rebinding: a loopback server answers to localhost only
+    assert client.get("/api/next").status_code == 400
+    assert LabelStore(run.run_dir).annotations() == []  # nothing bad was stored
+    r = _post(client, "/api/advance", {})
+    assert r.status_code == 409 and "still need answers" in r.json()["error"]
+
+
+def test_path_traversal_is_impossible(labeling: tuple[Run, LoopState], serve: Any) -> None:
+    run, state = labeling
+    secret = run.run_dir / "config.json"
+    attempts = [
+        "/api/audio/../config.json",
+        "/api/audio/../../etc/passwd",
+        "/api/audio/..%2F..%2Fetc%2Fpasswd",
+        "/api/audio/%2e%2e/%2e%2e/etc/passwd",
+        "/api/audio/%2E%2E%2Fconfig.json",
+        "/api/audio//etc/passwd",
+        "/api/audio/%2Fetc%2Fpasswd",
+        "/api/audio/" + str(secret),
+        "/api/audio/" + run.manifest[state.pending[0]].path,  # a real audio path, not an id
+        "/api/audio/" + run.fold.test[0],  # a clip of the run's manifest, but not queried
+        "/../config.json",
+        "/api/audio/" + state.pending[0] + "/../" + state.pending[1],
+    ]
+    with serve(create_app(run.run_dir)) as url:
+        host = urlsplit(url)
+        for path in attempts:
+            conn = http.client.HTTPConnection(host.hostname, host.port, timeout=10)
+            conn.request("GET", path)  # sent as is: no client-side normalization
+            r = conn.getresponse()
+            body = r.read()
+            assert 400 <= r.status < 500, (path, r.status)
+            assert b"root:" not in body and b"manifest_digest" not in body
+            conn.close()
+
+
+def test_a_non_local_bind_needs_a_token(labeling: tuple[Run, LoopState]) -> None:
+    run, _ = labeling
+    with pytest.raises(AfterError, match="token"):
+        create_app(run.run_dir, host="0.0.0.0")
+    with pytest.raises(AfterError, match="token"):
+        create_app(run.run_dir, host="192.168.1.20", token="")
+    client = TestClient(
+        create_app(run.run_dir, host="0.0.0.0", token="s3cret"), base_url="http://lab.example"
+    )
+    assert client.get("/api/session").status_code == 401
+    assert client.get("/api/session", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert client.get("/api/session", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    assert client.get("/api/session?token=s3cret").status_code == 401  # only the page takes it
+    page = client.get("/?token=s3cret")
+    assert page.status_code == 200 and "after_token" in page.headers["set-cookie"]
+    assert "httponly" in page.headers["set-cookie"].lower()
+    assert client.get("/api/session").status_code == 200  # the cookie now carries it
+
+
+def test_the_cli_makes_a_token_for_a_non_local_bind(
+    labeling: tuple[Run, LoopState], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import after.label.app
+    from after.cli import app
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(after.label.app, "serve", lambda run_dir, **kw: calls.append(kw))
+    run, _ = labeling
+    result = CliRunner().invoke(app, ["label", "serve", str(run.run_dir), "--host", "0.0.0.0"])
+    assert result.exit_code == 0, result.output
+    token = calls[0]["token"]
+    assert token and len(token) >= 24 and f"?token={token}" in result.output
+    result = CliRunner().invoke(app, ["label", "serve", str(run.run_dir)])
+    assert calls[1]["token"] is None and "?token=" not in result.output
+
+
+def test_only_runs_labeled_by_people_are_served(
+    labeling: tuple[Run, LoopState], tmp_path: Path
+) -> None:
+    run, _ = labeling
+    simulated = replace(run, al=replace(run.al, oracle="simulated"), run_dir=tmp_path / "sim")
+    start_run(simulated)
+    with pytest.raises(AfterError, match="--oracle human"):
+        create_app(simulated.run_dir)
+    with pytest.raises(AfterError, match="not found"):
+        create_app(tmp_path / "nothing-here")
+
+
+def test_many_concurrent_annotators_lose_nothing(
+    labeling: tuple[Run, LoopState], serve: Any
+) -> None:
+    run, state = labeling
+    labels = run.manifest.labels
+    annotators = [f"ann{k}" for k in range(16)]
+    failures: list[str] = []
+
+    def work(name: str) -> None:
+        host = urlsplit(url)
+        conn = http.client.HTTPConnection(host.hostname, host.port, timeout=30)
+        for k, clip in enumerate(state.pending * 3):  # every clip, re-answered twice
+            body = json.dumps(
+                {"annotator": name, "clip_id": clip, "label": labels[(k + len(name)) % 4]}
+            )
+            conn.request("POST", "/api/answers", body, {"Content-Type": "application/json"})
+            r = conn.getresponse()
+            r.read()
+            if r.status != 200:
+                failures.append(f"{name} {clip}: {r.status}")
+        conn.close()
+
+    with serve(create_app(run.run_dir)) as url:
+        threads = [threading.Thread(target=work, args=(a,)) for a in annotators]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    assert failures == []
+    store = LabelStore(run.run_dir)
+    rows = store.annotations(round=0)
+    assert len(rows) == len(annotators) * len(state.pending)
+    assert len(store.history()) == 3 * len(annotators) * len(state.pending)
+    final = {(a.annotator, a.clip_id): a.label for a in rows}
+    for name in annotators:  # each person's last answer is the one kept
+        for k, clip in enumerate(state.pending):
+            last = k + 2 * len(state.pending)
+            assert final[name, clip] == labels[(last + len(name)) % 4]

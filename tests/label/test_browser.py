@@ -1,0 +1,144 @@
+"""End to end in a real headless Chromium: a person labels a round with the keyboard, the
+answers land in SQLite, and the page's button trains the next round."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from after.label.app import create_app
+from after.label.store import LabelStore
+from after.loop.runner import Run
+from after.loop.state import LoopState
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+]
+
+
+@pytest.fixture
+def browser() -> Any:
+    """Debian's Chromium driven by Playwright (no browser download). Skips where it is absent,
+    except in CI (AFTER_REQUIRE_BROWSER=1)."""
+    if not Path(CHROMIUM).is_file():
+        if os.environ.get("AFTER_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{CHROMIUM} not found; install Debian's chromium (see .ci/run)")
+        pytest.skip(f"{CHROMIUM} not found")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.mark.slow
+def test_label_a_round_by_keyboard_then_train_the_next(
+    labeling: tuple[Run, LoopState], serve: Any, browser: Any, tmp_path: Path
+) -> None:
+    run, state = labeling
+    labels = run.manifest.labels
+    queried = list(state.pending)
+    with serve(create_app(run.run_dir)) as url:
+        page = browser.new_page(viewport={"width": 900, "height": 760})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "/")
+        page.fill("#name", "alice")
+        page.press("#name", "Enter")
+        page.wait_for_selector("#clip:not([hidden])")
+        assert page.inner_text("#clip-title") == "Clip 1 of this round"
+
+        def clip_shown() -> str:
+            return str(page.evaluate("decodeURIComponent(new URL($('player').src).pathname)"))
+
+        def press(key: str, expect: str) -> None:
+            page.keyboard.press(key)
+            page.wait_for_function(
+                "text => document.getElementById('message').textContent.startsWith(text)",
+                arg=expect,
+            )
+
+        # The audio really plays: Chromium decoded the WAV the server made.
+        page.wait_for_function("document.getElementById('player').duration > 0.3")
+        page.keyboard.press("]")  # 1.25x
+        assert page.evaluate("document.getElementById('player').playbackRate") == 1.25
+        page.keyboard.press("[")
+        page.keyboard.press("[")  # 0.75x
+        assert page.evaluate("document.getElementById('player').playbackRate") == 0.75
+        page.keyboard.press("r")  # replay: back to the start
+        assert page.evaluate("document.getElementById('player').currentTime") < 0.5
+
+        assert clip_shown().endswith(queried[0])
+        press("1", f"saved: {labels[0]}")
+        assert clip_shown().endswith(queried[1])
+        press("2", f"saved: {labels[1]}")
+        press("3", f"saved: {labels[2]}")  # clip 3, a slip: undo it
+        page.screenshot(path=str(tmp_path / "labeling.png"))
+        press("u", "undone")
+        assert clip_shown().endswith(queried[2])
+        press("4", f"saved: {labels[3]}")
+        press("0", "skipped")  # clip 4: cannot tell
+        press("2", f"saved: {labels[1]}")
+        press("1", f"saved: {labels[0]}")
+        page.wait_for_selector("#done:not([hidden])")
+        assert "fully labeled" in page.inner_text("#done-text")
+        assert page.inner_text("#counts").startswith("Round 0: 6 of 6 clips done")
+        page.screenshot(path=str(tmp_path / "round-done.png"))
+
+        expected = [labels[0], labels[1], labels[3], None, labels[1], labels[0]]
+        rows = {a.clip_id: a for a in LabelStore(run.run_dir).annotations(round=0)}
+        assert {c: rows[c].label for c in queried} == dict(zip(queried, expected, strict=True))
+        assert {a.annotator for a in rows.values()} == {"alice"}
+        actions = [h["action"] for h in LabelStore(run.run_dir).history()]
+        assert actions.count("undo") == 1 and actions.count("set") == 7
+
+        page.click("#advance")  # runs after run --resume in the background
+        page.wait_for_selector("#clip:not([hidden])", timeout=180_000)
+        assert page.inner_text("#counts").startswith("Round 1: 0 of 5 clips done")
+        assert errors == []
+        page.screenshot(path=str(tmp_path / "round-1.png"))
+
+    state = LoopState.load(run.run_dir)
+    assert state.round == 1 and state.phase == "label"
+    assert state.labels == {c: x for c, x in zip(queried, expected, strict=True) if x}
+    assert state.dropped == [queried[3]]
+    assert state.rounds[0]["num_labeled"] == 5
+    for name in ("labeling.png", "round-done.png", "round-1.png"):
+        assert (tmp_path / name).stat().st_size > 10_000
+    print(f"screenshots: {tmp_path}")  # for a person to look at (pytest -s)
+
+
+def test_page_loads_without_errors_after_the_run_is_done(
+    labeling: tuple[Run, LoopState], serve: Any, browser: Any
+) -> None:
+    """Smoke: a finished run says so instead of offering clips."""
+    run, _ = labeling
+    state = LoopState.load(run.run_dir)
+    state.phase, state.stopped_because = "done", "budget spent"
+    state.save(run.run_dir)
+    with serve(create_app(run.run_dir)) as url:
+        page = browser.new_page()
+        page.goto(url + "/")
+        page.evaluate("localStorage.setItem('after.annotator', 'bob')")
+        page.reload()
+        page.wait_for_selector("#done:not([hidden])")
+        assert "finished (budget spent)" in page.inner_text("#done-text")
+        assert page.is_hidden("#advance")
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "bob" not in page.inner_text("#who"):
+            time.sleep(0.05)
+        assert "bob" in page.inner_text("#who")
