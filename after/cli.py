@@ -727,8 +727,10 @@ def label_status(run_dir: Path = RUN_DIR) -> None:
             str(sum(a.label is None for a in in_round)),
             str(len({a.annotator for a in in_round})),
             str(agree["clips"]),
-            f"{agree['fleiss_kappa']:.3f}",
-            f"{agree['pairwise_agreement']:.3f}",
+            *(
+                "—" if v != v else f"{v:.3f}"  # NaN: no clip rated twice
+                for v in (agree["fleiss_kappa"], agree["pairwise_agreement"])
+            ),
         )
     console.print(table)
 

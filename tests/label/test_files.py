@@ -149,3 +149,28 @@ def test_label_studio_json_min_export(labeling: tuple[Run, LoopState], tmp_path:
     path.write_text("{broken")
     with pytest.raises(AfterError, match="not JSON"):
         import_labels(run.run_dir, path)
+
+
+def test_label_commands(labeling: tuple[Run, LoopState], tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from after.cli import app
+
+    run, state = labeling
+    cli = CliRunner()
+    good = _write_csv(
+        tmp_path / "in.csv",
+        [["clip_id", "label", "annotator"]]
+        + [[c, "anger", who] for c in state.pending[:3] for who in ("ann", "bob")]
+        + [[state.pending[3], "sadness", "ann"], [state.pending[3], "anger", "bob"]],
+    )
+    result = cli.invoke(app, ["label", "import", str(run.run_dir), str(good)])
+    assert result.exit_code == 0 and "stored 8 answer(s)" in result.output, result.output
+    result = cli.invoke(app, ["label", "status", str(run.run_dir)])
+    assert result.exit_code == 0, result.output
+    assert "4 of 6 clips decided" in result.output
+    # 4 clips rated twice: 3 agree, 1 does not -> pairs agree 0.750
+    assert "0.750" in result.output
+    result = cli.invoke(app, ["label", "export", str(run.run_dir), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 0 and "labels.csv (8 answers)" in result.output
+    assert (tmp_path / "x" / "label_studio_config.xml").is_file()
