@@ -588,12 +588,11 @@ def run(
 ) -> None:
     """Active learning: cold start, then rounds of fine-tune, evaluate, query, label."""
     from after.cache import default_cache_dir
-    from after.loop.runner import Run, run_loop, start_run
-    from after.loop.state import LoopState
+    from after.loop.runner import Run, load_state, run_loop, start_run
 
     if resume is not None:
         the_run = Run.from_dir(resume)
-        state = LoopState.load(resume)
+        state = load_state(the_run)
         err.print(f"resuming {resume} at round {state.round} ({state.phase})")
     else:
         if manifest is None or fold is None or out is None:

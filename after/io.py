@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from after.errors import AfterError
+from after.faults import fault_point
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -31,13 +32,46 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        fault_point("write")
         os.replace(tmp, target)
+        _fsync_folder(target.parent)  # the rename itself survives a power cut
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
         raise AfterError(
             f"{target}: write failed ({e.strerror}); the previous file, if any, is unchanged"
         ) from e
     return target
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temp files an atomic write left when its process was killed before the
+    rename (their targets are intact). Only call it while no other process writes here."""
+    stale = sorted(Path(folder).glob(".*.tmp"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def read_json(path: str | os.PathLike[str], fix: str) -> Any:
+    """Load a JSON file this package wrote; a missing or damaged file is an `AfterError` that
+    names it and says what to do (`fix`)."""
+    p = Path(path)
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AfterError(f"{p}: not found; {fix}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise AfterError(f"{p}: damaged ({e}); {fix}") from None
+    except OSError as e:
+        raise AfterError(f"{p}: cannot read ({e.strerror}); {fix}") from None
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from after.errors import AfterError
+from after.faults import fault_point
 from after.loop.oracle import Answers
 
 STORE_FILE = "labels.sqlite"
@@ -132,7 +133,9 @@ class LabelStore:
         now = time.time()
         count = 0
         with self._write() as db:
-            for clip_id, annotator, label in rows:
+            for k, (clip_id, annotator, label) in enumerate(rows):
+                if k == 1:
+                    fault_point("label-import")  # mid-transaction: nothing may land
                 cur = db.execute(
                     "INSERT INTO history (action, clip_id, annotator, label, round, source, at) "
                     "VALUES ('set', ?, ?, ?, ?, ?, ?)",

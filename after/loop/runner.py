@@ -24,7 +24,6 @@ import dataclasses
 import fcntl
 import io
 import itertools
-import json
 import logging
 import math
 import os
@@ -41,9 +40,10 @@ from after.data.audio import clip_duration
 from after.data.folds import Fold, Folds, manifest_digest
 from after.data.manifest import Manifest
 from after.errors import AfterError
-from after.io import atomic_write_json, atomic_write_text
+from after.faults import fault_point
+from after.io import atomic_write_json, atomic_write_text, read_json, remove_stale_temps
 from after.loop.oracle import Answers, HumanOracle, Oracle, SimulatedOracle
-from after.loop.state import LoopState
+from after.loop.state import STATE_FILE, LoopState
 from after.models.classifier import Classifier, load_classifier
 from after.rng import derived_rng
 
@@ -143,7 +143,7 @@ class Run:
         path = folder / CONFIG_FILE
         if not path.is_file():
             raise AfterError(f"{path}: not found; is {folder} a run folder of after run?")
-        c = json.loads(path.read_text())
+        c = read_json(path, "restore it from a backup, or start a new run")
         manifest = Manifest.from_jsonl(c["manifest"])
         if manifest_digest(manifest) != c["manifest_digest"]:
             raise AfterError(
@@ -165,17 +165,31 @@ class Run:
 
 
 def start_run(run: Run) -> LoopState:
-    """Create the run folder and its first state; refuses a folder that holds a run."""
-    if (run.run_dir / CONFIG_FILE).exists():
+    """Create the run folder and its first state; refuses a folder that holds a run (unless
+    its start was cut off before the first state: then it finishes that start)."""
+    config = run.run_dir / CONFIG_FILE
+    cut_off = (
+        config.exists()
+        and not (run.run_dir / STATE_FILE).exists()
+        and config_hash(read_json(config, "choose another --out")) == config_hash(run.to_json())
+    )
+    if config.exists() and not cut_off:
         raise AfterError(
             f"{run.run_dir}: holds a run already; continue it with --resume {run.run_dir}, or "
             "choose another --out"
         )
     run.run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run.run_dir / CONFIG_FILE, run.to_json())
+    atomic_write_json(config, run.to_json())
     state = LoopState(config_hash=config_hash(run.to_json()), seed=run.al.seed)
     state.save(run.run_dir)
     return state
+
+
+def load_state(run: Run) -> LoopState:
+    """The run's state; a run killed between its config and its first state starts over."""
+    if not (run.run_dir / STATE_FILE).exists():
+        return start_run(run)
+    return LoopState.load(run.run_dir)
 
 
 def run_loop(
@@ -188,7 +202,9 @@ def run_loop(
 ) -> LoopState:
     """Advance `state` until the run is done (or the oracle leaves queries unanswered). The
     oracle defaults to the run's own: the manifest's labels, or people's (`after label`)."""
-    if state.config_hash != config_hash(run.to_json()):
+    # The file as written, not as re-serialised: options added since keep old runs resumable.
+    written = read_json(run.run_dir / CONFIG_FILE, "restore it from a backup")
+    if state.config_hash != config_hash(written):
         raise AfterError(f"{run.run_dir}: config.json does not match state.json; was it edited?")
     if oracle is None:
         human = run.al.oracle == "human"
@@ -196,6 +212,7 @@ def run_loop(
             HumanOracle(run.run_dir, run.al.min_votes) if human else SimulatedOracle(run.manifest)
         )
     with run_lock(run.run_dir):
+        remove_stale_temps(run.run_dir)
         loop = _Loop(run, state, oracle, progress)
         while state.phase != "done":
             if state.phase == "select":
@@ -303,6 +320,7 @@ class _Loop:
                 total += self.durations[q]
             queries = kept
         self.timings["select_s"] = time.perf_counter() - t0
+        fault_point("select")
         self._write_queries(queries)
         self.state.pending = queries
         self.state.phase = "label"
@@ -426,6 +444,7 @@ class _Loop:
                     stop = f"predictions stable (kappa {kappa:.3f} >= {run.al.stabilize_kappa})"
             state.stop_predictions = preds.tolist()
         state.rounds.append(record)
+        fault_point("train")
         if stop:
             state.phase, state.stopped_because = "done", stop
         else:
@@ -484,6 +503,7 @@ class _Loop:
             self.state.labeled_ids(), strategy.requires & {"embeddings", "surprisal"}
         )
         self.timings["score_s"] = time.perf_counter() - t0
+        fault_point("score")
         assert isinstance(pool, PoolOutputs)
         return strategy.select(pool, n, labeled=labeled, rng=rng, memo=self.state.memo)
 

@@ -8,14 +8,13 @@ draws exactly what an uninterrupted one would.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from after.errors import AfterError
-from after.io import atomic_write_json
+from after.io import atomic_write_json, read_json
 
 SCHEMA_VERSION = 1
 STATE_FILE = "state.json"
@@ -53,14 +52,9 @@ class LoopState:
     @classmethod
     def load(cls, run_dir: str | os.PathLike[str]) -> LoopState:
         path = Path(run_dir) / STATE_FILE
-        try:
-            data = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise AfterError(
-                f"{path}: not found; is {run_dir} a run folder of after run?"
-            ) from None
-        except json.JSONDecodeError as e:
-            raise AfterError(f"{path}: damaged ({e}); restore it from a backup") from None
+        if not path.exists():
+            raise AfterError(f"{path}: not found; is {run_dir} a run folder of after run?")
+        data = read_json(path, "restore it from a backup, or start the run again")
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
             raise AfterError(
