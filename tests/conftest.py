@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +34,37 @@ def _private_cache(
     monkeypatch.setenv("AFTER_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "after-cache"))
 
 
+@contextmanager
+def served(app: Any) -> Iterator[str]:
+    """Serve an ASGI app with uvicorn on a free loopback port; yields its base URL."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the test server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def serve() -> Any:
+    """`with serve(app) as url:` runs an ASGI app on a free loopback port."""
+    return served
+
+
 # ---- the reliability summary: figures the crash, hostile-input and load tests report -----------
 
 RELIABILITY: dict[str, int] = {}
@@ -47,7 +84,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.write_line(
         f"reliability: {r.get('kill_points', 0)} kill points survived, "
         f"{r.get('hostile_inputs', 0)} hostile inputs tried "
-        f"({r.get('clear_messages', 0)} clear messages), "
+        f"({r.get('clear_messages', 0)} refused with a clear message, "
+        f"{r.get('hostile_inputs', 0) - r.get('clear_messages', 0)} read correctly), "
         f"{r.get('stored', 0)}/{r.get('sent', 0)} concurrent submissions stored, "
         f"{r.get('attacks_rejected', 0)}/{r.get('attacks', 0)} attacks rejected, "
         + ("nothing lost" if lost == 0 else f"{lost} LOST")

@@ -42,6 +42,7 @@ REASONS: dict[str, str] = {
     "silent": "the clip is (near) digital silence; check the recording or lower --silence-dbfs",
     "nonfinite": "the file holds NaN or infinite samples; re-export it as 16-bit PCM",
     "unknown_label": "the label is not one of the expected labels; fix the label or the label list",
+    "bad_name": "rename it to a UTF-8 name, e.g. convmv -f latin1 -t utf-8 --notest -r DIR",
 }
 
 # First bytes of the containers soundfile can read: a file that starts otherwise is "not audio"
@@ -69,6 +70,8 @@ def _fail(path: str, reason: str, detail: str) -> AudioError:
 def _classify_open_error(path: str, err: Exception) -> AudioError:
     """Turn a soundfile open error into a reason, looking at the file itself to tell them apart."""
     p = Path(path)
+    if p.is_symlink() and not p.exists():
+        return _fail(path, "missing", "a symlink that loops or points to nothing")
     if not p.exists():
         return _fail(path, "missing", "no such file")
     if p.is_dir():
@@ -236,6 +239,10 @@ def check_utterance(
     labels: Iterable[str] | None = None,
 ) -> Utterance | Rejection:
     """The utterance with its measured duration, or the reason it cannot be used."""
+    if not (_is_utf8(u.path) and _is_utf8(u.id)):  # manifests and messages are UTF-8 text
+        return Rejection(
+            _printable(u.id), _printable(u.path), "bad_name", "the file name is not valid UTF-8"
+        )
     if labels is not None and u.label is not None and u.label not in set(labels):
         return Rejection(
             u.id, u.path, "unknown_label", f"label {u.label!r} not in {sorted(labels)}"
@@ -245,6 +252,19 @@ def check_utterance(
     except AudioError as e:
         return Rejection(u.id, u.path, e.reason, e.detail)
     return dataclasses.replace(u, duration_s=round(info.duration_s, 4))
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(text: str) -> str:
+    """A name with undecodable bytes (kept by Python as surrogates) shown as escapes."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def validate_manifest(

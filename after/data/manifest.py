@@ -190,7 +190,7 @@ class Manifest:
             where = f"{file}:{n}"
             row = {k: v for k, v in row.items() if k is not None and v not in (None, "")}
             row.setdefault("label", None)
-            name = row.get("corpus") or corpus or base.name
+            name = row.get("corpus") or corpus or base.resolve().name
             row["corpus"] = name
             if "path" in row:
                 row.setdefault("id", f"{name}_{Path(row['path']).stem}")
@@ -201,7 +201,13 @@ class Manifest:
                     raise ManifestError(
                         f'{where}: votes must be JSON, e.g. {{"anger": 2}}'
                     ) from None
-            items.append(_from_row(row, base, where))
+            u = _from_row(row, base, where)
+            if not os.path.isabs(row["path"]) and not Path(u.path).is_relative_to(base.resolve()):
+                raise ManifestError(
+                    f"{where}: path {row['path']!r} points outside {base.resolve()}; keep the "
+                    "audio under the CSV's folder, or give an absolute path"
+                )
+            items.append(u)
         return cls(items, source=str(file))
 
 

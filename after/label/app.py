@@ -371,8 +371,11 @@ def create_app(
         return JSONResponse({**p, "log": session.advance_log()})
 
     async def on_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPError)
-        return JSONResponse({"error": exc.message}, status_code=exc.status)
+        if isinstance(exc, HTTPError):
+            return JSONResponse({"error": exc.message}, status_code=exc.status)
+        # The store could not write (disk full, permissions, a damaged file): nothing was
+        # stored, earlier answers are intact, the client may retry.
+        return JSONResponse({"error": str(exc)}, status_code=503)
 
     app = Starlette(
         routes=[
@@ -385,7 +388,7 @@ def create_app(
             Route("/api/advance", advance, methods=["POST"]),
             Route("/api/status", status),
         ],
-        exception_handlers={HTTPError: on_error},
+        exception_handlers={HTTPError: on_error, AfterError: on_error},
     )
     app.state.session = session
     return Guard(app, token=token, check_host=is_loopback(host))  # type: ignore[return-value]

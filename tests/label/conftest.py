@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,34 +47,3 @@ def make_run(corpus: tuple[Manifest, Path, Path]) -> Any:
 @pytest.fixture
 def labeling(corpus: tuple[Manifest, Path, Path], tmp_path: Path) -> tuple[Run, LoopState]:
     return human_run(corpus, tmp_path / "run")
-
-
-@pytest.fixture
-def serve() -> Any:
-    """`with serve(app) as url:` runs the app on a free loopback port."""
-    return served
-
-
-@contextmanager
-def served(app: Any) -> Iterator[str]:
-    """Serve an ASGI app with uvicorn on a free loopback port; yields its base URL."""
-    import uvicorn
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
