@@ -274,6 +274,15 @@ def synth(
     console.print(f"{out_dir / 'manifest.jsonl'}: {len(m)} clips, {len(m.speakers)} speakers")
 
 
+NUM_PROCESSES = typer.Option(
+    1,
+    min=1,
+    help="Processes (DDP: one per GPU, or gloo on CPUs) to start; not with accelerate launch or "
+    "torchrun, whose processes are used.",
+)
+GRAD_ACCUM = typer.Option(1, min=1, help="Batches per device accumulated into one step.")
+
+
 @app.command()
 def tapt(
     manifest: Path = typer.Option(..., help="Manifest (JSONL).", show_default=False),
@@ -296,6 +305,8 @@ def tapt(
     precision: str = typer.Option(TaptConfig.precision, help="auto, no, fp16 or bf16."),
     save_every: int = typer.Option(TaptConfig.save_every, min=1, help="Checkpoint every N steps."),
     resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
+    grad_accum: int = GRAD_ACCUM,
+    num_processes: int = NUM_PROCESSES,
 ) -> None:
     """Task-adaptive pre-training on one fold's training audio (never its dev or test audio)."""
     from after.tapt import run_tapt
@@ -311,6 +322,8 @@ def tapt(
         seed=seed,
         precision=precision,  # type: ignore[arg-type]  # checked by TaptConfig
         save_every=save_every,
+        grad_accum=grad_accum,
+        num_processes=num_processes,
     )
     err.print(f"TAPT of {backbone} on fold {chosen.name}: {len(chosen.train)} training clips")
     run_tapt(m, chosen, backbone, out, config, resume=resume)
@@ -366,9 +379,12 @@ def train(
     freeze_cnn: bool = FREEZE,
     cache_dir: Path | None = CACHE,
     seed: int = SEED,
+    grad_accum: int = GRAD_ACCUM,
+    num_processes: int = NUM_PROCESSES,
 ) -> None:
     """Fine-tune on all labeled training clips of a fold (the V-FT baseline), test once."""
     from after.cache import default_cache_dir
+    from after.dist import state
     from after.report import plot_confusion
     from after.train import fit_and_test, save_result
 
@@ -383,12 +399,17 @@ def train(
         class_weighted=class_weighted,
         freeze_cnn=freeze_cnn,
         seed=seed,
+        grad_accum=grad_accum,
+        num_processes=num_processes,
     )
     cache = cache_dir or default_cache_dir()
     err.print(f"fine-tuning {backbone} on fold {chosen.name}: {len(chosen.train)} training clips")
     result, run = fit_and_test(m, chosen, backbone, config, cache_dir=cache)
+    if not state().is_main_process:
+        return  # under accelerate launch / torchrun, the main process writes the results
     test = run["test"]
-    record = {"corpus": _corpus_name(m), "backbone": backbone, **run, "config": config.to_dict()}
+    settings = {**config.to_dict(), "num_processes": result.num_processes}
+    record = {"corpus": _corpus_name(m), "backbone": backbone, **run, "config": settings}
     save_result(out, result, fold=chosen.name, corpus=record["corpus"])
     atomic_write_json(out / "result.json", record)
     plot_confusion(test, out / "confusion.png", f"{backbone}, fold {chosen.name} (test)")
@@ -585,13 +606,32 @@ def run(
     class_weighted: bool = WEIGHTED,
     freeze_cnn: bool = FREEZE,
     cache_dir: Path | None = CACHE,
+    grad_accum: int = GRAD_ACCUM,
+    num_processes: int = typer.Option(
+        1,
+        min=1,
+        help="Processes (DDP: one per GPU, or gloo on CPUs) that each round's fine-tuning and "
+        "pool scoring run on; the loop itself stays one process.",
+    ),
 ) -> None:
     """Active learning: cold start, then rounds of fine-tune, evaluate, query, label."""
     from after.cache import default_cache_dir
+    from after.dist import world_size
     from after.loop.runner import Run, load_state, run_loop, start_run
 
+    if world_size() > 1:
+        raise AfterError(
+            "after run starts its own worker processes: run it as one process (not under "
+            "accelerate launch or torchrun) and pass --num-processes N"
+        )
     if resume is not None:
         the_run = Run.from_dir(resume)
+        if num_processes not in (1, the_run.train.num_processes):
+            raise AfterError(
+                f"{resume} was started with --num-processes {the_run.train.num_processes}, "
+                "which is part of its settings (a step's batch spans the processes); resume "
+                "it without --num-processes"
+            )
         state = load_state(the_run)
         err.print(f"resuming {resume} at round {state.round} ({state.phase})")
     else:
@@ -624,6 +664,8 @@ def run(
             class_weighted=class_weighted,
             freeze_cnn=freeze_cnn,
             seed=seed,
+            grad_accum=grad_accum,
+            num_processes=num_processes,
         )
         cache = str((cache_dir or default_cache_dir()).resolve())
         the_run = Run(

@@ -40,6 +40,11 @@ class TaptConfig:
     kmeans_max_frames: int = 200_000  # frames sampled to fit k-means
     seed: int = 0
     precision: Precision = "auto"  # auto: bf16 on a GPU that has it, else fp16 on GPU, no on CPU
+    # A step is `grad_accum` batches of `batch_size` clips on each of `num_processes` processes.
+    grad_accum: int = 1
+    # Processes to start (`after.dist.launch`) when run_tapt is called in one plain process; under
+    # `accelerate launch` or torchrun the launcher's processes are used.
+    num_processes: int = 1
     save_every: int = 200
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -57,6 +62,8 @@ class TaptConfig:
             "mask_prob": 0 < self.mask_prob <= 1,
             "mask_length": self.mask_length >= 1,
             "kmeans_clusters": self.kmeans_clusters >= 2,
+            "grad_accum": self.grad_accum >= 1,
+            "num_processes": self.num_processes >= 1,
             "save_every": self.save_every >= 1,
             "keep_checkpoints": self.keep_checkpoints >= 1,
             "precision": self.precision in ("auto", "no", "fp16", "bf16"),
@@ -106,6 +113,12 @@ class TrainConfig:
     seed: int = 0
     precision: Precision = "auto"
     eval_batch_size: int = 16
+    # An optimiser step is `grad_accum` batches of `batch_size` clips on each process.
+    grad_accum: int = 1
+    # Processes to start (`after.dist.launch`) for each fine-tuning and pool-scoring pass when
+    # fit / score_pool are called in one plain process (e.g. by `after run --num-processes N`);
+    # under `accelerate launch` or torchrun the launcher's processes are used.
+    num_processes: int = 1
 
     def __post_init__(self) -> None:
         from after.errors import AfterError
@@ -122,6 +135,8 @@ class TrainConfig:
             "spec_time_prob": 0 <= self.spec_time_prob < 1,
             "spec_feature_prob": 0 <= self.spec_feature_prob < 1,
             "eval_batch_size": self.eval_batch_size >= 1,
+            "grad_accum": self.grad_accum >= 1,
+            "num_processes": self.num_processes >= 1,
             "precision": self.precision in ("auto", "no", "fp16", "bf16"),
         }
         bad = [name for name, ok in checks.items() if not ok]

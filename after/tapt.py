@@ -22,6 +22,8 @@ Output: `out_dir` is a `from_pretrained` folder (model + preprocessor config) pl
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -44,6 +46,7 @@ from after.data.batching import bucket_batches
 from after.data.folds import Fold
 from after.data.manifest import Manifest, Utterance
 from after.dist import accelerator as make_accelerator
+from after.dist import job_folder, launch, must_launch
 from after.errors import AfterError, AudioError, FoldError
 from after.io import atomic_write_json
 from after.models.backbones import (
@@ -353,14 +356,18 @@ def _latest_checkpoint(out_dir: Path) -> Path | None:
     return max(done, key=lambda p: int(p.name.removeprefix("step_")), default=None)
 
 
-def _run_key(backbone: str, fold: Fold, ids: list[str], config: TaptConfig) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed."""
+def _run_key(
+    backbone: str, fold: Fold, ids: list[str], config: TaptConfig, num_processes: int
+) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed. The number of processes is the one the run
+    has, however they were started (the setting only says how many to start)."""
     digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
     return {
         "backbone": backbone,
         "fold": fold.name,
         "ids_digest": digest,
-        "config_hash": config_hash(config),
+        "config_hash": config_hash(dataclasses.replace(config, num_processes=1)),
+        "num_processes": num_processes,
     }
 
 
@@ -378,7 +385,13 @@ def run_tapt(
     progress: bool = True,
 ) -> Path:
     """Continue `backbone`'s self-supervised training on `fold`'s training audio; returns
-    `out_dir`, a folder that `AutoModel.from_pretrained` loads (see the module docstring)."""
+    `out_dir`, a folder that `AutoModel.from_pretrained` loads (see the module docstring).
+
+    On several processes (a launcher's, or `config.num_processes` workers that this call starts
+    and waits for) the model is replicated (DDP): a step takes `grad_accum` batches on every
+    process, each process its own batches of the run's stream, and averages the gradients. A
+    checkpoint resumes only on the same number of processes (the stream depends on it).
+    """
     config = config or TaptConfig()
     out = Path(out_dir)
     ids = tapt_ids(manifest, fold)
@@ -390,11 +403,26 @@ def run_tapt(
             f"WavLM (masked prediction of k-means targets), not {FAMILIES[family]}; fine-tune it "
             "without TAPT"
         )
-    key = _run_key(backbone, fold, ids, config)
-    checkpoint = _prepare_out_dir(out, key, resume)
+    if must_launch(config.num_processes, "TAPT"):
+        with job_folder(None) as job:
+            manifest.to_jsonl(job / "manifest.jsonl")
+            payload = {
+                "fold": dataclasses.asdict(fold),
+                "backbone": backbone,
+                "out_dir": str(out),
+                "config": config.to_dict(),
+                "resume": resume,
+                "progress": progress,
+            }
+            launch("after.tapt:tapt_worker", payload, config.num_processes, job)
+        return out
 
     accelerator = make_accelerator(config.precision)
-    torch.manual_seed(config.seed)
+    num_processes, rank = accelerator.num_processes, accelerator.process_index
+    key = _run_key(backbone, fold, ids, config, num_processes)
+    checkpoint = _prepare_out_dir(out, key, resume, accelerator)
+
+    torch.manual_seed(config.seed)  # the same on every process: they build the same model
     stream = _Stream(manifest, ids, config, model_config, load_feature_extractor(backbone))
 
     backbone_model = load_backbone(backbone, pretraining=family == "wav2vec2")
@@ -420,6 +448,8 @@ def run_tapt(
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if num_processes > 1:
+        torch.manual_seed(config.seed + rank)  # different dropout and Gumbel noise per process
     start = 0
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
@@ -434,46 +464,59 @@ def run_tapt(
     with bar:
         task = bar.add_task("TAPT", total=config.steps, completed=start, info="")
         for step in range(start, config.steps):
-            g = step * accelerator.num_processes + accelerator.process_index
-            batch = stream.batch(g)
-            rng = derived_rng(config.seed, "mask", g)
-            mask = span_mask(
-                batch.frame_lengths,
-                int(batch.frame_lengths.max()),
-                mask_prob=config.mask_prob,
-                mask_length=config.mask_length,
-                min_masks=config.min_masks,
-                rng=rng,
-            )
-            inputs = batch.input_values.to(accelerator.device)
-            attention = batch.attention_mask.to(accelerator.device)
-            with accelerator.autocast():
-                if family == "wav2vec2":
-                    loss, metrics = _wav2vec2_loss(
-                        model,
-                        accelerator.unwrap_model(model),
-                        inputs,
-                        attention,
-                        mask,
-                        step,
-                        config,
-                        rng,
-                    )
-                else:
-                    loss, metrics = _masked_prediction_loss(
-                        model, inputs, attention, mask, batch, targets
-                    )
-            accelerator.backward(loss)
+            losses, parts, audio = [], [], 0.0
+            for micro in range(config.grad_accum):
+                # Batch g of the run's stream: steps, then micro-batches, then processes.
+                g = (step * config.grad_accum + micro) * num_processes + rank
+                batch = stream.batch(g)
+                rng = derived_rng(config.seed, "mask", g)
+                mask = span_mask(
+                    batch.frame_lengths,
+                    int(batch.frame_lengths.max()),
+                    mask_prob=config.mask_prob,
+                    mask_length=config.mask_length,
+                    min_masks=config.min_masks,
+                    rng=rng,
+                )
+                inputs = batch.input_values.to(accelerator.device)
+                attention = batch.attention_mask.to(accelerator.device)
+                # Processes exchange gradients only on the last micro-batch of a step.
+                last_micro = micro == config.grad_accum - 1
+                with contextlib.nullcontext() if last_micro else accelerator.no_sync(model):
+                    with accelerator.autocast():
+                        if family == "wav2vec2":
+                            loss, metrics = _wav2vec2_loss(
+                                model,
+                                accelerator.unwrap_model(model),
+                                inputs,
+                                attention,
+                                mask,
+                                step,
+                                config,
+                                rng,
+                            )
+                        else:
+                            loss, metrics = _masked_prediction_loss(
+                                model, inputs, attention, mask, batch, targets
+                            )
+                    accelerator.backward(loss / config.grad_accum)
+                losses.append(loss.detach().float())
+                parts.append(metrics)
+                audio += float(batch.attention_mask.sum()) / SAMPLE_RATE
             grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
-            scheduler.step()
+            if not accelerator.optimizer_step_was_skipped:  # fp16 overflow
+                scheduler.step()
             optimizer.zero_grad(set_to_none=True)
 
-            audio_s += float(batch.attention_mask.sum()) / SAMPLE_RATE
+            # Loss and audio of the whole step, over every process.
+            here = torch.stack([torch.stack(losses).mean(), torch.tensor(audio).to(losses[0])])
+            total = accelerator.reduce(here, reduction="sum")
+            audio_s += float(total[1])
             last = {
                 "step": step + 1,
-                "loss": float(loss.detach()),
-                **metrics,
+                "loss": float(total[0]) / num_processes,
+                **{name: float(np.mean([p[name] for p in parts])) for name in parts[0]},
                 "grad_norm": float(grad_norm),
                 "lr": scheduler.get_last_lr()[0],
                 "seconds": time.perf_counter() - t0,
@@ -508,7 +551,24 @@ def run_tapt(
                 "config": config.to_dict(),
             },
         )
+    accelerator.wait_for_everyone()  # nobody returns before the model is on disk
     return out
+
+
+def tapt_worker(payload: dict[str, Any], job: Path) -> None:
+    """One of the processes `run_tapt` starts."""
+    f = payload["fold"]
+    parts = ("train", "dev", "test", "test_groups", "dev_groups")
+    fold = Fold(f["name"], *(tuple(f[part]) for part in parts))
+    run_tapt(
+        Manifest.from_jsonl(job / "manifest.jsonl"),
+        fold,
+        payload["backbone"],
+        payload["out_dir"],
+        TaptConfig(**payload["config"]),
+        resume=payload["resume"],
+        progress=payload["progress"],
+    )
 
 
 def _wav2vec2_loss(
@@ -564,8 +624,9 @@ def _masked_prediction_loss(
     return loss, {"masked_accuracy": float(accuracy.detach())}
 
 
-def _prepare_out_dir(out: Path, key: dict[str, Any], resume: bool) -> Path | None:
-    """The checkpoint to resume from, after checking it belongs to this run; refuses to mix runs."""
+def _prepare_out_dir(out: Path, key: dict[str, Any], resume: bool, accelerator: Any) -> Path | None:
+    """The checkpoint to resume from, after checking it belongs to this run; refuses to mix runs.
+    Every process checks; the main one prepares the folder."""
     checkpoint = _latest_checkpoint(out)
     if resume:
         if checkpoint is None:
@@ -575,7 +636,8 @@ def _prepare_out_dir(out: Path, key: dict[str, Any], resume: bool) -> Path | Non
         if changed:
             raise AfterError(
                 f"{checkpoint}: made by a different TAPT run ({changed}); resume with the same "
-                "manifest, fold, backbone and settings, or choose another --out"
+                "manifest, fold, backbone, settings and number of processes, or choose another "
+                "--out"
             )
         return checkpoint
     if checkpoint is not None or (out / DONE_FILE).exists():
@@ -583,8 +645,10 @@ def _prepare_out_dir(out: Path, key: dict[str, Any], resume: bool) -> Path | Non
             f"{out}: holds an earlier TAPT run; pass --resume to continue it, or choose "
             "another --out"
         )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / LOG_FILE).unlink(missing_ok=True)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / LOG_FILE).unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
     return None
 
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
+import json
 import logging
 import math
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,9 @@ from after.data.batching import bucket_batches
 from after.data.folds import Fold
 from after.data.manifest import Manifest, Utterance
 from after.dist import accelerator as make_accelerator
+from after.dist import job_folder, launch, must_launch, state
 from after.errors import AfterError
+from after.io import atomic_write_json
 from after.metrics import classification_scores
 from after.models.classifier import Classifier, new_classifier
 from after.progress import progress_bar
@@ -55,6 +58,7 @@ class FitResult:
     dev: dict[str, Any] | None  # scores of the kept epoch on dev
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    num_processes: int = 1  # processes that trained it (DDP)
 
 
 # ---- targets and loss ----------------------------------------------------------------------------
@@ -374,19 +378,64 @@ def infer(
     *,
     embeddings: bool = False,
     mc_passes: int = 0,
+    seed: int = 0,
     config: TrainConfig | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, np.ndarray]:
-    """What active-learning strategies need of a classifier, in one pass over `ids`: `probs`
-    (N, C), and optionally `embeddings` (N, D) and `mc_probs` (N, C, S); see `_infer`."""
+    """What active-learning strategies need of a classifier, in one pass over `ids` in this
+    process: `probs` (N, C), and optionally `embeddings` (N, D) and `mc_probs` (N, C, S); see
+    `_infer`. `after.scoring.score_pool` spreads the same work over processes."""
+    chunks = infer_chunks(
+        clf,
+        manifest,
+        [(0, ids)],
+        embeddings=embeddings,
+        mc_passes=mc_passes,
+        seed=seed,
+        config=config,
+        cache_dir=cache_dir,
+    )
+    with contextlib.closing(chunks):  # restores the model's CNN at once
+        return next(chunks)
+
+
+def infer_chunks(
+    clf: Classifier,
+    manifest: Manifest,
+    chunks: Iterable[tuple[int, Sequence[str]]],
+    *,
+    embeddings: bool = False,
+    mc_passes: int = 0,
+    seed: int = 0,
+    config: TrainConfig | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> Generator[dict[str, np.ndarray], None, None]:
+    """`infer` over chunks `(number, ids)`, one result per chunk as it is done, so that only one
+    chunk's outputs are held at a time. The model is set up once (on this process's device).
+
+    MC-dropout masks are drawn from a generator seeded by (`seed`, chunk number), so a chunk's
+    outputs do not depend on which process computes it or what it computed before; the
+    caller's random state is left as it was.
+    """
     config = config or TrainConfig()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = state().device
     clf.module.to(device)
     data = _Inputs(clf, manifest, config, cache_dir, device, cnn_cached=config.cache_cnn)
+    devices = [device] if device.type == "cuda" else []
     with _cached_cnn(clf.module, data.cnn_cached):
-        return _infer(
-            clf, clf.module, data, ids, device, embeddings=embeddings, mc_passes=mc_passes
-        )
+        for number, ids in chunks:
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(int(derived_rng(seed, "mc-dropout", number).integers(2**62)))
+                out = _infer(
+                    clf,
+                    clf.module,
+                    data,
+                    ids,
+                    device,
+                    embeddings=embeddings,
+                    mc_passes=mc_passes,
+                )
+            yield out
 
 
 def evaluate(
@@ -398,7 +447,14 @@ def evaluate(
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Scores (`after.metrics.classification_scores`) of a classifier on labeled clips."""
-    probs = predict(clf, manifest, ids, config=config, cache_dir=cache_dir)
+    return _scores(
+        clf, manifest, ids, predict(clf, manifest, ids, config=config, cache_dir=cache_dir)
+    )
+
+
+def _scores(
+    clf: Classifier, manifest: Manifest, ids: Sequence[str], probs: np.ndarray
+) -> dict[str, Any]:
     truth = label_targets([manifest[i] for i in ids], clf.labels, soft=False).argmax(axis=1)
     return classification_scores(truth.tolist(), probs.argmax(axis=1).tolist(), clf.labels)
 
@@ -423,6 +479,12 @@ def fit(
     `labels` fixes the class set and order (default: every label in the manifest, so the classes
     do not depend on which clips happen to be labeled yet). The classifier is new (random head on
     `backbone`), or with `init` a copy of that one, trained further (warm start).
+
+    On several processes (a launcher's, or `config.num_processes` workers that this call starts
+    and waits for) the model is replicated (DDP): each process takes its share of every epoch's
+    batches and gradients are averaged, so a step sees `batch_size * grad_accum` clips per
+    process. Dev predictions are shared out and gathered, so every process makes the same
+    best-epoch and early-stopping decisions.
     """
     config = config or TrainConfig()
     labels = list(labels or manifest.labels)
@@ -431,15 +493,25 @@ def fit(
     overlap = set(train_ids) & set(dev_ids)
     if overlap:
         raise AfterError(f"{len(overlap)} clip(s) in both train and dev, e.g. {sorted(overlap)[0]}")
+    if init is not None and init.labels != labels:
+        raise AfterError(f"warm start from a model with labels {init.labels}, not {labels}")
+    if must_launch(config.num_processes, "fine-tuning"):
+        return _fit_in_workers(
+            manifest, train_ids, dev_ids, backbone, config, labels, cache_dir, init, progress
+        )
     t0 = time.perf_counter()
     accelerator = make_accelerator(config.precision)
     # Python's, numpy's and torch's global generators: transformers draws SpecAugment masks from
-    # numpy's, so without this a run resumed in a new process would train differently.
+    # numpy's, so without this a run resumed in a new process would train differently. Every
+    # process starts from the same seed, so that they all build the same model (and key the CNN
+    # cache on the same weights); they draw different masks and dropout once training starts.
     set_seed(config.seed)
     if init is not None:
-        if init.labels != labels:
-            raise AfterError(f"warm start from a model with labels {init.labels}, not {labels}")
         clf = copy.deepcopy(init)
+        if clf.kind == "transformers" and config.freeze_cnn:
+            from after.models.backbones import freeze_feature_encoder
+
+            freeze_feature_encoder(clf.module)  # a model loaded from disk has it trainable
     else:
         clf = new_classifier(
             backbone,
@@ -469,10 +541,9 @@ def fit(
     if body:
         groups.append({"params": body, "lr": config.lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(
-        math.ceil(len(train_ids) / config.batch_size) / accelerator.num_processes
-    )
-    total = config.epochs * steps_per_epoch
+    num_processes = accelerator.num_processes
+    micro_per_epoch = math.ceil(math.ceil(len(train_ids) / config.batch_size) / num_processes)
+    total = config.epochs * math.ceil(micro_per_epoch / config.grad_accum)
     warmup = round(config.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -481,6 +552,8 @@ def fit(
         ),
     )
     model, optimizer, scheduler = accelerator.prepare(clf.module, optimizer, scheduler)
+    if num_processes > 1:
+        set_seed(config.seed, device_specific=True)  # seed + process index
     weights_t = torch.tensor(weights, dtype=torch.float32, device=accelerator.device)
     durations = [min(data.duration(i), config.max_seconds) for i in train_ids]
 
@@ -493,38 +566,51 @@ def fit(
     )
     bar = progress_bar(progress and accelerator.is_main_process, transient=True)
     with _cached_cnn(clf.module, data.cnn_cached), bar:
-        task = bar.add_task("fine-tuning", total=total, info="")
+        task = bar.add_task("fine-tuning", total=config.epochs * micro_per_epoch, info="")
         for epoch in range(config.epochs):
             epoch_t0 = time.perf_counter()
             model.train()
             batches = bucket_batches(
                 durations, config.batch_size, derived_rng(config.seed, "epoch", epoch)
             )
-            mine = batches[accelerator.process_index :: accelerator.num_processes]
+            mine = rank_batches(batches, accelerator.process_index, num_processes)
             losses = []
             for k, batch in enumerate(mine):
                 ids = [train_ids[i] for i in batch]
                 rng = derived_rng(config.seed, "crop", epoch, k)
                 inputs = {key: v.to(accelerator.device) for key, v in data.batch(ids, rng).items()}
                 q = torch.tensor(targets[batch], dtype=torch.float32, device=accelerator.device)
-                with accelerator.autocast():
-                    logits = _forward(clf, model, inputs)
-                loss = weighted_soft_cross_entropy(logits, q, weights_t)
-                accelerator.backward(loss)
-                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                # Gradient accumulation: a step every `grad_accum` micro-batches and at the end
+                # of the epoch; processes exchange gradients only on a step's last micro-batch.
+                group = k // config.grad_accum
+                group_size = min(config.grad_accum, len(mine) - group * config.grad_accum)
+                steps_now = (k + 1) % config.grad_accum == 0 or k + 1 == len(mine)
+                with contextlib.nullcontext() if steps_now else accelerator.no_sync(model):
+                    with accelerator.autocast():
+                        logits = _forward(clf, model, inputs)
+                    loss = weighted_soft_cross_entropy(logits, q, weights_t)
+                    accelerator.backward(loss / group_size)
+                if steps_now:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                    optimizer.step()
+                    if not accelerator.optimizer_step_was_skipped:  # fp16 overflow
+                        scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
                 losses.append(float(loss.detach()))
                 bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {losses[-1]:.3f}")
+            epoch_loss = torch.tensor(
+                float(np.mean(losses)) if losses else float("nan"), device=accelerator.device
+            )
             record: dict[str, Any] = {
                 "epoch": epoch + 1,
-                "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                "train_loss": float(accelerator.reduce(epoch_loss, reduction="mean")),
                 "seconds": time.perf_counter() - epoch_t0,
             }
             dev_scores = None
             if dev_ids:
-                probs = _predict(clf, model, data, dev_ids, accelerator.device)
+                probs = _gathered_probs(
+                    clf, accelerator.unwrap_model(model), data, dev_ids, accelerator
+                )
                 truth = label_targets([manifest[i] for i in dev_ids], labels, soft=False)
                 dev_scores = classification_scores(
                     truth.argmax(axis=1).tolist(), probs.argmax(axis=1).tolist(), labels
@@ -533,11 +619,11 @@ def fit(
             history.append(record)
             score = dev_scores["ua"] if dev_scores else float(epoch)
             if score > best[0]:
-                state = accelerator.unwrap_model(model).state_dict()
+                now = accelerator.unwrap_model(model).state_dict()
                 best = (
                     score,
                     epoch + 1,
-                    {k: v.detach().clone() for k, v in state.items()},
+                    {k: v.detach().clone() for k, v in now.items()},
                     dev_scores,
                 )
             elif config.patience and epoch + 1 - best[1] >= config.patience:
@@ -545,7 +631,110 @@ def fit(
         assert best[2] is not None  # keys saved while the CNN cache was in place: load here
         accelerator.unwrap_model(model).load_state_dict(best[2])
     clf.module = accelerator.unwrap_model(model)
-    return FitResult(clf, best[1], best[3], history, time.perf_counter() - t0)
+    return FitResult(
+        clf, best[1], best[3], history, time.perf_counter() - t0, num_processes=num_processes
+    )
+
+
+def rank_batches(batches: list[list[int]], rank: int, num_processes: int) -> list[list[int]]:
+    """Process `rank`'s share of an epoch's batches: every `num_processes`-th, from `rank` on.
+    Where the batches do not divide evenly, the last turn is filled with batches from the start
+    of the epoch (as `DistributedSampler` pads), so that every process takes the same number of
+    steps: DDP exchanges gradients at every step, and a process with fewer would wait forever."""
+    turns = math.ceil(len(batches) / num_processes)
+    return [batches[(t * num_processes + rank) % len(batches)] for t in range(turns)]
+
+
+def _gathered_probs(
+    clf: Classifier, model: nn.Module, data: _Inputs, ids: Sequence[str], accelerator: Any
+) -> np.ndarray:
+    """Class probabilities (len(ids), C) of `ids`, each process predicting every
+    `num_processes`-th clip; every process gets all of them, in the order of `ids`."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = list(range(rank, len(ids), world))
+    probs = _predict(clf, model, data, [ids[i] for i in mine], accelerator.device)
+    if world == 1:
+        return probs
+    from accelerate.utils import gather_object
+
+    out = np.zeros((len(ids), len(clf.labels)))
+    for positions, part in gather_object([(mine, probs)]):
+        out[positions] = part
+    return out
+
+
+def _fit_in_workers(
+    manifest: Manifest,
+    train_ids: Sequence[str],
+    dev_ids: Sequence[str],
+    backbone: str,
+    config: TrainConfig,
+    labels: list[str],
+    cache_dir: str | os.PathLike[str] | None,
+    init: Classifier | None,
+    progress: bool,
+) -> FitResult:
+    """`fit` on `config.num_processes` workers started here (`after.dist.launch`): the manifest
+    (which may carry labels that exist only in memory, e.g. the active-learning view) and the
+    warm-start model go to a job folder, the trained model comes back through it."""
+    from after.models.classifier import load_classifier
+
+    with job_folder(None) as job:
+        manifest.to_jsonl(job / "manifest.jsonl")
+        if init is not None:
+            init.save(job / "init")
+        payload = {
+            "train_ids": list(train_ids),
+            "dev_ids": list(dev_ids),
+            "backbone": backbone,
+            "config": config.to_dict(),
+            "labels": labels,
+            "cache_dir": None if cache_dir is None else str(cache_dir),
+            "init": init is not None,
+            "progress": progress,
+        }
+        launch("after.train:fit_worker", payload, config.num_processes, job)
+        done = json.loads((job / "result.json").read_text())
+        clf = load_classifier(job / "result")
+        if clf.kind == "transformers" and config.freeze_cnn:
+            from after.models.backbones import freeze_feature_encoder
+
+            freeze_feature_encoder(clf.module)
+    return FitResult(
+        clf,
+        done["best_epoch"],
+        done["dev"],
+        done["history"],
+        done["seconds"],
+        num_processes=done["num_processes"],
+    )
+
+
+def fit_worker(payload: dict[str, Any], job: Path) -> None:
+    """One of the processes `_fit_in_workers` starts; the main one writes the result."""
+    from after.models.classifier import load_classifier
+
+    result = fit(
+        Manifest.from_jsonl(job / "manifest.jsonl"),
+        payload["train_ids"],
+        payload["dev_ids"],
+        payload["backbone"],
+        TrainConfig(**payload["config"]),
+        labels=payload["labels"],
+        cache_dir=payload["cache_dir"],
+        init=load_classifier(job / "init") if payload["init"] else None,
+        progress=payload["progress"],
+    )
+    if state().is_main_process:
+        result.classifier.save(job / "result")
+        record = {
+            "best_epoch": result.best_epoch,
+            "dev": result.dev,
+            "history": result.history,
+            "seconds": result.seconds,
+            "num_processes": result.num_processes,
+        }
+        atomic_write_json(job / "result.json", record)
 
 
 def fit_and_test(
@@ -560,11 +749,16 @@ def fit_and_test(
     """Fine-tuning on all labels of a fold (AFTER's V-FT baseline): fit on every labeled training
     clip, keep the best dev epoch, test once. Returns the fit and a record of it (fold, seed,
     number of training clips, best epoch, dev and test scores, training seconds)."""
+    from after.scoring import score_pool
+
     labeled = [i for i in fold.train if manifest[i].label is not None]
     result = fit(
         manifest, labeled, fold.dev, backbone, config, cache_dir=cache_dir, progress=progress
     )
-    test = evaluate(result.classifier, manifest, fold.test, config=config, cache_dir=cache_dir)
+    # Tested like the pool is scored: shared out over the processes, gathered in order.
+    clf = result.classifier
+    probs = score_pool(clf, manifest, fold.test, config=config, cache_dir=cache_dir)["probs"]
+    test = _scores(clf, manifest, fold.test, probs)
     record = {
         "fold": fold.name,
         "seed": config.seed,
@@ -583,5 +777,6 @@ def save_result(out_dir: str | os.PathLike[str], result: FitResult, **extra: Any
         Path(out_dir) / "model",
         best_epoch=result.best_epoch,
         history=result.history,
+        num_processes=result.num_processes,
         **extra,
     )

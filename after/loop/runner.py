@@ -508,8 +508,8 @@ class _Loop:
         return strategy.select(pool, n, labeled=labeled, rng=rng, memo=self.state.memo)
 
     def _outputs(self, ids: list[str], requires: frozenset[str]) -> Any:
+        from after.scoring import score_pool
         from after.strategies import PoolOutputs
-        from after.train import infer
 
         fields: dict[str, Any] = {}
         if "surprisal" in requires:
@@ -517,14 +517,19 @@ class _Loop:
         model_needs = requires & {"probs", "mc_probs", "embeddings", "grad_embeddings"}
         if model_needs and ids:
             clf = self._previous()
-            out = infer(
+            mc_rng = derived_rng(self.run.al.seed, "mc-dropout", self.state.round)
+            # On `train.num_processes` workers when more than one; each finished chunk is kept
+            # in the run folder, so a run killed while scoring resumes without redoing them.
+            out = score_pool(
                 clf,
                 self.view(),
                 ids,
                 embeddings=bool(requires & {"embeddings", "grad_embeddings"}),
                 mc_passes=self.run.al.mc_passes if "mc_probs" in requires else 0,
+                seed=int(mc_rng.integers(2**31)),
                 config=self.run.train,
                 cache_dir=self.run.cache_dir,
+                out_dir=self._scores_dir(ids),
             )
             if "probs" in requires:
                 fields["probs"] = out["probs"]
@@ -537,6 +542,16 @@ class _Loop:
         elif model_needs:  # no ids: empty arrays of the right rank
             fields.update({k: np.zeros((0, 1)) for k in model_needs if k != "mc_probs"})
         return PoolOutputs(ids=list(ids), **fields)
+
+    def _scores_dir(self, ids: list[str]) -> Path:
+        """`scores/round_NNN/<digest of ids>/`: this round's chunks of scores of `ids` (the pool,
+        or the labeled set). Earlier rounds' chunks are no longer needed and are deleted."""
+        root = self.run.run_dir / "scores"
+        current = f"round_{self.state.round:03d}"
+        for old in root.glob("round_*"):
+            if old.name < current:
+                shutil.rmtree(old, ignore_errors=True)
+        return root / current / config_hash(ids)
 
     def _surprisal(self, ids: list[str]) -> np.ndarray:
         """ALPS embeddings of `ids`, computed once per run for the whole pool and kept."""
