@@ -5,8 +5,9 @@ With `AFTER_FAULT=name:n` in the environment, the n-th time this process reaches
 like a power cut or the OOM killer at that line. Without the variable a fault point costs one
 dictionary lookup. Points: `write` (an atomic write, after its temp file is synced and before
 the rename), `score`, `select` and `train` (the loop's phases, after their work and before the
-state is saved), `label-import` (halfway through an import's transaction), `train-epoch` and
-`tapt-step`.
+state is saved), `label-import` (inside an import's transaction, after its first row),
+`train-step` (after each fine-tuning micro-batch), `score-chunk` (after each pool-scoring chunk
+is written) and `tapt-step` (after each TAPT step).
 """
 
 from __future__ import annotations

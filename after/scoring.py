@@ -37,6 +37,7 @@ from after.config import TrainConfig
 from after.data.manifest import Manifest
 from after.dist import job_folder, launch, must_launch, state
 from after.errors import AfterError
+from after.faults import fault_point
 from after.models.classifier import Classifier
 
 CHUNK_SIZE = 256
@@ -175,6 +176,7 @@ def _write_share(
     run = {"config": config, "cache_dir": cache_dir, **options}
     for k, out in zip(todo, infer_chunks(clf, manifest, work, **run), strict=True):
         _write_chunk(folder, k, chunks[k], key, out, st.process_index)
+        fault_point("score-chunk")
     st.wait_for_everyone()
 
 

@@ -48,6 +48,7 @@ from after.data.manifest import Manifest, Utterance
 from after.dist import accelerator as make_accelerator
 from after.dist import job_folder, launch, must_launch
 from after.errors import AfterError, AudioError, FoldError
+from after.faults import fault_point
 from after.io import atomic_write_json
 from after.models.backbones import (
     FAMILIES,
@@ -529,6 +530,7 @@ def run_tapt(
             bar.update(task, advance=1, info=f"loss {last['loss']:.3f}")
             if (step + 1) % config.save_every == 0 and step + 1 < config.steps:
                 _save_checkpoint(accelerator, out, step + 1, key, config)
+            fault_point("tapt-step")
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:

@@ -40,6 +40,7 @@ from after.data.manifest import Manifest, Utterance
 from after.dist import accelerator as make_accelerator
 from after.dist import job_folder, launch, must_launch, state
 from after.errors import AfterError
+from after.faults import fault_point
 from after.io import atomic_write_json
 from after.metrics import classification_scores
 from after.models.classifier import Classifier, new_classifier
@@ -598,6 +599,7 @@ def fit(
                     optimizer.zero_grad(set_to_none=True)
                 losses.append(float(loss.detach()))
                 bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {losses[-1]:.3f}")
+                fault_point("train-step")
             epoch_loss = torch.tensor(
                 float(np.mean(losses)) if losses else float("nan"), device=accelerator.device
             )

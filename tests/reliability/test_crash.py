@@ -26,10 +26,12 @@ ARGS += ["--cold-start", "random", "--epochs", "3", "--lr", "0.001", "--patience
 # Each resumed process is killed at the n-th time it reaches the point; later points of a
 # chain apply to the process that resumes after the previous kill.
 CHAIN = [
-    "write:1",  # the first state write: the run folder has only config.json and the old state
-    "write:2",
+    "write:1",  # config.json not yet in place: the user repeats the command
+    "write:2",  # config.json written, the first state not
     "select:1",  # queries chosen, nothing saved
+    "train-step:2",  # mid fine-tuning
     "train:1",  # model saved, round record not
+    "score-chunk:1",  # a pool-scoring chunk written, the rest of the pass not
     "score:1",  # the pool scored, nothing selected
     "write:4",
     "train:1",
@@ -99,6 +101,30 @@ def test_kill_9_anywhere_then_resume_ends_like_the_uninterrupted_run(
     _same_end(LoopState.load(clean), LoopState.load(cut))
     _no_half_files(cut)
     tally["kill_points"] = tally.get("kill_points", 0) + len(killed)
+
+
+@pytest.mark.slow
+def test_kill_9_during_tapt_then_resume_gives_the_same_model(
+    corpus: tuple[Manifest, Path, Path], tmp_path: Path, tally: dict[str, int]
+) -> None:
+    from safetensors.numpy import load_file
+
+    _, manifest, folds = corpus
+    args = ["tapt", "--manifest", str(manifest), "--folds", str(folds), "--fold", "0"]
+    args += ["--backbone", "scratch:tiny", "--steps", "12", "--save-every", "4"]
+    args += ["--batch-size", "4"]
+    cache = tmp_path / "cache"
+    assert _after(*args, "--out", str(tmp_path / "clean"), cache=cache).returncode == 0
+    cut = [*args, "--out", str(tmp_path / "cut")]
+    assert _after(*cut, fault="tapt-step:6", cache=cache).returncode == -9  # after step 6
+    assert _after(*cut, "--resume", fault="tapt-step:5", cache=cache).returncode == -9  # step 9
+    r = _after(*cut, "--resume", cache=cache)
+    assert r.returncode == 0, r.stderr
+    a = load_file(tmp_path / "clean" / "model.safetensors")
+    b = load_file(tmp_path / "cut" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert max(float(abs(a[k] - b[k]).max()) for k in a) < 1e-6
+    tally["kill_points"] = tally.get("kill_points", 0) + 2
 
 
 def _answer(run_dir: Path, manifest: Manifest, path: Path) -> Path:
