@@ -876,53 +876,70 @@ def compare(
         out,
         cache_dir=str((cache_dir or default_cache_dir()).resolve()),
         log=lambda line: err.print(line, highlight=False),
+        progress=True,
     )
     console.print((out / "summary.md").read_text(), highlight=False)
+
+
+@app.command()
+def report(
+    dirs: list[Path] = typer.Argument(
+        ..., help="Run folders of after run and/or folders of after compare."
+    ),
+    out: Path | None = typer.Option(None, help="Output folder (default: FIRST_DIR/report)."),
+    markdown: bool = typer.Option(
+        False, "--markdown", help="Print the Markdown table (for papers and READMEs)."
+    ),
+) -> None:
+    """Report active-learning runs: learning curves, time per round, labels queried per round,
+    confusion matrices and the protocol, as PNGs, one self-contained HTML page and Markdown."""
+    from after.report import write_report
+
+    files = write_report(dirs, out)
+    if markdown:
+        sys.stdout.write(files["markdown"].read_text())
+    console.print(
+        f"{files['html']} (self-contained), {files['markdown']}, and "
+        f"{len(files) - 2} PNGs in {files['html'].parent}",
+        highlight=False,
+    )
 
 
 @app.command()
 def demo(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="Folder for everything."),
     seed: int = typer.Option(0, help="Seed."),
+    quick: bool = typer.Option(False, help="A tiny corpus and few steps: checks it all runs."),
 ) -> None:
-    """Run the built-in demo: synthesize a corpus, check it, make folds, then compare active
-    learning (margin sampling) with random sampling and with all labels on one fold."""
-    from after.data.synth import synthesize
-    from after.loop.compare import compare as run_compare
+    """Run the built-in demo on a synthesized corpus: TAPT of a small wav2vec 2.0, then active
+    learning (default strategy vs random, and all labels) on eGeMAPS features, and a report."""
+    import time
 
-    err.print("[bold]1/4[/] synthesizing the demo corpus with espeak-ng")
-    corpus = synthesize(out_dir / "corpus", seed=seed)
-    err.print("[bold]2/4[/] checking the audio")
-    usable, rejected = _validate(corpus, min_duration=0.25, silence_dbfs=-60.0)
-    if rejected:
-        _print_rejections(rejected)
-    manifest_path = usable.to_jsonl(out_dir / "manifest.jsonl")
-    err.print("[bold]3/4[/] leave-one-speaker-out folds")
-    f = make_folds(usable, "loso", seed=seed)
-    folds_path = f.to_json(out_dir / "folds.json")
-    _print_summary(summarize(usable, f))
-    err.print(
-        "[bold]4/4[/] active learning on fold 0 with eGeMAPS features: margin vs random, "
-        "seed set by k-means on speaker embeddings, 5% -> 40% of the labels"
-    )
-    al = ALConfig(schedule=("0.05", "0.1", "0.2", "0.4"), cold_start="kmeans", seed=seed)
-    run_compare(
-        usable,
-        str(manifest_path.resolve()),
-        str(folds_path.resolve()),
-        [f.get(0)],
-        "egemaps",
-        ["random", "margin"],
-        [seed],
-        al,
-        TrainConfig(epochs=30, batch_size=8, patience=0, seed=seed),
-        out_dir / "compare",
-        cache_dir=str((out_dir / "cache").resolve()),
+    from after.demo import DEMO, QUICK, run_demo
+
+    t0 = time.perf_counter()
+    result = run_demo(
+        out_dir,
+        QUICK if quick else DEMO,
+        seed=seed,
         log=lambda line: err.print(line, highlight=False),
     )
-    console.print((out_dir / "compare" / "summary.md").read_text(), highlight=False)
+    header, rows = result["table"]["header"], result["table"]["rows"]
+    table = Table(title="test UA (%), mean ± std over folds x seeds", title_justify="left")
+    for k, name in enumerate(header):
+        table.add_column(name, justify="left" if k == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+    t = result["tapt"]
     console.print(
-        f"demo outputs in {out_dir}: manifest.jsonl, folds.json, corpus/, compare/ "
-        "(curve.csv, summary.md, one run folder per strategy)",
+        f"TAPT ({t['backbone']}, fold {t['fold']}, {t['steps']} steps): loss "
+        f"{t['first_loss']:.2f} -> {t['final_loss']:.2f} (guessing {t['chance_loss']:.2f}); "
+        f"fine-tuned on all labels of that fold: test UA {100 * t['check_ua']:.1f}%",
+        highlight=False,
+    )
+    console.print(
+        f"report: {result['report']['html']}; everything in {out_dir} "
+        f"({(time.perf_counter() - t0) / 60:.1f} min)",
         highlight=False,
     )

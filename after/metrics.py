@@ -83,12 +83,15 @@ def summarize(
     return {k: mean_std([r[k] for r in results]) for k in keys}
 
 
-def format_mean_std(summary: dict[str, float], scale: float = 100.0, digits: int = 2) -> str:
-    """E.g. "63.21 ± 4.05 (n=10)" (percent by default)."""
+def format_mean_std(
+    summary: dict[str, float], scale: float = 100.0, digits: int = 2, *, with_n: bool = True
+) -> str:
+    """E.g. "63.21 ± 4.05 (n=10)" (percent by default; without "(n=10)" if not `with_n`)."""
     mean, std = summary["mean"] * scale, summary["std"] * scale
     if not math.isfinite(mean):
         return "n/a"
-    return f"{mean:.{digits}f} ± {std:.{digits}f} (n={summary['n']})"
+    n = f" (n={summary['n']})" if with_n else ""
+    return f"{mean:.{digits}f} ± {std:.{digits}f}{n}"
 
 
 def _check(

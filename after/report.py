@@ -1,26 +1,39 @@
-"""Readable outputs: confusion-matrix plots, and cross-validation tables that state their
-protocol."""
+"""Readable outputs: confusion-matrix plots, cross-validation tables that state their protocol,
+and reports of active-learning runs and comparisons (`write_report`).
+
+A report reads run folders of `after run` and folders of `after compare` and writes PNG plots
+(learning curves with ± std bands and the all-labels baseline, seconds per round by stage, the
+labels queried each round, final-round confusion matrices), `report.md` (the UA table, for papers
+and READMEs) and `report.html` (all of it on one self-contained page: images embedded as data
+URIs, inline CSS, no script, no external resource), each with the protocol the numbers depend on.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
+import json
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from after.metrics import format_mean_std, summarize
+from after.data.manifest import Manifest
+from after.errors import AfterError
+from after.io import atomic_write_text
+from after.loop.runner import CONFIG_FILE, MODEL_DIR
+from after.loop.state import STATE_FILE, LoopState
+from after.metrics import classification_scores, format_mean_std, mean_std, summarize
 
 
 def plot_confusion(scores: dict[str, Any], path: str | os.PathLike[str], title: str = "") -> Path:
     """Save the confusion matrix of `scores` (from `classification_scores`) as a PNG: counts, and
     each row's share as the colour (so large and small classes read alike)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     cm = np.asarray(scores["confusion"], dtype=float)
     labels = scores["labels"]
     rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
@@ -38,12 +51,7 @@ def plot_confusion(scores: dict[str, Any], path: str | os.PathLike[str], title: 
     ua, wa = 100 * scores["ua"], 100 * scores["wa"]
     ax.set_title(f"{title}\nUA {ua:.1f}%  WA {wa:.1f}%  (n={scores['num_clips']})".strip())
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the row")
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    return out
+    return _save(fig, Path(path))
 
 
 def cv_table(runs: Sequence[dict[str, Any]], protocol: dict[str, Any]) -> str:
@@ -74,3 +82,387 @@ def cv_table(runs: Sequence[dict[str, Any]], protocol: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+# ---- reports of active-learning runs and comparisons ---------------------------------------------
+
+CURVE_FILE = "curve.json"  # marks a folder of `after compare`
+# Seconds of a round, in the order they are stacked. `select_s` as the loop records it includes
+# scoring the pool (`score_s`), so the select bar shows the difference.
+STAGES = (
+    ("train_s", "train"),
+    ("eval_s", "evaluate"),
+    ("score_s", "score pool"),
+    ("select_s", "select"),
+)
+# Settings that tell runs apart; runs that share them form one group (one curve, one table row).
+GROUP_KEYS = ("strategy", "backbone", "cold_start", "schedule")
+
+
+@dataclass
+class ALRun:
+    """One run folder of `after run`, read back: its `config.json`, its state and class order."""
+
+    path: Path
+    config: dict[str, Any]
+    state: LoopState
+    classes: list[str]
+
+    def setting(self, key: str) -> str:
+        al = self.config["al"]
+        return {
+            "strategy": al["strategy"],
+            "backbone": self.config["backbone"],
+            "cold_start": al["cold_start"],
+            "schedule": ",".join(al["schedule"]),
+        }[key]
+
+
+@dataclass
+class ReportInputs:
+    """Runs to report, the all-labels results of compare folders (backbone -> records with
+    `test_ua`, `test_wa`), and the corpora they come from."""
+
+    runs: list[ALRun]
+    full: dict[str, list[dict[str, Any]]]
+    corpora: set[str]
+
+
+def read_report_inputs(dirs: Sequence[str | os.PathLike[str]]) -> ReportInputs:
+    """Read run folders of `after run` (config.json + state.json) and folders of `after compare`
+    (curve.json, its runs under runs/FOLD/STRATEGY_seedN/); `AfterError` naming any other."""
+    runs: dict[Path, ALRun] = {}
+    full: dict[str, list[dict[str, Any]]] = {}
+    corpora: set[str] = set()
+    for d in map(Path, dirs):
+        if (d / CONFIG_FILE).is_file() and (d / STATE_FILE).is_file():
+            run = _read_run(d)
+            runs[d.resolve()] = run
+            corpora |= _corpora(run.config["manifest"])
+        elif (d / CURVE_FILE).is_file():
+            protocol = json.loads((d / CURVE_FILE).read_text())["protocol"]
+            corpora.add(protocol["corpus"])
+            for state in sorted(d.glob(f"runs/*/*/{STATE_FILE}")):
+                runs[state.parent.resolve()] = _read_run(state.parent)
+            results = [json.loads(p.read_text()) for p in sorted(d.glob("full/*.json"))]
+            full.setdefault(protocol["backbone"], []).extend(results)
+        else:
+            what = "no such folder" if not d.is_dir() else "not a run folder"
+            raise AfterError(
+                f"{d}: {what}; give run folders of after run (config.json + state.json) or "
+                f"folders of after compare ({CURVE_FILE})"
+            )
+    done = [r for r in runs.values() if r.state.rounds]
+    if not done:
+        raise AfterError(
+            f"{', '.join(map(str, dirs))}: no run has finished a round yet; report after the "
+            "first round (after run --resume RUN continues a run)"
+        )
+    return ReportInputs(done, {k: v for k, v in full.items() if v}, corpora)
+
+
+def _read_run(folder: Path) -> ALRun:
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    state = LoopState.load(folder)
+    info = folder / MODEL_DIR / "after_model.json"
+    if info.is_file():  # the class order of the confusion matrices
+        classes = json.loads(info.read_text())["labels"]
+    else:
+        try:
+            classes = Manifest.from_jsonl(config["manifest"]).labels
+        except AfterError:
+            raise AfterError(
+                f"{folder}: neither {info} nor the manifest {config['manifest']} is readable, so "
+                "the class order is unknown; restore one of them"
+            ) from None
+    return ALRun(folder, config, state, list(classes))
+
+
+def _corpora(manifest_path: str) -> set[str]:
+    try:
+        return {u.corpus for u in Manifest.from_jsonl(manifest_path)}
+    except AfterError:
+        return set()  # the protocol box then says the corpus is unknown
+
+
+def group_runs(runs: Sequence[ALRun]) -> dict[str, list[ALRun]]:
+    """Runs grouped by their settings (`GROUP_KEYS`); a group is named by its strategy and by
+    whichever other settings vary across the runs."""
+    varying = [k for k in GROUP_KEYS[1:] if len({r.setting(k) for r in runs}) > 1]
+    groups: dict[str, list[ALRun]] = {}
+    for r in runs:
+        extra = ", ".join(r.setting(k) for k in varying)
+        groups.setdefault(r.setting("strategy") + (f" ({extra})" if extra else ""), []).append(r)
+    return groups
+
+
+def curve_points(runs: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, dict[str, float]]]:
+    """Mean ± std over runs of each round's labeled fraction, test UA and test WA, given each
+    run's round records; a run that stopped early shortens the curve to its length."""
+    num_rounds = min(len(r) for r in runs)
+    keys = ("fraction", "test_ua", "test_wa")
+    return [{k: mean_std([r[i][k] for r in runs]) for k in keys} for i in range(num_rounds)]
+
+
+def queried_labels(run: ALRun) -> np.ndarray:
+    """Clips labeled in each finished round, per class: (num_rounds, num_classes) counts."""
+    counts = np.zeros((len(run.state.rounds), len(run.classes)))
+    column = {c: k for k, c in enumerate(run.classes)}
+    for clip, r in run.state.labeled.items():
+        if r < len(counts):  # labeled for a round that has not trained yet
+            counts[r, column[run.state.labels[clip]]] += 1
+    return counts
+
+
+def final_confusion(runs: Sequence[ALRun]) -> dict[str, Any] | None:
+    """Scores of the final rounds' test confusion matrices, summed over `runs` (None when a run
+    predates recording them)."""
+    matrices = [r.state.rounds[-1].get("test_confusion") for r in runs]
+    if any(m is None for m in matrices):
+        return None
+    cm = np.sum(np.asarray(matrices, dtype=np.int64), axis=0)
+    truth, pred = np.indices(cm.shape).reshape(2, -1)
+    counts = cm.ravel()
+    return classification_scores(
+        np.repeat(truth, counts).tolist(), np.repeat(pred, counts).tolist(), runs[0].classes
+    )
+
+
+def report_protocol(inputs: ReportInputs) -> dict[str, str]:
+    """What every number of the report depends on, from the runs' config.json files."""
+    runs = inputs.runs
+
+    def distinct(values: Iterable[Any]) -> str:
+        return ", ".join(map(str, sorted(set(values))))
+
+    pools = distinct(
+        round(r.state.rounds[0]["num_labeled"] / r.state.rounds[0]["fraction"]) for r in runs
+    )
+    return {
+        "corpus": distinct(inputs.corpora) or "unknown (manifest not readable)",
+        "manifest": distinct(r.config["manifest"] for r in runs),
+        "folds": distinct(r.config["fold"] for r in runs),
+        "seeds": distinct(r.config["al"]["seed"] for r in runs),
+        "backbone": distinct(r.setting("backbone") for r in runs),
+        "strategy": distinct(r.setting("strategy") for r in runs),
+        "budget schedule": f"{distinct(r.setting('schedule') for r in runs)} (pool: {pools} clips)",
+        "cold start": distinct(r.setting("cold_start") for r in runs),
+        "training": distinct(_training(r.config["train"]) for r in runs),
+        "runs": f"{len(runs)}; mean ± sample std over runs (folds x seeds)",
+    }
+
+
+def _training(t: dict[str, Any]) -> str:
+    return (
+        f"{t['epochs']} epochs max, patience {t['patience']}, lr {t['lr']}, head lr "
+        f"{t['head_lr']}, batch {t['batch_size']}, CNN {'frozen' if t['freeze_cnn'] else 'trained'}"
+    )
+
+
+def ua_table(
+    groups: dict[str, list[ALRun]], full: dict[str, list[dict[str, Any]]]
+) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of test UA (%) per group and budget, and of all labels per backbone; each
+    row names its number of runs."""
+    budgets = list(
+        dict.fromkeys(b for runs in groups.values() for b in runs[0].config["al"]["schedule"])
+    )
+    rows = []
+    for name, runs in groups.items():
+        points = curve_points([r.state.rounds for r in runs])
+        cells = {
+            b: format_mean_std(p["test_ua"], digits=1, with_n=False)
+            for b, p in zip(runs[0].config["al"]["schedule"], points, strict=False)
+        }
+        rows.append([f"{name} (n={len(runs)})", *(cells.get(b, "-") for b in budgets), "-"])
+    for backbone, results in full.items():
+        ua = format_mean_std(mean_std([r["test_ua"] for r in results]), digits=1, with_n=False)
+        name = f"all labels, {backbone} (n={len(results)})"
+        rows.append([name, *("-" for _ in budgets), ua])
+    return ["strategy", *map(_budget_name, budgets), "all labels"], rows
+
+
+def _budget_name(budget: str) -> str:
+    """ "0.05" -> "5%"; counts ("40") and minutes ("5min") stay as they are."""
+    return f"{100 * float(budget):g}%" if "." in budget and "min" not in budget else budget
+
+
+def markdown_table(protocol: dict[str, str], header: list[str], rows: list[list[str]]) -> str:
+    """The UA table in Markdown, under a line stating its protocol (for papers and READMEs)."""
+    lines = [
+        f"Test UA (%), mean ± sample std over n runs. Corpus {protocol['corpus']}; folds "
+        f"{protocol['folds']}; seeds {protocol['seeds']}; backbone {protocol['backbone']}; cold "
+        f"start {protocol['cold start']}; label budgets in % of the pool or in clips.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "| --- | " + " | ".join("---:" for _ in header[1:]) + " |",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(
+    groups: dict[str, list[ALRun]], full: dict[str, list[dict[str, Any]]], path: Path
+) -> Path:
+    """Test UA and WA against the labeled share of the pool: mean and a ± std band per group, and
+    all labels as a dashed line with its band."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, metric in zip(axes, ("test_ua", "test_wa"), strict=True):
+        for name, runs in groups.items():
+            points = curve_points([r.state.rounds for r in runs])
+            x = np.array([100 * p["fraction"]["mean"] for p in points])
+            y = np.array([100 * p[metric]["mean"] for p in points])
+            s = np.array([100 * p[metric]["std"] for p in points])
+            (line,) = ax.plot(x, y, marker="o", label=f"{name} (n={len(runs)})")
+            ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.2)
+        for style, (backbone, results) in zip(("--", ":", "-."), full.items(), strict=False):
+            ms = mean_std([r[metric] for r in results])
+            mean, std = 100 * ms["mean"], 100 * ms["std"]
+            label = f"all labels, {backbone} (n={ms['n']})"
+            ax.axhline(mean, color="black", ls=style, label=label)
+            ax.axhspan(mean - std, mean + std, color="grey", alpha=0.12)
+        ax.set_xlabel("labeled share of the pool (%)")
+        ax.set_ylabel(f"test {metric.removeprefix('test_').upper()} (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_timings(groups: dict[str, list[ALRun]], path: Path) -> Path:
+    """Seconds per round (mean over a group's runs), stacked by stage (`STAGES`). A round's
+    select time is choosing the clips it trains on: for round 0, the cold start."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        1, len(groups), figsize=(1 + 4 * len(groups), 3.6), sharey=True, squeeze=False
+    )
+    for ax, (name, runs) in zip(axes[0], groups.items(), strict=True):
+        num_rounds = min(len(r.state.rounds) for r in runs)
+        bottom = np.zeros(num_rounds)
+        for key, label in STAGES:
+            seconds = np.mean(
+                [[_stage_seconds(r.state.rounds[i], key) for i in range(num_rounds)] for r in runs],
+                axis=0,
+            )
+            ax.bar(range(num_rounds), seconds, bottom=bottom, label=label)
+            bottom += seconds
+        ax.set_title(f"{name} (n={len(runs)})")
+        ax.set_xlabel("round (select in round 0: the cold start)")
+        ax.set_xticks(range(num_rounds))
+    axes[0, 0].set_ylabel("seconds (mean over runs)")
+    axes[0, -1].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _stage_seconds(record: dict[str, Any], key: str) -> float:
+    if key == "select_s":
+        return max(0.0, record["select_s"] - record["score_s"])
+    return float(record[key])
+
+
+def plot_queried_labels(groups: dict[str, list[ALRun]], path: Path) -> Path:
+    """Clips labeled in each round by class (mean over a group's runs), stacked; round 0 is the
+    cold start."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(
+        1, len(groups), figsize=(1 + 4 * len(groups), 3.6), sharey=True, squeeze=False
+    )
+    for ax, (name, runs) in zip(axes[0], groups.items(), strict=True):
+        num_rounds = min(len(r.state.rounds) for r in runs)
+        counts = np.mean([queried_labels(r)[:num_rounds] for r in runs], axis=0)
+        bottom = np.zeros(num_rounds)
+        for k, label in enumerate(runs[0].classes):
+            ax.bar(range(num_rounds), counts[:, k], bottom=bottom, label=label)
+            bottom += counts[:, k]
+        ax.set_title(f"{name} (n={len(runs)})")
+        ax.set_xlabel("round (0: cold start)")
+        ax.set_xticks(range(num_rounds))
+    axes[0, 0].set_ylabel("clips labeled (mean over runs)")
+    axes[0, -1].legend(fontsize=8)
+    return _save(fig, path)
+
+
+def write_report(
+    dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str] | None = None
+) -> dict[str, Path]:
+    """Write the report of run and compare folders `dirs` into `out_dir` (default: the first
+    folder's report/): PNG plots, `report.md` (the UA table) and `report.html` (everything, images
+    embedded, no external resources). Returns the written files by name."""
+    inputs = read_report_inputs(dirs)
+    out = Path(out_dir) if out_dir is not None else Path(dirs[0]) / "report"
+    groups = group_runs(inputs.runs)
+    protocol = report_protocol(inputs)
+    header, rows = ua_table(groups, inputs.full)
+    figures = {
+        "Learning curves (test UA and WA)": plot_curves(groups, inputs.full, out / "curves.png"),
+        "Time per round": plot_timings(groups, out / "time_per_round.png"),
+        "Labels queried per round": plot_queried_labels(groups, out / "queried_labels.png"),
+    }
+    for name, runs in groups.items():
+        scores = final_confusion(runs)
+        if scores is not None:
+            slug = re.sub(r"[^A-Za-z0-9]+", "_", name).strip("_")
+            title = f"{name}: final round, {len(runs)} run(s) pooled"
+            figures[f"Confusion matrix: {name}"] = plot_confusion(
+                scores, out / f"confusion_{slug}.png", title
+            )
+    files = {
+        "markdown": atomic_write_text(out / "report.md", markdown_table(protocol, header, rows)),
+        "html": atomic_write_text(
+            out / "report.html", _html(protocol, header, rows, figures, [str(d) for d in dirs])
+        ),
+    }
+    return {**files, **{p.stem: p for p in figures.values()}}
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1150px; margin: 2em auto; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+.protocol { background: #f4f6f8; border: 1px solid #cdd; padding: 0.5em 1em; }
+.protocol td, .protocol th { border: none; text-align: left; vertical-align: top; }
+img { max-width: 100%; }
+"""
+
+
+def _html(
+    protocol: dict[str, str],
+    header: list[str],
+    rows: list[list[str]],
+    figures: dict[str, Path],
+    sources: list[str],
+) -> str:
+    e = html.escape
+    facts = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in protocol.items())
+    table = "<tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"
+    table += "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    images = "".join(
+        f'<h2>{e(title)}</h2><img alt="{e(title)}" src="data:image/png;base64,'
+        f'{base64.b64encode(path.read_bytes()).decode("ascii")}">'
+        for title, path in figures.items()
+    )
+    return (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f"<title>after report</title><style>{_CSS}</style></head><body>"
+        f"<h1>Active-learning report</h1><p>From {e(', '.join(sources))}.</p>"
+        f'<div class="protocol"><h2>Protocol</h2><table>{facts}</table></div>'
+        f"<h2>Test UA (%) by label budget</h2><table>{table}</table>{images}</body></html>\n"
+    )
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path

@@ -25,6 +25,8 @@ from after.io import atomic_write_json, atomic_write_text
 from after.loop.runner import Run, run_loop, start_run
 from after.loop.state import LoopState
 from after.metrics import mean_std
+from after.progress import progress_bar
+from after.report import curve_points
 
 
 def compare(
@@ -41,71 +43,79 @@ def compare(
     *,
     cache_dir: str | None = None,
     log: Callable[[str], None] = print,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Run everything missing in `out_dir`, then write `curve.csv`, `curve.json` and
-    `summary.md` there; returns the summary."""
+    `summary.md` there; returns the summary. `progress` shows bars for the feature caches and
+    for every fine-tuning (each all-labels run and each round)."""
     from after.train import fit_and_test
 
     out = Path(out_dir)
-    _warm_caches(manifest, folds, backbone, al, train, cache_dir)
     runs: dict[str, list[list[dict[str, Any]]]] = {s: [] for s in strategies}
     run_seconds: dict[str, list[float]] = {s: [] for s in strategies}
     full: list[dict[str, Any]] = []
-    for fold in folds:
-        for seed in seeds:
-            path = out / "full" / f"{fold.name}_seed{seed}.json"
-            if not path.is_file():
-                t0 = time.perf_counter()
-                config = TrainConfig(**{**train.to_dict(), "seed": seed})
-                _, record = fit_and_test(
-                    manifest, fold, backbone, config, cache_dir=cache_dir, progress=False
-                )
-                test = record["test"]
-                atomic_write_json(
-                    path,
-                    {
-                        "fold": fold.name,
-                        "seed": seed,
-                        "test_ua": test["ua"],
-                        "test_wa": test["wa"],
-                        "seconds": time.perf_counter() - t0,
-                    },
-                )
-                log(f"{fold.name} seed {seed}: all labels, test UA {100 * test['ua']:.1f}%")
-            full.append(json.loads(path.read_text()))
-            for strategy in strategies:
-                run_dir = out / "runs" / fold.name / f"{strategy}_seed{seed}"
-                cfg = ALConfig(**{**al.to_dict(), "strategy": strategy, "seed": seed})
-                run = Run(
-                    manifest,
-                    manifest_path,
-                    folds_path,
-                    fold,
-                    backbone,
-                    cfg,
-                    TrainConfig(**{**train.to_dict(), "seed": seed}),
-                    run_dir,
-                    cache_dir,
-                )
-                state = (
-                    LoopState.load(run_dir)
-                    if (run_dir / "state.json").is_file()
-                    else start_run(run)
-                )
-                if state.phase != "done":
-                    state = run_loop(run, state)
-                    last = state.rounds[-1]
-                    log(
-                        f"{fold.name} seed {seed} {strategy}: test UA {100 * last['test_ua']:.1f}% "
-                        f"with {last['num_labeled']} labels"
+    with progress_bar(progress) as bar:
+        _warm_caches(manifest, folds, backbone, al, train, cache_dir, bar)
+        per_seed = 1 + len(strategies) * len(al.schedule)
+        task = bar.add_task("fine-tunings", total=len(folds) * len(seeds) * per_seed, info="")
+        for fold in folds:
+            for seed in seeds:
+                path = out / "full" / f"{fold.name}_seed{seed}.json"
+                bar.update(task, info=f"{fold.name} seed {seed} all labels")
+                if not path.is_file():
+                    t0 = time.perf_counter()
+                    config = TrainConfig(**{**train.to_dict(), "seed": seed})
+                    _, record = fit_and_test(
+                        manifest, fold, backbone, config, cache_dir=cache_dir, progress=False
                     )
-                runs[strategy].append(state.rounds)
-                run_seconds[strategy].append(
-                    sum(
-                        r["train_s"] + r["eval_s"] + r["score_s"] + r["select_s"]
-                        for r in state.rounds
+                    test = record["test"]
+                    atomic_write_json(
+                        path,
+                        {
+                            "fold": fold.name,
+                            "seed": seed,
+                            "test_ua": test["ua"],
+                            "test_wa": test["wa"],
+                            "seconds": time.perf_counter() - t0,
+                        },
                     )
-                )
+                    log(f"{fold.name} seed {seed}: all labels, test UA {100 * test['ua']:.1f}%")
+                full.append(json.loads(path.read_text()))
+                bar.advance(task)
+                for strategy in strategies:
+                    run_dir = out / "runs" / fold.name / f"{strategy}_seed{seed}"
+                    bar.update(task, info=f"{fold.name} seed {seed} {strategy}")
+                    cfg = ALConfig(**{**al.to_dict(), "strategy": strategy, "seed": seed})
+                    run = Run(
+                        manifest,
+                        manifest_path,
+                        folds_path,
+                        fold,
+                        backbone,
+                        cfg,
+                        TrainConfig(**{**train.to_dict(), "seed": seed}),
+                        run_dir,
+                        cache_dir,
+                    )
+                    state = (
+                        LoopState.load(run_dir)
+                        if (run_dir / "state.json").is_file()
+                        else start_run(run)
+                    )
+                    bar.advance(task, len(state.rounds))
+                    if state.phase != "done":
+                        state = run_loop(run, state, on_round=lambda _: bar.advance(task))
+                        last = state.rounds[-1]
+                        log(
+                            f"{fold.name} seed {seed} {strategy}: test UA "
+                            f"{100 * last['test_ua']:.1f}% with {last['num_labeled']} labels"
+                        )
+                    bar.advance(task, len(al.schedule) - len(state.rounds))  # stopped early
+                    runs[strategy].append(state.rounds)
+                    # select_s includes scoring the pool (score_s)
+                    run_seconds[strategy].append(
+                        sum(r["train_s"] + r["eval_s"] + r["select_s"] for r in state.rounds)
+                    )
     summary = _summarise(runs, run_seconds, full, al.schedule)
     summary["protocol"] = {
         "corpus": ", ".join(sorted({u.corpus for u in manifest})),
@@ -128,6 +138,7 @@ def _warm_caches(
     al: ALConfig,
     train: TrainConfig,
     cache_dir: str | None,
+    bar: Any,
 ) -> None:
     """Compute every cached input once before anything is timed, so that no run (active or
     all-labels) is charged for extracting features that the others then reuse."""
@@ -139,12 +150,21 @@ def _warm_caches(
 
     ids = list(dict.fromkeys(i for f in folds for i in (*f.train, *f.dev, *f.test)))
     clips = manifest.subset(ids)
-    if al.cold_start == "kmeans":
+
+    def embed(name: str) -> None:
+        task = bar.add_task(f"features ({name})", total=len(clips), info="")
         embed_manifest(
-            load_feature_backbone("resemblyzer"), clips, cache_dir=cache_dir, num_workers=2
+            load_feature_backbone(name),
+            clips,
+            cache_dir=cache_dir,
+            num_workers=2,
+            on_item=lambda: bar.advance(task),
         )
+
+    if al.cold_start == "kmeans":
+        embed("resemblyzer")
     if is_feature_backbone(backbone):
-        embed_manifest(load_feature_backbone(backbone), clips, cache_dir=cache_dir, num_workers=2)
+        embed(backbone)
     elif train.freeze_cnn and train.cache_cnn:
         predict(
             new_classifier(backbone, manifest.labels),
@@ -165,17 +185,8 @@ def _summarise(
     full_s = float(np.mean([r["seconds"] for r in full]))
     curves: dict[str, Any] = {}
     for strategy, per_run in runs.items():
-        rounds = min(len(r) for r in per_run)  # a run that stopped early shortens the curve
-        points = []
-        for k in range(rounds):
-            points.append(
-                {
-                    "budget": schedule[k],
-                    "fraction": mean_std([r[k]["fraction"] for r in per_run]),
-                    "test_ua": mean_std([r[k]["test_ua"] for r in per_run]),
-                    "test_wa": mean_std([r[k]["test_wa"] for r in per_run]),
-                }
-            )
+        points = [{"budget": schedule[k], **p} for k, p in enumerate(curve_points(per_run))]
+        rounds = len(points)  # a run that stopped early shortens the curve
         aucs = [_auc(r[:rounds]) for r in per_run]
         curves[strategy] = {
             "points": points,

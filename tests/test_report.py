@@ -1,0 +1,144 @@
+"""Reports of active-learning runs and comparisons, and the demo that ends in one."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from after.config import ALConfig, TrainConfig
+from after.data.folds import Folds, make_folds
+from after.data.manifest import Manifest
+from after.data.synth import synthesize
+from after.errors import AfterError
+from after.loop.compare import compare
+from after.loop.runner import Run, run_loop, start_run
+from after.loop.state import LoopState
+from after.report import write_report
+
+FAST = TrainConfig(epochs=3, batch_size=8, patience=0, lr=1e-3)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Path, Path]:
+    """4 voices x 4 sentences x 4 emotions = 64 clips; fold 0 pools 2 voices (32 clips)."""
+    root = tmp_path_factory.mktemp("corpus")
+    m = synthesize(root / "corpus", num_speakers=4, num_sentences=4)
+    manifest = m.to_jsonl(root / "manifest.jsonl")
+    folds = make_folds(m, "loso", seed=0).to_json(root / "folds.json")
+    return m, manifest, folds
+
+
+@pytest.fixture(scope="module")
+def run_dir(corpus: tuple[Manifest, Path, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished entropy run on eGeMAPS features; its folder name needs HTML escaping."""
+    m, manifest, folds = corpus
+    out = tmp_path_factory.mktemp("runs") / "run <1> & more"
+    al = ALConfig(strategy="entropy", schedule=("4", "8", "12"), cold_start="random")
+    fold = Folds.from_json(folds, m).get(0)
+    cache = str(tmp_path_factory.getbasetemp() / "features")
+    run = Run(m, str(manifest), str(folds), fold, "egemaps", al, FAST, out, cache)
+    run_loop(run, start_run(run))
+    return out
+
+
+def _images(page: str) -> list[str]:
+    return re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
+
+
+def _ua_row(markdown: str, name: str) -> list[str]:
+    row = next(line for line in markdown.splitlines() if line.startswith(f"| {name} |"))
+    return [cell.strip() for cell in row.strip("|").split("|")][1:]
+
+
+def test_report_of_a_run(run_dir: Path) -> None:
+    files = write_report([run_dir])
+    out = run_dir / "report"
+    assert files["html"] == out / "report.html"
+    pngs = sorted(out.glob("*.png"))
+    assert {p.name for p in pngs} == {
+        "curves.png",
+        "time_per_round.png",
+        "queried_labels.png",
+        "confusion_entropy.png",
+    }
+    for png in pngs:
+        data = png.read_bytes()
+        assert data.startswith(PNG_MAGIC) and data[-8:-4] == b"IEND"
+
+    page = files["html"].read_text()
+    assert len(_images(page)) == len(pngs)
+    assert "http://" not in page and "https://" not in page and "<script" not in page
+    for fact in ("synth", "synth_f1", "egemaps", "entropy", "4,8,12", "random", "3 epochs max"):
+        assert f"{fact}" in page
+    assert "run &lt;1&gt; &amp; more" in page and "<1>" not in page
+
+    state = LoopState.load(run_dir)
+    markdown = files["markdown"].read_text()
+    assert "Corpus synth; folds synth_f1; seeds 0; backbone egemaps" in markdown
+    expected = [f"{100 * r['test_ua']:.1f} ± 0.0" for r in state.rounds]
+    assert _ua_row(markdown, "entropy (n=1)") == [*expected, "-"]
+
+
+def test_report_of_a_compare_folder(corpus: tuple[Manifest, Path, Path], tmp_path: Path) -> None:
+    m, manifest, folds_path = corpus
+    folds = Folds.from_json(folds_path, m)
+    al = ALConfig(schedule=("4", "8"), cold_start="random")
+    args = (m, str(manifest), str(folds_path), [folds.get(0)], "egemaps", ["random", "margin"])
+    cache = str(tmp_path / "features")
+    summary = compare(*args, [0, 1], al, FAST, tmp_path / "cmp", cache_dir=cache, log=print)
+
+    files = write_report([tmp_path / "cmp"], tmp_path / "out")
+    page = files["html"].read_text()
+    assert len(_images(page)) == 5  # curves, time, labels, one confusion matrix per strategy
+    assert "all labels, egemaps (n=2)" in page
+    markdown = files["markdown"].read_text()
+    for name in ("random", "margin"):
+        points = summary["strategies"][name]["points"]
+        cells = _ua_row(markdown, f"{name} (n=2)")
+        for cell, p in zip(cells, points, strict=False):
+            ua = p["test_ua"]
+            assert cell == f"{100 * ua['mean']:.1f} ± {100 * ua['std']:.1f}"
+    full = [json.loads(p.read_text()) for p in sorted((tmp_path / "cmp" / "full").glob("*.json"))]
+    assert len(full) == 2
+    mean = 100 * sum(r["test_ua"] for r in full) / 2
+    assert _ua_row(markdown, "all labels, egemaps (n=2)")[-1].startswith(f"{mean:.1f} ± ")
+
+
+def test_report_command_and_bad_input(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from after.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(run_dir), "--out", str(tmp_path / "r"), "--markdown"])
+    assert e.value.code in (0, None)
+    assert "| entropy (n=1) |" in capsys.readouterr().out
+    assert (tmp_path / "r" / "report.html").is_file()
+
+    empty = tmp_path / "not_a_run"
+    empty.mkdir()
+    with pytest.raises(AfterError, match="not_a_run: not a run folder"):
+        write_report([run_dir, empty])
+    with pytest.raises(AfterError, match="missing: no such folder"):
+        write_report([tmp_path / "missing"])
+    with pytest.raises(SystemExit) as e:
+        main(["report", str(empty)])
+    assert e.value.code == 2
+    assert "not_a_run" in capsys.readouterr().err
+
+
+def test_quick_demo_runs_end_to_end(tmp_path: Path) -> None:
+    from after.demo import QUICK, run_demo
+
+    result = run_demo(tmp_path / "demo", QUICK, log=lambda _: None)
+    names = [row[0] for row in result["table"]["rows"]]
+    assert names == ["entropy (n=1)", "random (n=1)", "all labels, egemaps (n=1)"]
+    assert result["report"]["html"].is_file()
+    assert len(_images(result["report"]["html"].read_text())) == 5
+    tapt = result["tapt"]
+    assert tapt["steps"] == QUICK.tapt_steps and 0 <= tapt["check_ua"] <= 1
+    assert (tmp_path / "demo" / "tapt" / "config.json").is_file()  # a from_pretrained folder
