@@ -1,21 +1,26 @@
-"""Query-strategy speed: seconds for every registered strategy to pick `--queries` clips from a
-synthetic pool of N clips.
+"""Query-strategy speed and its growth with the pool: seconds for every registered strategy to
+pick one round's queries (`--query-fraction` of the pool, 2% as in AFTER's schedule steps) from
+synthetic pools of 1,000, 10,000 and 100,000 clips, and the growth exponent between the two
+largest pools (1.0: linear in N; CoreSet and BADGE cost O(N x queries), so with queries a
+fraction of N they grow as N^2).
 
-    .venv/bin/python bench/strategies.py [--n 100000] [--dim 768] [--queries 1000]
+    .venv/bin/python bench/strategies.py [--n 1000,10000,100000] [--dim 768]
 
 The pool is float32: embeddings (N, D) from a mixture of 64 Gaussian blobs (some structure, as
 real features have; k-means on pure noise would be slower than on real data), softmax `probs`
 (N, C) of a random linear head on them, `mc_probs` (N, C, S) from that head with dropout-like
 noise, BADGE gradient embeddings (p - onehot(argmax p)) x h of size C * D, and surprisal
-embeddings (N, L) of positive values. `--labeled` clips are already labeled (CoreSet measures
-its distance to them). Each strategy runs once, with an empty memo (Cluster-Margin clusters the
-pool in that call). Prints one JSON object; peak RSS is that of the whole process.
+embeddings (N, L) of positive values. `--labeled-fraction` of N clips are already labeled
+(CoreSet measures its distance to them). Each strategy runs once, with an empty memo
+(Cluster-Margin clusters the pool in that call). Prints one JSON object; peak RSS is that of the
+whole process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -71,56 +76,81 @@ def make_outputs(
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--n", type=int, default=100_000, help="pool size N")
+    p.add_argument("--n", default="1000,10000,100000", help="pool sizes N, comma-separated")
     p.add_argument("--dim", type=int, default=768, help="embedding size D")
     p.add_argument("--classes", type=int, default=4, help="classes C")
     p.add_argument("--passes", type=int, default=10, help="MC-dropout passes S")
     p.add_argument("--surprisal-dim", type=int, default=None, help="L (default: D)")
-    p.add_argument("--queries", type=int, default=1000, help="clips to select")
-    p.add_argument("--labeled", type=int, default=1000, help="clips already labeled")
+    p.add_argument("--query-fraction", type=float, default=0.02, help="queries per round / N")
+    p.add_argument("--labeled-fraction", type=float, default=0.02, help="labeled clips / N")
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     surprisal_dim = args.surprisal_dim or args.dim
-
-    t0 = time.perf_counter()
-    ids = [f"clip{i:07d}" for i in range(args.n + args.labeled)]
-    pool = make_outputs(
-        ids[: args.n], args.dim, args.classes, args.passes, surprisal_dim, args.seed
-    )
-    labeled = make_outputs(
-        ids[args.n :], args.dim, args.classes, args.passes, surprisal_dim, args.seed + 1
-    )
-    build_s = time.perf_counter() - t0
+    sizes = [int(x) for x in args.n.split(",")]
+    names = args.strategies.split(",")
     import torch  # noqa: F401  (the first distance pass would otherwise pay its import)
 
-    seconds: dict[str, float] = {}
-    for name in args.strategies.split(","):
-        strategy = get_strategy(name)
-        rng = np.random.default_rng(args.seed)
-        t = time.perf_counter()
-        got = strategy.select(pool, args.queries, labeled=labeled, rng=rng, memo={})
-        seconds[name] = round(time.perf_counter() - t, 3)
-        assert len(set(got)) == args.queries
-        print(f"{name}: {seconds[name]} s", file=sys.stderr, flush=True)
+    runs = []
+    for n in sizes:
+        queries = max(1, round(args.query_fraction * n))
+        n_labeled = max(1, round(args.labeled_fraction * n))
+        t0 = time.perf_counter()
+        ids = [f"clip{i:07d}" for i in range(n + n_labeled)]
+        pool = make_outputs(ids[:n], args.dim, args.classes, args.passes, surprisal_dim, args.seed)
+        labeled = make_outputs(
+            ids[n:], args.dim, args.classes, args.passes, surprisal_dim, args.seed + 1
+        )
+        build_s = time.perf_counter() - t0
+        seconds: dict[str, float] = {}
+        for name in names:
+            rng = np.random.default_rng(args.seed)
+            t = time.perf_counter()
+            got = get_strategy(name).select(pool, queries, labeled=labeled, rng=rng, memo={})
+            seconds[name] = round(time.perf_counter() - t, 4)
+            assert len(set(got)) == queries
+            print(f"N={n} {name}: {seconds[name]} s", file=sys.stderr, flush=True)
+        runs.append(
+            {
+                "n": n,
+                "queries": queries,
+                "labeled": n_labeled,
+                "build_and_validate_seconds": round(build_s, 1),
+                "select_seconds": seconds,
+            }
+        )
+        del pool, labeled
 
+    # Growth exponent between the two largest pools: 1.0 is linear in N. Below 10 ms the timer
+    # and the machine's noise dominate: no exponent.
+    a, b = runs[-2], runs[-1]
+    growth = {
+        name: round(
+            math.log(b["select_seconds"][name] / a["select_seconds"][name])
+            / math.log(b["n"] / a["n"]),
+            2,
+        )
+        if a["select_seconds"][name] >= 0.01
+        else None
+        for name in names
+    }
     print(
         json.dumps(
             {
                 "benchmark": "strategies",
                 "pool": {
-                    "n": args.n,
                     "dim": args.dim,
                     "classes": args.classes,
                     "mc_passes": args.passes,
                     "grad_dim": args.classes * args.dim,
                     "surprisal_dim": surprisal_dim,
-                    "labeled": args.labeled,
+                    "query_fraction": args.query_fraction,
+                    "labeled_fraction": args.labeled_fraction,
                     "dtype": "float32",
                 },
-                "queries": args.queries,
-                "build_and_validate_seconds": round(build_s, 1),
-                "select_seconds": seconds,
+                "runs": runs,
+                "growth_exponent": growth,
+                "superlinear": sorted(k for k, v in growth.items() if v is not None and v > 1.2),
                 "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                 "machine": {
                     "python": platform.python_version(),

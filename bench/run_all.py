@@ -1,0 +1,508 @@
+"""Run the benchmarks and collect their figures into BENCHMARKS.md.
+
+    .venv/bin/python bench/run_all.py                 # every benchmark, then BENCHMARKS.md
+    .venv/bin/python bench/run_all.py --only scoring,strategies
+    .venv/bin/python bench/run_all.py --render        # BENCHMARKS.md from the saved results
+    make bench                                        # the same as the first line
+
+Each benchmark runs in its own process, one after another (never side by side: they would slow
+each other down), with the arguments in `BENCHES` and one torch thread unless OMP_NUM_THREADS is
+set (on a 2-core machine shared with other work, torch's threads wait on each other). Its JSON
+goes to `bench/results/NAME.json` together with the exact command, the commit, the machine, the
+wall time and the load average before and after (the machine may be shared; every ratio in the
+results is measured side by side within one run). `BENCHMARKS.md` is then written from every
+saved result, so a benchmark run alone updates its section and keeps the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+OUT = ROOT / "BENCHMARKS.md"
+
+
+@dataclass(frozen=True)
+class Bench:
+    name: str
+    title: str
+    args: tuple[str, ...]
+    about: str
+
+
+BENCHES = (
+    Bench(
+        "label_efficiency",
+        "Label efficiency on EmoDB: eGeMAPS features, every strategy",
+        ("bench/label_efficiency.py", "--out", "runs/bench/label_efficiency"),
+        "Test UA at each label budget for every strategy vs random and all labels.",
+    ),
+    Bench(
+        "label_efficiency_tapt",
+        "Label efficiency on EmoDB: a scratch wav2vec 2.0 with and without TAPT",
+        (
+            "bench/label_efficiency.py",
+            "--backbone=scratch:tiny",
+            "--tapt-steps=300",
+            "--folds=5",
+            "--fold-step=2",
+            "--seeds=0,1,2",
+            "--epochs=10",
+            "--out=runs/bench/label_efficiency_tapt",
+        ),
+        "The same loop on a randomly initialised wav2vec 2.0, fine-tuned as is and after TAPT "
+        "on each fold's training audio.",
+    ),
+    Bench(
+        "time_ratio",
+        "Time: active learning to 20% over fine-tuning on all labels",
+        ("bench/time_ratio.py",),
+        "Wall time of one AL run to 20% of the pool / one fine-tuning on all labels, same "
+        "backbone and epochs, with and without the cache. The paper reports 0.21; our target "
+        "is <= 0.15.",
+    ),
+    Bench(
+        "scoring",
+        "Pool scoring: throughput, share of the machine's matmul peak, memory",
+        ("bench/scoring.py",),
+        "Clips per second with an empty and a filled CNN cache, as a fraction of the dense "
+        "GEMM rate measured in the same run; peak RSS of scoring 1k and 10k clips.",
+    ),
+    Bench(
+        "strategies",
+        "Selection time against pool size (1k, 10k, 100k clips)",
+        ("bench/strategies.py",),
+        "Seconds for each strategy to pick 2% of a synthetic pool; growth exponent between "
+        "10k and 100k (1.0 = linear).",
+    ),
+    Bench(
+        "finetune",
+        "Fine-tuning on EmoDB and what the cache saves",
+        ("bench/finetune.py", "--backbones=resemblyzer,egemaps", "--epochs=30"),
+        "All-labels LOSO accuracy per feature backbone and seconds per epoch with and without "
+        "the cache.",
+    ),
+    Bench(
+        "tapt",
+        "TAPT step time and memory",
+        ("bench/tapt.py",),
+        "Seconds per TAPT step and peak RSS for the scratch configs, CNN trained vs frozen.",
+    ),
+    Bench(
+        "processes",
+        "Pool scoring on 1 vs 2 processes",
+        ("bench/scaling.py", "--threads=1"),
+        "The sharded scoring path (torchrun workers, gloo) against one process.",
+    ),
+)
+
+
+def machine() -> dict[str, Any]:
+    """What the figures depend on: CPU model and count, memory, Python and torch, GPU."""
+    facts: dict[str, Any] = {
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
+    }
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                facts["cpu"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                facts["memory_gib"] = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    import torch
+
+    facts["torch"] = torch.__version__
+    facts["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return facts
+
+
+def last_json(stdout: str) -> dict[str, Any]:
+    """The JSON object a benchmark prints last (it may print progress lines before it)."""
+    lines = stdout.splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        if lines[i].startswith("{"):
+            try:
+                return dict(json.loads("\n".join(lines[i:])))
+            except json.JSONDecodeError:
+                continue
+    raise ValueError("no JSON object at the end of its output")
+
+
+def commit() -> str:
+    done = subprocess.run(
+        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done.stdout.strip() or "unknown"
+
+
+def run(bench: Bench) -> bool:
+    """Run one benchmark; save its result. False (and the tail of its stderr) if it failed."""
+    cmd = [sys.executable, *bench.args]
+    shown = ".venv/bin/python " + shlex.join(bench.args)
+    print(f"== {bench.name}: {shown}", file=sys.stderr, flush=True)
+    load_before = os.getloadavg()
+    started = dt.datetime.now(dt.UTC)
+    t = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=False)
+    seconds = time.perf_counter() - t
+    try:
+        if done.returncode != 0:
+            raise ValueError(f"exit status {done.returncode}")
+        result = last_json(done.stdout)
+    except ValueError as e:
+        print(f"{bench.name} failed ({e}); its result is not saved", file=sys.stderr)
+        return False
+    record = {
+        "command": f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']} {shown}",
+        "commit": commit(),
+        "started_utc": started.isoformat(timespec="seconds"),
+        "wall_seconds": round(seconds, 1),
+        "load_average_before": [round(x, 2) for x in load_before],
+        "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "machine": machine(),
+        "result": result,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{bench.name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    tmp.replace(path)
+    print(f"{bench.name}: {seconds / 60:.1f} min -> {path}", file=sys.stderr, flush=True)
+    return True
+
+
+# ---- BENCHMARKS.md -------------------------------------------------------------------------------
+
+
+def table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |",
+        *("| " + " | ".join(str(c) for c in row) + " |" for row in rows),
+    ]
+
+
+def pct(ms: dict[str, float]) -> str:
+    return f"{100 * ms['mean']:.1f} ± {100 * ms['std']:.1f} (n={ms['n']})"
+
+
+def render_label_efficiency(r: dict[str, Any]) -> list[str]:
+    budgets = r["schedule"]
+    rows = [
+        [
+            name,
+            *(s["test_ua_by_budget"].get(b, "-") for b in budgets),
+            s["auc_ua"],
+            f"{s['time_vs_all_labels']}x",
+        ]
+        for name, s in r["strategies"].items()
+    ]
+    return [
+        f"{r['corpus']}; {r['protocol']}; backbone `{r['backbone']}`. Test UA % (mean ± sample "
+        "std over fold x seed runs); AUC: area under the UA curve; time: one AL run over one "
+        "all-labels fine-tuning.",
+        "",
+        *table(
+            ["strategy", *(f"{100 * float(b):g}%" for b in budgets), "AUC", "time"],
+            rows,
+        ),
+        "",
+        f"All labels: UA {pct(r['all_labels_test_ua'])}.",
+    ]
+
+
+def render_label_efficiency_tapt(r: dict[str, Any]) -> list[str]:
+    lines = [
+        f"{r['corpus']}; {r['protocol']}; backbone `{r['backbone']}`.",
+        "",
+        f"TAPT: {json.dumps(r['tapt'], ensure_ascii=False)}",
+        "",
+    ]
+    for variant, strategies in r["variants"].items():
+        lines.append(f"**{variant}** (test UA %):")
+        lines.append("")
+        budgets = list(next(iter(strategies["strategies"].values()))["test_ua_by_budget"])
+        rows = [
+            [name, *(s["test_ua_by_budget"][b] for b in budgets)]
+            for name, s in strategies["strategies"].items()
+        ]
+        rows.append(["all labels", *("-" for _ in budgets[:-1]), strategies["all_labels_test_ua"]])
+        lines += [*table(["strategy", *(f"{100 * float(b):g}%" for b in budgets)], rows), ""]
+    if "tapt_minus_plain_at_last_budget" in r:
+        lines.append(f"TAPT minus plain at the last budget: {r['tapt_minus_plain_at_last_budget']}")
+    return lines
+
+
+def render_time_ratio(r: dict[str, Any]) -> list[str]:
+    rows = [
+        [
+            c["backbone"],
+            c["cache"],
+            c["full_seconds"],
+            c["al_seconds"],
+            f"**{c['ratio_total']}**",
+            c["ratio_rounds_only"],
+            f"{100 * c['full_test_ua']:.1f} / {100 * c['al_final_test_ua']:.1f}",
+        ]
+        for c in r["cases"]
+    ]
+    return [
+        f"{r['corpus']}; {r['epochs']} epochs for every fine-tuning; strategy {r['strategy']}, "
+        f"schedule {', '.join(r['schedule'])}, cold start {r['cold_start']}; torch threads "
+        f"{r['torch_threads']}. Paper: {r['paper_ratio']}; target: <= {r['target_ratio']}.",
+        "",
+        *table(
+            [
+                "backbone",
+                "cache",
+                "all labels (s)",
+                "AL to 20% (s)",
+                "AL / all",
+                "rounds only / all",
+                "test UA all / AL (%)",
+            ],
+            rows,
+        ),
+    ]
+
+
+def render_scoring(r: dict[str, Any]) -> list[str]:
+    gemm = r["gemm"]
+    rows = []
+    for c in r["throughput"]:
+        for mode, m in c["cache"].items():
+            rows.append(
+                [
+                    f"`{c['backbone']}` ({c['parameters_millions']} M)",
+                    mode,
+                    m["clips_per_second"],
+                    m["audio_seconds_per_second"],
+                    m["gflops_per_clip_charged"],
+                    m["achieved_gflops"],
+                    f"{100 * m['fraction_of_gemm_peak']:.1f}%",
+                ]
+            )
+    lines = [
+        f"{r['clip_seconds']} s clips, {r['torch_threads']} torch thread(s), {r['device']}. "
+        f"Dense GEMM ({gemm['op']}): {gemm['gflops_before']} GFLOP/s before, "
+        f"{gemm['gflops_after']} after.",
+        "",
+        *table(
+            [
+                "backbone",
+                "CNN cache",
+                "clips/s",
+                "audio s/s",
+                "GFLOP/clip",
+                "GFLOP/s",
+                "of GEMM peak",
+            ],
+            rows,
+        ),
+        "",
+        f"Memory, `{r['memory']['backbone']}` (peak RSS while scoring; growth = peak - RSS "
+        "before scoring):",
+        "",
+    ]
+    rows = [
+        [
+            m["clips"],
+            m["mode"],
+            m["seconds"],
+            m["rss_before_mb"],
+            m["peak_rss_mb"],
+            m["growth_mb"],
+            m["output_arrays_mb"],
+        ]
+        for m in r["memory"]["cases"]
+    ]
+    lines += table(
+        ["clips", "mode", "seconds", "RSS before (MB)", "peak (MB)", "growth (MB)", "outputs (MB)"],
+        rows,
+    )
+    return lines
+
+
+def render_strategies(r: dict[str, Any]) -> list[str]:
+    runs = r["runs"]
+    names = list(runs[0]["select_seconds"])
+    rows = [
+        [name, *(run["select_seconds"][name] for run in runs), r["growth_exponent"][name]]
+        for name in names
+    ]
+    pool = r["pool"]
+    return [
+        f"Synthetic float32 pool: embeddings {pool['dim']}-d, {pool['classes']} classes, "
+        f"{pool['mc_passes']} MC passes, BADGE gradients {pool['grad_dim']}-d; queries "
+        f"{100 * pool['query_fraction']:g}% of the pool, {100 * pool['labeled_fraction']:g}% "
+        f"already labeled. Peak RSS {r['peak_rss_mb']} MB.",
+        "",
+        *table(
+            ["strategy", *(f"N={run['n']:,} (s)" for run in runs), "growth exponent"],
+            rows,
+        ),
+        "",
+        "Growth exponent: log(t_100k / t_10k) / log(10); none where the 10k time is under 10 ms "
+        f"(noise). Superlinear (> 1.2): {', '.join(r['superlinear']) or 'none'}.",
+    ]
+
+
+def speeds(c: dict[str, Any]) -> list[Any]:
+    return [c["with_cache"], c["without_cache"], f"{c['speedup']}x"]
+
+
+def render_finetune(r: dict[str, Any]) -> list[str]:
+    cache = r["epoch_seconds"]
+    rows = [
+        [f"`{b}`", a["ua"], a["wa"], a["macro_f1"], a["seconds"], *speeds(cache[b])]
+        for b, a in r["accuracy"].items()
+    ]
+    return [
+        f"{r['corpus']}; {r['protocol']}; at most {r['epochs_max']} epochs (best dev UA kept).",
+        "",
+        *table(
+            [
+                "backbone",
+                "UA %",
+                "WA %",
+                "macro-F1 %",
+                "all folds (s)",
+                "s/epoch cached",
+                "s/epoch uncached",
+                "speed-up",
+            ],
+            rows,
+        ),
+    ]
+
+
+def render_tapt(r: dict[str, Any]) -> list[str]:
+    rows = [
+        [
+            c["size"],
+            c["cnn"],
+            c["seconds_per_step"],
+            c["audio_seconds_per_second"],
+            c["peak_rss_mb"],
+        ]
+        for c in r["cases"]
+    ]
+    return [
+        f"{r['corpus']}; batch {r['batch_size']}, crops of {r['crop_seconds']} s.",
+        "",
+        *table(["scratch size", "CNN", "s/step", "audio s/s", "peak RSS (MB)"], rows),
+    ]
+
+
+def render_processes(r: dict[str, Any]) -> list[str]:
+    rows = [
+        [
+            x["processes"],
+            x["cnn_cache"],
+            x["seconds"],
+            x["startup_seconds"],
+            x["clips_per_second"],
+        ]
+        for x in r["results"]
+    ]
+    return [
+        f"`{r['backbone']}`, {r['clips']} clips ({r['audio_minutes']} min of audio), "
+        f"{r['device']}, {r['cpus']} CPUs.",
+        "",
+        *table(["processes", "CNN cache", "seconds", "of which start-up", "clips/s"], rows),
+    ]
+
+
+RENDER: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "label_efficiency": render_label_efficiency,
+    "label_efficiency_tapt": render_label_efficiency_tapt,
+    "time_ratio": render_time_ratio,
+    "scoring": render_scoring,
+    "strategies": render_strategies,
+    "finetune": render_finetune,
+    "tapt": render_tapt,
+    "processes": render_processes,
+}
+
+HEADER = """# Benchmarks
+
+Written by `make bench` (`.venv/bin/python bench/run_all.py`) from `bench/results/*.json`; do not
+edit by hand. Each section names the command that produced it, the commit, the machine and its
+load. The machine may be shared with other work, so compare figures within one benchmark's run
+(every ratio below was measured side by side in one run), not across sections or machines.
+"""
+
+
+def render() -> str:
+    lines = [HEADER]
+    for bench in BENCHES:
+        path = RESULTS / f"{bench.name}.json"
+        lines.append(f"## {bench.title}\n")
+        if not path.is_file():
+            lines.append(f"Not run yet: `.venv/bin/python bench/run_all.py --only {bench.name}`.\n")
+            continue
+        record = json.loads(path.read_text())
+        m = record["machine"]
+        lines += [
+            bench.about,
+            "",
+            f"- command: `{record['command']}`",
+            f"- ran: {record['started_utc']}, commit {record['commit']}, "
+            f"{record['wall_seconds'] / 60:.1f} min; load average before "
+            f"{record['load_average_before'][0]}, after {record['load_average_after'][0]}",
+            f"- machine: {m.get('cpu', 'unknown CPU')}, {m['usable_cpus']} of {m['cpus']} CPUs, "
+            f"{m.get('memory_gib', '?')} GiB, {m['os']}, Python {m['python']}, torch "
+            f"{m['torch']}, GPU {m['gpu']}",
+            "",
+            *RENDER[bench.name](record["result"]),
+            "",
+        ]
+        notes = ROOT / "bench" / "notes" / f"{bench.name}.md"
+        if notes.is_file():
+            lines += [notes.read_text().strip(), ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--only", help="comma-separated names: " + ", ".join(b.name for b in BENCHES))
+    p.add_argument("--render", action="store_true", help="only rewrite BENCHMARKS.md")
+    args = p.parse_args()
+    names = {b.name for b in BENCHES}
+    chosen = set(args.only.split(",")) if args.only else names
+    if chosen - names:
+        sys.exit(f"--only: unknown {', '.join(sorted(chosen - names))}; choose from {names}")
+    failed = []
+    if not args.render:
+        failed = [b.name for b in BENCHES if b.name in chosen and not run(b)]
+    OUT.write_text(render())
+    print(f"wrote {OUT}", file=sys.stderr)
+    if failed:
+        sys.exit(f"failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
