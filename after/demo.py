@@ -20,6 +20,7 @@ Every stage keeps its outputs in the demo folder, so running the demo again reus
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -34,7 +35,7 @@ from after.data.folds import Fold, make_folds
 from after.data.manifest import Manifest
 from after.data.synth import synthesize
 from after.errors import AfterError
-from after.io import atomic_write_json
+from after.io import atomic_write_json, read_json
 from after.progress import progress_bar
 
 TAPT_BACKBONE = "scratch:tiny"
@@ -101,6 +102,7 @@ def _run_demo(
 
     strategies = [ALConfig.strategy, "random"]
     cache = str((out / "cache").resolve())
+    _claim(out, {"seed": seed, **dataclasses.asdict(settings)})
     t0 = time.perf_counter()
 
     def stage(text: str) -> None:
@@ -177,6 +179,24 @@ def _run_demo(
     header, rows = ua_table(group_runs(inputs.runs), inputs.full)
     stage("done")
     return {"tapt": tapt, "table": {"header": header, "rows": rows}, "report": report}
+
+
+def _claim(out: Path, settings: dict[str, Any]) -> None:
+    """Keep the demo's settings in `out`/settings.json; `AfterError` if the folder holds a demo
+    run with other settings, whose outputs would otherwise be reused as if they were these."""
+    path = out / "settings.json"
+    wanted = json.loads(json.dumps(settings))
+    if path.is_file():
+        found = read_json(path, f"delete {out}")
+        differ = sorted(k for k in wanted.keys() | found.keys() if found.get(k) != wanted.get(k))
+        if differ:
+            raise AfterError(
+                f"{out}: holds a demo run with other settings ({', '.join(differ)}); delete it "
+                "or choose another --out"
+            )
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, wanted)
 
 
 def _tapt(

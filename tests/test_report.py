@@ -91,6 +91,14 @@ def test_report_of_a_compare_folder(corpus: tuple[Manifest, Path, Path], tmp_pat
     cache = str(tmp_path / "features")
     summary = compare(*args, [0, 1], al, FAST, tmp_path / "cmp", cache_dir=cache, log=print)
 
+    # Asked again with other settings, it refuses to reuse the stale results.
+    other = TrainConfig(**{**FAST.to_dict(), "epochs": 4})
+    with pytest.raises(AfterError, match=r"seed0.json: made with other settings \(train.epochs\)"):
+        compare(*args, [0, 1], al, other, tmp_path / "cmp", cache_dir=cache, log=print)
+    other_al = ALConfig(schedule=("4", "12"), cold_start="random")
+    with pytest.raises(AfterError, match=r"random_seed0: made with other settings \(al.schedule\)"):
+        compare(*args, [0, 1], other_al, FAST, tmp_path / "cmp", cache_dir=cache, log=print)
+
     files = write_report([tmp_path / "cmp"], tmp_path / "out")
     page = files["html"].read_text()
     assert len(_images(page)) == 5  # curves, time, labels, one confusion matrix per strategy
@@ -142,3 +150,5 @@ def test_quick_demo_runs_end_to_end(tmp_path: Path) -> None:
     tapt = result["tapt"]
     assert tapt["steps"] == QUICK.tapt_steps and 0 <= tapt["check_ua"] <= 1
     assert (tmp_path / "demo" / "tapt" / "config.json").is_file()  # a from_pretrained folder
+    with pytest.raises(AfterError, match=r"demo: holds a demo run with other settings \(seed\)"):
+        run_demo(tmp_path / "demo", QUICK, seed=1, log=lambda _: None)

@@ -21,8 +21,9 @@ import numpy as np
 from after.config import ALConfig, TrainConfig
 from after.data.folds import Fold
 from after.data.manifest import Manifest
-from after.io import atomic_write_json, atomic_write_text
-from after.loop.runner import Run, run_loop, start_run
+from after.errors import AfterError
+from after.io import atomic_write_json, atomic_write_text, read_json
+from after.loop.runner import CONFIG_FILE, Run, run_loop, start_run
 from after.loop.state import LoopState
 from after.metrics import mean_std
 from after.progress import progress_bar
@@ -62,9 +63,12 @@ def compare(
             for seed in seeds:
                 path = out / "full" / f"{fold.name}_seed{seed}.json"
                 bar.update(task, info=f"{fold.name} seed {seed} all labels")
-                if not path.is_file():
+                config = TrainConfig(**{**train.to_dict(), "seed": seed})
+                settings = {"backbone": backbone, "train": config.to_dict()}
+                if path.is_file():
+                    _same_settings(path, read_json(path, "delete it"), settings)
+                else:
                     t0 = time.perf_counter()
-                    config = TrainConfig(**{**train.to_dict(), "seed": seed})
                     _, record = fit_and_test(
                         manifest, fold, backbone, config, cache_dir=cache_dir, progress=False
                     )
@@ -77,6 +81,7 @@ def compare(
                             "test_ua": test["ua"],
                             "test_wa": test["wa"],
                             "seconds": time.perf_counter() - t0,
+                            **settings,
                         },
                     )
                     log(f"{fold.name} seed {seed}: all labels, test UA {100 * test['ua']:.1f}%")
@@ -97,6 +102,11 @@ def compare(
                         run_dir,
                         cache_dir,
                     )
+                    if (run_dir / CONFIG_FILE).is_file():
+                        wanted = {k: run.to_json()[k] for k in _RUN_SETTINGS}
+                        _same_settings(
+                            run_dir, read_json(run_dir / CONFIG_FILE, "delete the folder"), wanted
+                        )
                     state = (
                         LoopState.load(run_dir)
                         if (run_dir / "state.json").is_file()
@@ -129,6 +139,32 @@ def compare(
     atomic_write_text(out / "curve.csv", _curve_csv(summary))
     atomic_write_text(out / "summary.md", _markdown(summary))
     return summary
+
+
+# What makes a run folder (or an all-labels result) the one asked for; paths may move.
+_RUN_SETTINGS = ("manifest_digest", "fold", "backbone", "al", "train")
+
+
+def _same_settings(where: Path, found: dict[str, Any], wanted: dict[str, Any]) -> None:
+    """`AfterError` if a result `compare` would reuse was made with other settings (else a
+    changed option would silently reuse stale runs). Options a result predates are not checked,
+    so results of earlier versions stay reusable."""
+    wanted = json.loads(json.dumps(wanted))  # tuples as lists, as written
+    differ = []
+    for key, value in wanted.items():
+        if key not in found:
+            continue
+        if isinstance(value, dict):
+            differ += [
+                f"{key}.{k}" for k, v in value.items() if k in found[key] and found[key][k] != v
+            ]
+        elif found[key] != value:
+            differ.append(key)
+    if differ:
+        raise AfterError(
+            f"{where}: made with other settings ({', '.join(differ)}); delete it (or the whole "
+            "output folder) to run it again with these, or choose another output folder"
+        )
 
 
 def _warm_caches(
