@@ -38,7 +38,7 @@ from after.data.batching import bucket_batches
 from after.data.folds import Fold
 from after.data.manifest import Manifest, Utterance
 from after.dist import accelerator as make_accelerator
-from after.dist import job_folder, launch, must_launch, state
+from after.dist import job_folder, launch, mixed_precision, must_launch, state
 from after.errors import AfterError
 from after.faults import fault_point
 from after.io import atomic_write_json
@@ -425,7 +425,7 @@ def infer_chunks(
     devices = [device] if device.type == "cuda" else []
     with _cached_cnn(clf.module, data.cnn_cached):
         for number, ids in chunks:
-            with torch.random.fork_rng(devices=devices):
+            with torch.random.fork_rng(devices=devices), _autocast(device, config.precision):
                 torch.manual_seed(int(derived_rng(seed, "mc-dropout", number).integers(2**62)))
                 out = _infer(
                     clf,
@@ -437,6 +437,15 @@ def infer_chunks(
                     mc_passes=mc_passes,
                 )
             yield out
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """Scoring in the precision training uses on a GPU (`TrainConfig.precision`; auto: bf16
+    where the GPU has it, else fp16); full precision on a CPU."""
+    amp = mixed_precision(precision)
+    if device.type != "cuda" or amp not in ("bf16", "fp16"):
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def evaluate(
