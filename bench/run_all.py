@@ -41,6 +41,7 @@ class Bench:
     title: str
     args: tuple[str, ...]
     about: str
+    gpu: bool = False  # runs only where CUDA is available
 
 
 BENCHES = (
@@ -104,8 +105,16 @@ BENCHES = (
     Bench(
         "processes",
         "Pool scoring on 1 vs 2 processes",
-        ("bench/scaling.py", "--threads=1"),
+        ("bench/scaling.py", "--threads=1", "--sentences=32"),
         "The sharded scoring path (torchrun workers, gloo) against one process.",
+    ),
+    Bench(
+        "gpu",
+        "GPU: fp32 vs bf16 for TAPT, fine-tuning and scoring",
+        ("bench/gpu.py", "--backbone=scratch:base", "--precisions=fp32,bf16"),
+        "A base-size wav2vec 2.0 (random init) on one GPU: TAPT seconds per step, fine-tuning "
+        "seconds per epoch and scoring clips per second, fp32 vs bf16, with peak GPU memory.",
+        gpu=True,
     ),
 )
 
@@ -162,6 +171,7 @@ def run(bench: Bench) -> bool:
     cmd = [sys.executable, *bench.args]
     shown = ".venv/bin/python " + shlex.join(bench.args)
     print(f"== {bench.name}: {shown}", file=sys.stderr, flush=True)
+    revision = commit()  # of the code the benchmark starts with
     load_before = os.getloadavg()
     started = dt.datetime.now(dt.UTC)
     t = time.perf_counter()
@@ -177,7 +187,7 @@ def run(bench: Bench) -> bool:
         return False
     record = {
         "command": f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']} {shown}",
-        "commit": commit(),
+        "commit": revision,
         "started_utc": started.isoformat(timespec="seconds"),
         "wall_seconds": round(seconds, 1),
         "load_average_before": [round(x, 2) for x in load_before],
@@ -235,10 +245,15 @@ def render_label_efficiency(r: dict[str, Any]) -> list[str]:
 
 
 def render_label_efficiency_tapt(r: dict[str, Any]) -> list[str]:
+    tapt = r["tapt"]
     lines = [
-        f"{r['corpus']}; {r['protocol']}; backbone `{r['backbone']}`.",
+        f"{r['corpus']}; {r['protocol']}; backbone `{r['backbone']}`. TAPT: {tapt['steps']} "
+        "steps per fold on the fold's training audio only:",
         "",
-        f"TAPT: {json.dumps(r['tapt'], ensure_ascii=False)}",
+        *table(
+            ["fold", "seconds", "first loss", "final loss", "chance loss"],
+            [[fold, *t.values()] for fold, t in tapt["per_fold"].items()],
+        ),
         "",
     ]
     for variant, strategies in r["variants"].items():
@@ -246,14 +261,19 @@ def render_label_efficiency_tapt(r: dict[str, Any]) -> list[str]:
         lines.append("")
         budgets = list(next(iter(strategies["strategies"].values()))["test_ua_by_budget"])
         rows = [
-            [name, *(s["test_ua_by_budget"][b] for b in budgets)]
+            [name, *(s["test_ua_by_budget"][b] for b in budgets), "-"]
             for name, s in strategies["strategies"].items()
         ]
-        rows.append(["all labels", *("-" for _ in budgets[:-1]), strategies["all_labels_test_ua"]])
-        lines += [*table(["strategy", *(f"{100 * float(b):g}%" for b in budgets)], rows), ""]
-    if "tapt_minus_plain_at_last_budget" in r:
-        lines.append(f"TAPT minus plain at the last budget: {r['tapt_minus_plain_at_last_budget']}")
-    return lines
+        rows.append(["all labels", *("-" for _ in budgets), strategies["all_labels_test_ua"]])
+        header = ["strategy", *(f"{100 * float(b):g}%" for b in budgets), "all labels"]
+        lines += [*table(header, rows), ""]
+    gains = r["tapt_minus_plain_at_last_budget"]
+    return [
+        *lines,
+        "TAPT minus plain at the last budget (points): "
+        + ", ".join(f"{name} {gain:+.2f}" for name, gain in gains.items())
+        + ".",
+    ]
 
 
 def render_time_ratio(r: dict[str, Any]) -> list[str]:
@@ -272,7 +292,10 @@ def render_time_ratio(r: dict[str, Any]) -> list[str]:
     return [
         f"{r['corpus']}; {r['epochs']} epochs for every fine-tuning; strategy {r['strategy']}, "
         f"schedule {', '.join(r['schedule'])}, cold start {r['cold_start']}; torch threads "
-        f"{r['torch_threads']}. Paper: {r['paper_ratio']}; target: <= {r['target_ratio']}.",
+        f"{r['torch_threads']}. Paper: {r['paper_ratio']}; target: <= {r['target_ratio']}. "
+        "Floor for this schedule when every round fine-tunes afresh for the same epochs (the "
+        "labeled shares summed over rounds; training alone, before scoring): "
+        f"{sum(float(b) for b in r['schedule']):.2f}.",
         "",
         *table(
             [
@@ -353,6 +376,10 @@ def render_strategies(r: dict[str, Any]) -> list[str]:
         [name, *(run["select_seconds"][name] for run in runs), r["growth_exponent"][name]]
         for name in names
     ]
+    rows += [  # strategies that keep work for later rounds (Cluster-Margin's clusters)
+        [f"{name}, a later round", *(run["later_round_seconds"][name] for run in runs), growth]
+        for name, growth in r.get("growth_exponent_later_rounds", {}).items()
+    ]
     pool = r["pool"]
     return [
         f"Synthetic float32 pool: embeddings {pool['dim']}-d, {pool['classes']} classes, "
@@ -365,8 +392,9 @@ def render_strategies(r: dict[str, Any]) -> list[str]:
             rows,
         ),
         "",
-        "Growth exponent: log(t_100k / t_10k) / log(10); none where the 10k time is under 10 ms "
-        f"(noise). Superlinear (> 1.2): {', '.join(r['superlinear']) or 'none'}.",
+        "Times are the best of repeats for calls under 0.5 s. Growth exponent: "
+        "log(t_100k / t_10k) / log(10); none where the 10k time is under 1 ms (noise). "
+        f"Superlinear (> 1.2): {', '.join(r['superlinear']) or 'none'}.",
     ]
 
 
@@ -436,6 +464,17 @@ def render_processes(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def render_gpu(r: dict[str, Any]) -> list[str]:
+    lines = [f"{r['device']}, torch {r['torch']}, CUDA {r['cuda']}, `{r['backbone']}`.", ""]
+    for phase in ("tapt", "finetune", "scoring"):
+        rows = r[phase]
+        keys = [k for k in rows[0] if k != "precision"]
+        cells = [[x["precision"], *(x[k] for k in keys)] for x in rows]
+        lines += [f"{phase}:", "", *table(["precision", *keys], cells), ""]
+    lines.append(f"Speed-up over fp32: {json.dumps(r['speedup_over_fp32'])}")
+    return lines + [f"Note: {n}" for n in r["notes"]]
+
+
 RENDER: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "label_efficiency": render_label_efficiency,
     "label_efficiency_tapt": render_label_efficiency_tapt,
@@ -445,6 +484,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "finetune": render_finetune,
     "tapt": render_tapt,
     "processes": render_processes,
+    "gpu": render_gpu,
 }
 
 HEADER = """# Benchmarks
@@ -452,7 +492,8 @@ HEADER = """# Benchmarks
 Written by `make bench` (`.venv/bin/python bench/run_all.py`) from `bench/results/*.json`; do not
 edit by hand. Each section names the command that produced it, the commit, the machine and its
 load. The machine may be shared with other work, so compare figures within one benchmark's run
-(every ratio below was measured side by side in one run), not across sections or machines.
+(every ratio below was measured side by side in one run), not across sections or machines. A
+commit marked "-dirty" had uncommitted changes, committed together with the results.
 """
 
 
@@ -461,6 +502,12 @@ def render() -> str:
     for bench in BENCHES:
         path = RESULTS / f"{bench.name}.json"
         lines.append(f"## {bench.title}\n")
+        if not path.is_file() and bench.gpu:
+            lines.append(
+                f"Not measured: no GPU was available. On a GPU machine: `.venv/bin/python "
+                f"bench/run_all.py --only {bench.name}`.\n"
+            )
+            continue
         if not path.is_file():
             lines.append(f"Not run yet: `.venv/bin/python bench/run_all.py --only {bench.name}`.\n")
             continue
@@ -495,9 +542,17 @@ def main() -> None:
     chosen = set(args.only.split(",")) if args.only else names
     if chosen - names:
         sys.exit(f"--only: unknown {', '.join(sorted(chosen - names))}; choose from {names}")
-    failed = []
+    failed: list[str] = []
     if not args.render:
-        failed = [b.name for b in BENCHES if b.name in chosen and not run(b)]
+        import torch
+
+        for bench in BENCHES:
+            if bench.name not in chosen:
+                continue
+            if bench.gpu and not torch.cuda.is_available():
+                print(f"{bench.name}: skipped, no GPU", file=sys.stderr)
+            elif not run(bench):
+                failed.append(bench.name)
     OUT.write_text(render())
     print(f"wrote {OUT}", file=sys.stderr)
     if failed:
