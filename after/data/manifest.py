@@ -202,9 +202,11 @@ class Manifest:
                         f'{where}: votes must be JSON, e.g. {{"anger": 2}}'
                     ) from None
             u = _from_row(row, base, where)
-            if not os.path.isabs(row["path"]) and not Path(u.path).is_relative_to(base.resolve()):
+            # Lexical, as `_from_row` joins them: a data folder reached through a symlink is fine.
+            inside = os.path.abspath(base)
+            if not os.path.isabs(row["path"]) and not Path(u.path).is_relative_to(inside):
                 raise ManifestError(
-                    f"{where}: path {row['path']!r} points outside {base.resolve()}; keep the "
+                    f"{where}: path {row['path']!r} points outside {inside}; keep the "
                     "audio under the CSV's folder, or give an absolute path"
                 )
             items.append(u)

@@ -103,6 +103,18 @@ def test_csv_import(tmp_path: Path) -> None:
     assert m["mine_b"].label is None and m["mine_b"].duration_s is None
 
 
+def test_csv_in_a_folder_reached_through_a_symlink(tmp_path: Path) -> None:
+    real = tmp_path / "disk" / "corpus"
+    real.mkdir(parents=True)
+    (real / "m.csv").write_text("path,label,speaker\naudio/a.flac,anger,s1\n")
+    (tmp_path / "data").symlink_to(tmp_path / "disk")
+    m = Manifest.from_csv(tmp_path / "data" / "corpus" / "m.csv")
+    assert m["corpus_a"].path == str(tmp_path / "data" / "corpus" / "audio" / "a.flac")
+    (real / "m.csv").write_text("path,label,speaker\n../../a.flac,anger,s1\n")
+    with pytest.raises(ManifestError, match=r"m\.csv:2: path '\.\./\.\./a\.flac' points outside"):
+        Manifest.from_csv(tmp_path / "data" / "corpus" / "m.csv")
+
+
 def test_csv_missing_columns_are_named(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text("file,emotion\na.wav,anger\n")
     with pytest.raises(ManifestError, match=r"missing column\(s\) \['label', 'path', 'speaker'\]"):
