@@ -928,9 +928,10 @@ def demo(
     table = Table(title="test UA (%), mean ± std over folds x seeds", title_justify="left")
     for k, name in enumerate(header):
         table.add_column(name, justify="left" if k == 0 else "right")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    for row, following in zip(rows, [*rows[1:], None], strict=True):
+        baseline_next = following is not None and following[0].startswith("all labels")
+        table.add_row(*row, end_section=baseline_next and not row[0].startswith("all labels"))
+    console.print(table, width=max(console.width, 100))  # a log file's 80 columns wrap every cell
     t = result["tapt"]
     console.print(
         f"TAPT ({t['backbone']}, fold {t['fold']}, {t['steps']} steps): loss "

@@ -139,7 +139,8 @@ def test_report_command_and_bad_input(
     assert "not_a_run" in capsys.readouterr().err
 
 
-def test_quick_demo_runs_end_to_end(tmp_path: Path) -> None:
+def test_quick_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from after.cli import main
     from after.demo import QUICK, run_demo
 
     result = run_demo(tmp_path / "demo", QUICK, log=lambda _: None)
@@ -152,3 +153,12 @@ def test_quick_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert (tmp_path / "demo" / "tapt" / "config.json").is_file()  # a from_pretrained folder
     with pytest.raises(AfterError, match=r"demo: holds a demo run with other settings \(seed\)"):
         run_demo(tmp_path / "demo", QUICK, seed=1, log=lambda _: None)
+
+    # The command reuses the finished folder and prints the same table, unwrapped.
+    with pytest.raises(SystemExit) as e:
+        main(["demo", "--quick", "--out", str(tmp_path / "demo")])
+    assert e.value.code in (0, None)
+    out = capsys.readouterr().out
+    for row in result["table"]["rows"]:
+        assert re.search(r"│ " + r"\s*│\s*".join(map(re.escape, row)) + r"\s*│", out), row
+    assert "report.html" in out
