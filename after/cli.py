@@ -40,6 +40,11 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         raise SystemExit(130) from None
+    finally:
+        if "torch.distributed" in sys.modules:  # else no process group: spare the import
+            from after.dist import leave_process_group
+
+            leave_process_group()
 
 
 def _validate(

@@ -197,6 +197,16 @@ def main(argv: list[str]) -> None:
     except AfterError as e:
         (job_dir / f"error_{os.environ.get('RANK', '0')}.txt").write_text(str(e))
         raise SystemExit(2) from None
+    finally:
+        leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Leave the process group of a launched run, if this process joined one. A process that
+    exits while still in it can be aborted as it exits ("terminate called without an active
+    exception" from the group's threads), failing a run that had finished its work."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
