@@ -13,6 +13,10 @@ from typing import Any
 
 import pytest
 
+from after.data.folds import make_folds
+from after.data.manifest import Manifest
+from after.data.synth import synthesize
+
 EMODB_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emodb"
 
 
@@ -24,6 +28,18 @@ def emodb_dir() -> Path:
             pytest.fail(f"EmoDB not found at {EMODB_DIR}; CI needs ../shared beside the clone")
         pytest.skip(f"EmoDB not found at {EMODB_DIR}")
     return EMODB_DIR
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Path, Path]:
+    """The synthetic corpus the loop, labeling, report and reliability tests share (read only):
+    4 voices x 4 sentences x 4 emotions = 64 clips; fold 0 pools 2 voices (32 clips). Returns
+    the manifest, its JSONL file and the leave-one-speaker-out folds file."""
+    root = tmp_path_factory.mktemp("corpus")
+    m = synthesize(root / "corpus", num_speakers=4, num_sentences=4)
+    manifest = m.to_jsonl(root / "manifest.jsonl")
+    folds = make_folds(m, "loso", seed=0).to_json(root / "folds.json")
+    return m, manifest, folds
 
 
 @pytest.fixture(autouse=True)

@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from after.config import ALConfig, TrainConfig
-from after.data.folds import Folds, make_folds
+from after.data.folds import Folds
 from after.data.manifest import Manifest
-from after.data.synth import synthesize
 from after.errors import AfterError
 from after.loop.compare import compare
 from after.loop.runner import Run, run_loop, start_run
@@ -20,16 +19,6 @@ from after.report import write_report
 
 FAST = TrainConfig(epochs=3, batch_size=8, patience=0, lr=1e-3)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Path, Path]:
-    """4 voices x 4 sentences x 4 emotions = 64 clips; fold 0 pools 2 voices (32 clips)."""
-    root = tmp_path_factory.mktemp("corpus")
-    m = synthesize(root / "corpus", num_speakers=4, num_sentences=4)
-    manifest = m.to_jsonl(root / "manifest.jsonl")
-    folds = make_folds(m, "loso", seed=0).to_json(root / "folds.json")
-    return m, manifest, folds
 
 
 @pytest.fixture(scope="module")

@@ -8,23 +8,12 @@ from typing import Any
 import pytest
 
 from after.config import ALConfig, TrainConfig
-from after.data.folds import Folds, make_folds
+from after.data.folds import Folds
 from after.data.manifest import Manifest
-from after.data.synth import synthesize
 from after.loop.runner import Run, run_loop, start_run
 from after.loop.state import LoopState
 
 FAST = TrainConfig(epochs=3, batch_size=8, patience=0, lr=1e-3)
-
-
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Path, Path]:
-    """4 voices x 4 sentences x 4 emotions = 64 clips; fold 0 pools 2 voices (32 clips)."""
-    root = tmp_path_factory.mktemp("label-corpus")
-    m = synthesize(root / "corpus", num_speakers=4, num_sentences=4)
-    manifest = m.to_jsonl(root / "manifest.jsonl")
-    folds = make_folds(m, "loso", seed=0).to_json(root / "folds.json")
-    return m, manifest, folds
 
 
 def human_run(corpus: tuple[Manifest, Path, Path], out: Path, **al: Any) -> tuple[Run, LoopState]:

@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 
 from after.config import ALConfig, TrainConfig
-from after.data.folds import Folds, make_folds
+from after.data.folds import Folds
 from after.data.manifest import Manifest
-from after.data.synth import synthesize
 from after.errors import AfterError
 from after.loop.compare import compare
 from after.loop.oracle import SimulatedOracle
@@ -34,18 +33,8 @@ from after.loop.state import LoopState
 FAST = TrainConfig(epochs=3, batch_size=8, patience=0, lr=1e-3)
 
 
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Path, Path]:
-    """4 voices x 4 sentences x 4 emotions = 64 clips; fold 0 pools 2 voices (32 clips)."""
-    root = tmp_path_factory.mktemp("demo")
-    m = synthesize(root / "corpus", num_speakers=4, num_sentences=4)
-    manifest = m.to_jsonl(root / "manifest.jsonl")
-    folds = make_folds(m, "loso", seed=0).to_json(root / "folds.json")
-    return m, manifest, folds
-
-
-def _run(demo: tuple[Manifest, Path, Path], out: Path, **al: object) -> Run:
-    m, manifest, folds = demo
+def _run(corpus: tuple[Manifest, Path, Path], out: Path, **al: object) -> Run:
+    m, manifest, folds = corpus
     fold = Folds.from_json(folds, m).get(0)
     config = ALConfig(**{"schedule": ("4", "8", "12"), "cold_start": "random", **al})  # type: ignore[arg-type]
     return Run(m, str(manifest), str(folds), fold, "scratch:tiny", config, FAST, out, None)
@@ -76,9 +65,9 @@ def test_grad_embedding_is_the_output_layer_gradient() -> None:
 
 
 def test_a_run_completes_its_rounds_and_stays_honest(
-    demo: tuple[Manifest, Path, Path], tmp_path: Path
+    corpus: tuple[Manifest, Path, Path], tmp_path: Path
 ) -> None:
-    run = _run(demo, tmp_path / "run", strategy="entropy")
+    run = _run(corpus, tmp_path / "run", strategy="entropy")
     state = run_loop(run, start_run(run))
     assert state.phase == "done" and state.stopped_because == "budget spent"
     assert [r["num_labeled"] for r in state.rounds] == [4, 8, 12]
@@ -94,9 +83,9 @@ def test_a_run_completes_its_rounds_and_stays_honest(
 
 
 def test_the_learner_sees_only_oracle_labels(
-    demo: tuple[Manifest, Path, Path], tmp_path: Path
+    corpus: tuple[Manifest, Path, Path], tmp_path: Path
 ) -> None:
-    run = _run(demo, tmp_path / "run")
+    run = _run(corpus, tmp_path / "run")
     state = start_run(run)
     state.labels = {run.fold.train[0]: "anger"}
     loop = _Loop(run, state, SimulatedOracle(run.manifest), progress=False)
@@ -106,11 +95,11 @@ def test_the_learner_sees_only_oracle_labels(
     assert all(view[i].label == run.manifest[i].label for i in [*run.fold.dev, *run.fold.test])
 
 
-def test_stopping_criteria(demo: tuple[Manifest, Path, Path], tmp_path: Path) -> None:
-    run = _run(demo, tmp_path / "target", target_ua=0.0)
+def test_stopping_criteria(corpus: tuple[Manifest, Path, Path], tmp_path: Path) -> None:
+    run = _run(corpus, tmp_path / "target", target_ua=0.0)
     state = run_loop(run, start_run(run))
     assert len(state.rounds) == 1 and "reached the target" in state.stopped_because
-    run = _run(demo, tmp_path / "stable", stabilize_kappa=-1.0, schedule=("4", "6", "8", "10"))
+    run = _run(corpus, tmp_path / "stable", stabilize_kappa=-1.0, schedule=("4", "6", "8", "10"))
     state = run_loop(run, start_run(run))
     assert len(state.rounds) == 2 and "stable" in state.stopped_because
     stop_set = set(_Loop(run, state, SimulatedOracle(run.manifest), False).stop_set)
@@ -118,9 +107,9 @@ def test_stopping_criteria(demo: tuple[Manifest, Path, Path], tmp_path: Path) ->
 
 
 def test_kill_9_mid_round_then_resume_gives_the_clean_result(
-    demo: tuple[Manifest, Path, Path], tmp_path: Path
+    corpus: tuple[Manifest, Path, Path], tmp_path: Path
 ) -> None:
-    _, manifest, folds = demo
+    _, manifest, folds = corpus
     args = ["--manifest", str(manifest), "--folds", str(folds), "--fold", "0"]
     args += ["--backbone", "scratch:tiny", "--strategy", "margin", "--schedule", "4,8,12,16"]
     args += ["--cold-start", "random", "--epochs", "3", "--lr", "0.001", "--patience", "0"]
@@ -158,9 +147,9 @@ def test_kill_9_mid_round_then_resume_gives_the_clean_result(
 
 
 def test_compare_writes_curves_and_resumes(
-    demo: tuple[Manifest, Path, Path], tmp_path: Path
+    corpus: tuple[Manifest, Path, Path], tmp_path: Path
 ) -> None:
-    m, manifest, folds_path = demo
+    m, manifest, folds_path = corpus
     folds = Folds.from_json(folds_path, m)
     al = ALConfig(schedule=("4", "8"), cold_start="random")
     args = (
@@ -188,8 +177,8 @@ def test_compare_writes_curves_and_resumes(
     assert lines == []  # everything was already done
 
 
-def test_unlabeled_clips_cannot_be_simulated(demo: tuple[Manifest, Path, Path]) -> None:
-    m = demo[0]
+def test_unlabeled_clips_cannot_be_simulated(corpus: tuple[Manifest, Path, Path]) -> None:
+    m = corpus[0]
     from dataclasses import replace
 
     clip = next(iter(m))
@@ -198,10 +187,10 @@ def test_unlabeled_clips_cannot_be_simulated(demo: tuple[Manifest, Path, Path]) 
         SimulatedOracle(blank).label([clip.id])
 
 
-def test_compare_command(demo: tuple[Manifest, Path, Path], tmp_path: Path) -> None:
+def test_compare_command(corpus: tuple[Manifest, Path, Path], tmp_path: Path) -> None:
     from after.cli import main
 
-    _, manifest, folds = demo
+    _, manifest, folds = corpus
     args = ["compare", "--manifest", str(manifest), "--folds", str(folds), "--fold", "0"]
     args += ["--backbone", "egemaps", "--strategies", "random,entropy", "--seeds", "0"]
     args += ["--schedule", "4,8", "--cold-start", "random", "--epochs", "3", "--out", str(tmp_path)]

@@ -14,9 +14,7 @@ from typing import Any
 
 import pytest
 
-from after.data.folds import make_folds
 from after.data.manifest import Manifest
-from after.data.synth import synthesize
 from after.label.store import LabelStore
 from after.loop.state import LoopState
 
@@ -38,13 +36,6 @@ CHAIN = [
     "select:1",
     "write:3",
 ]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Path, Path]:
-    root = tmp_path_factory.mktemp("crash")
-    m = synthesize(root / "corpus", num_speakers=4, num_sentences=4)
-    return m, m.to_jsonl(root / "m.jsonl"), make_folds(m, "loso", seed=0).to_json(root / "f.json")
 
 
 def _after(*args: str, fault: str | None = None, cache: Path) -> subprocess.CompletedProcess[str]:

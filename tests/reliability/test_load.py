@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 import pytest
 
 from after.config import ALConfig, TrainConfig
-from after.data.folds import Folds, make_folds
-from after.data.synth import synthesize
+from after.data.folds import Folds
+from after.data.manifest import Manifest
 from after.label.app import MAX_BODY, create_app
 from after.label.store import LabelStore
 from after.loop.runner import Run, run_loop, start_run
@@ -27,10 +27,8 @@ REPEATS = 14  # each annotator answers each clip this many times (re-labels repl
 ATTACKER_SECONDS = 60.0  # a bound: the attacker stops when the annotators are done, or then
 
 
-def _people_run(root: Path) -> tuple[Run, list[str]]:
-    m = synthesize(root / "corpus", num_speakers=4, num_sentences=4)
-    manifest = m.to_jsonl(root / "m.jsonl")
-    folds = make_folds(m, "loso", seed=0).to_json(root / "f.json")
+def _people_run(corpus: tuple[Manifest, Path, Path], root: Path) -> tuple[Run, list[str]]:
+    m, manifest, folds = corpus
     config = ALConfig(schedule=("6", "10"), cold_start="random", oracle="human")
     fold = Folds.from_json(folds, m).get(0)
     train = TrainConfig(epochs=1, batch_size=8)
@@ -69,9 +67,9 @@ def _attacks(clip: str, test_clip: str) -> list[tuple[str, str, bytes, dict[str,
 
 @pytest.mark.slow
 def test_thousands_of_answers_under_attack(
-    tmp_path: Path, serve: Any, tally: dict[str, int]
+    corpus: tuple[Manifest, Path, Path], tmp_path: Path, serve: Any, tally: dict[str, int]
 ) -> None:
-    run, clips = _people_run(tmp_path)
+    run, clips = _people_run(corpus, tmp_path)
     labels = run.manifest.labels
     sent: dict[str, int] = {}
     failures: list[str] = []

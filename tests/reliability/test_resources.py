@@ -16,9 +16,8 @@ from starlette.testclient import TestClient
 
 import after.io
 from after.config import ALConfig, TrainConfig
-from after.data.folds import Folds, make_folds
+from after.data.folds import Folds
 from after.data.manifest import Manifest
-from after.data.synth import synthesize
 from after.errors import AfterError
 from after.io import atomic_write_text
 from after.label.app import create_app
@@ -27,13 +26,6 @@ from after.loop.runner import Run, run_loop, start_run
 from after.loop.state import LoopState
 
 FAST = TrainConfig(epochs=3, batch_size=8, patience=0, lr=1e-3)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Path, Path]:
-    root = tmp_path_factory.mktemp("resources")
-    m = synthesize(root / "corpus", num_speakers=4, num_sentences=4)
-    return m, m.to_jsonl(root / "m.jsonl"), make_folds(m, "loso", seed=0).to_json(root / "f.json")
 
 
 def _run(corpus: tuple[Manifest, Path, Path], out: Path, **al: Any) -> Run:
