@@ -40,11 +40,12 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         raise SystemExit(130) from None
-    finally:
-        if "torch.distributed" in sys.modules:  # else no process group: spare the import
+    except SystemExit as e:
+        if e.code in (0, None) and "torch.distributed" in sys.modules:  # else no group to leave
             from after.dist import leave_process_group
 
             leave_process_group()
+        raise
 
 
 def _validate(

@@ -197,15 +197,17 @@ def main(argv: list[str]) -> None:
     except AfterError as e:
         (job_dir / f"error_{os.environ.get('RANK', '0')}.txt").write_text(str(e))
         raise SystemExit(2) from None
-    finally:
-        leave_process_group()
+    leave_process_group()
 
 
 def leave_process_group() -> None:
-    """Leave the process group of a launched run, if this process joined one. A process that
-    exits while still in it can be aborted as it exits ("terminate called without an active
-    exception" from the group's threads), failing a run that had finished its work."""
+    """After a launched run's work is done: wait for every process, then leave the process
+    group, if this process joined one. A process that exits still in the group, possibly while
+    the others still use it, can be aborted as it exits ("terminate called without an active
+    exception" from the group's threads), failing a run that had finished its work. Only on
+    success: a process whose peers failed mid-collective would wait here forever."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
 
 
