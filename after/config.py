@@ -104,8 +104,13 @@ class TrainConfig:
     patience: int = 5  # epochs without a better dev UA before stopping; 0: never stop early
     max_seconds: float = 8.0  # training clips are cropped at random to this length
     max_eval_seconds: float = 30.0  # evaluation sees the centre of longer clips
-    freeze_cnn: bool = True
-    cache_cnn: bool = True  # cache frozen CNN outputs per clip (only with freeze_cnn)
+    freeze_cnn: bool = True  # the convolutional front end (wav2vec 2.0's CNN, Whisper's conv stem)
+    freeze_layers: int = 0  # also freeze the encoder's bottom N transformer layers
+    num_layers: int | None = None  # keep only the encoder's bottom N layers (None: all)
+    # Cache the frozen bottom's outputs per clip (the CNN; for Whisper also the frozen layers).
+    cache_cnn: bool = True
+    # Frozen features: the logistic regression's C (None: chosen by CV within the labeled clips).
+    l2_c: float | None = None
     class_weighted: bool = True  # loss weighted by inverse class frequency of the labeled set
     soft_labels: bool = False  # train on annotator vote distributions where `votes` exist
     spec_time_prob: float = 0.05  # SpecAugment on the encoder's input frames during training
@@ -138,6 +143,9 @@ class TrainConfig:
             "grad_accum": self.grad_accum >= 1,
             "num_processes": self.num_processes >= 1,
             "precision": self.precision in ("auto", "no", "fp16", "bf16"),
+            "freeze_layers": self.freeze_layers >= 0,
+            "num_layers": self.num_layers is None or self.num_layers >= 1,
+            "l2_c": self.l2_c is None or self.l2_c > 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

@@ -247,16 +247,17 @@ def report_protocol(inputs: ReportInputs) -> dict[str, str]:
         "strategy": distinct(r.setting("strategy") for r in runs),
         "budget schedule": f"{distinct(r.setting('schedule') for r in runs)} (pool: {pools} clips)",
         "cold start": distinct(r.setting("cold_start") for r in runs),
-        "training": distinct(_training(r.config["train"]) for r in runs),
+        "training": distinct(
+            _describe_training(r.setting("backbone"), r.config["train"]) for r in runs
+        ),
         "runs": f"{len(runs)}; mean ± sample std over runs (folds x seeds)",
     }
 
 
-def _training(t: dict[str, Any]) -> str:
-    return (
-        f"{t['epochs']} epochs max, patience {t['patience']}, lr {t['lr']}, head lr "
-        f"{t['head_lr']}, batch {t['batch_size']}, CNN {'frozen' if t['freeze_cnn'] else 'trained'}"
-    )
+def _describe_training(backbone: str, train: dict[str, Any]) -> str:
+    from after.train import describe_training
+
+    return describe_training(backbone, train)
 
 
 def ua_table(

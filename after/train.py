@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,7 @@ from after.rng import derived_rng
 
 logger = logging.getLogger(__name__)
 
-_CNN_CACHE_REVISION = "1"
+_FROZEN_CACHE_REVISION = "1"
 
 
 @dataclass
@@ -110,45 +109,9 @@ def weighted_soft_cross_entropy(
 # ---- inputs -------------------------------------------------------------------------------------
 
 
-class _Passthrough(nn.Module):
-    """Stands in for the CNN feature encoder: cached CNN outputs (B, C, T) pass through as they
-    are; waveforms (B, S) still go through the CNN."""
-
-    def __init__(self, cnn: nn.Module) -> None:
-        super().__init__()
-        self.cnn = cnn
-        self._requires_grad = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = x if x.dim() == 3 else self.cnn(x)
-        return out
-
-
-def _cnn_owner(model: nn.Module) -> tuple[nn.Module, str]:
-    for module in model.modules():
-        if isinstance(getattr(module, "feature_extractor", None), nn.Module):
-            return module, "feature_extractor"
-    raise AfterError(f"{type(model).__name__} has no CNN feature encoder to cache")
-
-
-@contextlib.contextmanager
-def _cached_cnn(model: nn.Module, enabled: bool) -> Iterator[None]:
-    """Let `model` take cached CNN outputs while inside; the model is unchanged afterwards."""
-    if not enabled:
-        yield
-        return
-    owner, name = _cnn_owner(model)
-    cnn = getattr(owner, name)
-    setattr(owner, name, _Passthrough(cnn))
-    try:
-        yield
-    finally:
-        setattr(owner, name, cnn)
-
-
 class _Inputs:
-    """Builds model inputs for lists of utterance ids: waveforms, cached CNN outputs, or cached
-    feature vectors."""
+    """Builds model inputs for lists of utterance ids: audio, cached outputs of the encoder's
+    frozen bottom, or cached feature vectors."""
 
     def __init__(
         self,
@@ -158,57 +121,52 @@ class _Inputs:
         cache_dir: str | os.PathLike[str] | None,
         device: torch.device,
         *,
-        cnn_cached: bool,
+        cached: bool,
     ) -> None:
-        """`cnn_cached`: feed the transformer cached CNN outputs (only right when the CNN does
-        not train). They are kept on disk under `cache_dir` (keyed on the CNN weights), or in
-        memory without one."""
+        """`cached`: feed the trainable part the frozen bottom's outputs (`Family.frozen_frames`;
+        only right when that bottom does not train). They are kept on disk under `cache_dir`
+        (keyed on the frozen weights and the input settings), or in memory without one."""
         self.clf = classifier
         self.manifest = manifest
         self.config = config
         self.device = device
         self.cache_dir = cache_dir
-        self.memory: dict[str, np.ndarray] = {}  # vectors, or CNN outputs when not on disk
+        self.memory: dict[str, np.ndarray] = {}  # vectors, or frozen frames when not on disk
         self.cache: ArrayCache | None = None
-        self.cnn_cached = classifier.kind == "transformers" and cnn_cached
+        self.cached = classifier.kind == "transformers" and cached
         if classifier.kind == "transformers":
-            mc: Any = classifier.module.config
-            self.kernels, self.strides = list(mc.conv_kernel), list(mc.conv_stride)
-            self.stride = math.prod(self.strides)
-            if self.cnn_cached and cache_dir is not None:
-                self.cache = ArrayCache(cache_folder(cache_dir, "cnn", self._cnn_version()))
+            from after.models.backbones import family_of
+
+            self.family = family_of(classifier.module.config)  # type: ignore[arg-type]
+            self.stride = self.family.SAMPLES_PER_FRAME
+            self.layers = self.family.cached_layers(config.freeze_layers)
+            if self.cached and cache_dir is not None:
+                self.cache = ArrayCache(cache_folder(cache_dir, "frozen", self._frozen_version()))
+
+    def taking_frames(self) -> contextlib.AbstractContextManager[None]:
+        """While inside, the model takes the cached frames `batch` gives."""
+        if not self.cached:
+            return contextlib.nullcontext()
+        return self.family.taking_frames(self.clf.module)
 
     # -- what each kind reads
 
     def _wave(self, u: Utterance) -> np.ndarray:
         return load_audio(u.path, max_duration_s=self.config.max_eval_seconds, crop="center")
 
-    def _cnn_version(self) -> str:
-        from after.models.backbones import feature_encoder
+    def _frozen_version(self) -> str:
+        key = self.family.frozen_key(self.clf.module, self.clf.feature_extractor, self.layers)
+        return f"{key};{self.config.max_eval_seconds};{_FROZEN_CACHE_REVISION}"
 
-        h = hashlib.sha256()
-        for name, p in sorted(feature_encoder(self.clf.module).state_dict().items()):
-            h.update(name.encode())
-            h.update(p.detach().cpu().contiguous().numpy().tobytes())
-        fe = self.clf.feature_extractor
-        h.update(f"{fe.do_normalize};{self.config.max_eval_seconds};{_CNN_CACHE_REVISION}".encode())
-        return h.hexdigest()
-
-    @torch.no_grad()
-    def _cnn(self, u: Utterance) -> np.ndarray:
-        """CNN outputs (T, C) of the (centre-capped) clip, from memory, disk, or computed."""
+    def _frames(self, u: Utterance) -> np.ndarray:
+        """Frozen frames (T, D) of the (centre-capped) clip, from memory, disk, or computed."""
         if u.id in self.memory:
             return self.memory[u.id]
         found = self.cache.get(u) if self.cache is not None else None
         if found is None:
-            from after.models.backbones import feature_encoder
-
-            x = self.clf.feature_extractor(
-                self._wave(u), sampling_rate=SAMPLE_RATE, return_tensors="pt"
-            )["input_values"]
-            cnn = feature_encoder(self.clf.module)
-            cnn = cnn.cnn if isinstance(cnn, _Passthrough) else cnn
-            found = cnn(x.to(self.device))[0].T.float().cpu().numpy()
+            found = self.family.frozen_frames(
+                self.clf.module, self._wave(u), self.clf.feature_extractor, self.layers
+            )
             if self.cache is not None:
                 self.cache.put(u, found)
         if self.cache is None:
@@ -231,67 +189,44 @@ class _Inputs:
             self.memory.update(zip(missing, rows, strict=True))
         return np.stack([self.memory[i] for i in ids])
 
-    def _min_samples(self, frames: int) -> int:
-        """The shortest input that gives `frames` CNN frames."""
-        n = frames
-        for k, s in zip(reversed(self.kernels), reversed(self.strides), strict=True):
-            n = (n - 1) * s + k
-        return n
-
     # -- batches
 
-    def batch(self, ids: Sequence[str], rng: np.random.Generator | None) -> dict[str, torch.Tensor]:
+    def batch(self, ids: Sequence[str], rng: np.random.Generator | None) -> dict[str, Any]:
         """Inputs for `ids`; with `rng` (training), clips longer than `max_seconds` are cropped
-        at random."""
+        at random (at a frame boundary)."""
         utts = [self.manifest[i] for i in ids]
         if self.clf.kind == "features":
             return {"features": torch.from_numpy(self.vectors_of(ids)).float()}
-        if self.cnn_cached:
-            return self._cnn_batch(utts, rng)
+        limit = max(1, int(self.config.max_seconds * SAMPLE_RATE) // self.stride)
+        if self.cached:
+            frames = [_crop(self._frames(u), limit, rng) for u in utts]
+            return self.family.frames_inputs(frames, self.layers)
         waves = []
         for u in utts:
             w = self._wave(u)
-            limit = int(self.config.max_seconds * SAMPLE_RATE) // self.stride * self.stride
-            if rng is not None and w.size > limit:
-                start = int(rng.integers(0, (w.size - limit) // self.stride + 1)) * self.stride
-                w = w[start : start + limit]
+            usable = w.size // self.stride * self.stride
+            if rng is not None and usable > limit * self.stride:
+                w = _crop(w[:usable].reshape(-1, self.stride), limit, rng).reshape(-1)
             waves.append(w)
-        f = self.clf.feature_extractor(
-            waves,
-            sampling_rate=SAMPLE_RATE,
-            padding=True,
-            return_attention_mask=True,
-            return_tensors="pt",
-        )
-        return {"input_values": f["input_values"], "attention_mask": f["attention_mask"]}
-
-    def _cnn_batch(
-        self, utts: Sequence[Utterance], rng: np.random.Generator | None
-    ) -> dict[str, torch.Tensor]:
-        feats = [self._cnn(u) for u in utts]
-        if rng is not None:
-            limit = max(1, int(self.config.max_seconds * SAMPLE_RATE) // self.stride)
-            cropped = []
-            for f in feats:
-                if len(f) > limit:
-                    start = int(rng.integers(0, len(f) - limit + 1))
-                    f = f[start : start + limit]
-                cropped.append(f)
-            feats = cropped
-        frames = max(len(f) for f in feats)
-        x = torch.zeros(len(feats), feats[0].shape[1], frames)
-        samples = [self._min_samples(len(f)) for f in feats]
-        mask = torch.zeros(len(feats), max(samples), dtype=torch.long)
-        for b, (f, n) in enumerate(zip(feats, samples, strict=True)):
-            x[b, :, : len(f)] = torch.from_numpy(f).T
-            mask[b, :n] = 1
-        return {"input_values": x, "attention_mask": mask}
+        return self.family.inputs(waves, self.clf.feature_extractor)
 
     def duration(self, utt_id: str) -> float:
         return clip_duration(self.manifest[utt_id])
 
 
-def _forward(clf: Classifier, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+def _crop(x: np.ndarray, limit: int, rng: np.random.Generator | None) -> np.ndarray:
+    """`x`'s rows (frames) as they are, or with `rng` a random run of `limit` of them."""
+    if rng is None or len(x) <= limit:
+        return x
+    start = int(rng.integers(0, len(x) - limit + 1))
+    return x[start : start + limit]
+
+
+def _to(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def _forward(clf: Classifier, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
     if clf.kind == "features":
         out: torch.Tensor = model(inputs["features"])
         return out
@@ -340,7 +275,7 @@ def _infer(
     try:
         for start in range(0, len(order), size):
             chunk = order[start : start + size]
-            inputs = {k: v.to(device) for k, v in data.batch([ids[i] for i in chunk], None).items()}
+            inputs = _to(data.batch([ids[i] for i in chunk], None), device)
             captured.clear()
             logits = _forward(clf, model, inputs)
             out["probs"][chunk] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
@@ -421,9 +356,9 @@ def infer_chunks(
     config = config or TrainConfig()
     device = state().device
     clf.module.to(device)
-    data = _Inputs(clf, manifest, config, cache_dir, device, cnn_cached=config.cache_cnn)
+    data = _Inputs(clf, manifest, config, cache_dir, device, cached=config.cache_cnn)
     devices = [device] if device.type == "cuda" else []
-    with _cached_cnn(clf.module, data.cnn_cached):
+    with data.taking_frames():
         for number, ids in chunks:
             with torch.random.fork_rng(devices=devices), _autocast(device, config.precision):
                 torch.manual_seed(int(derived_rng(seed, "mc-dropout", number).integers(2**62)))
@@ -505,6 +440,9 @@ def fit(
         raise AfterError(f"{len(overlap)} clip(s) in both train and dev, e.g. {sorted(overlap)[0]}")
     if init is not None and init.labels != labels:
         raise AfterError(f"warm start from a model with labels {init.labels}, not {labels}")
+    if (init.kind if init is not None else kind_of(backbone)) == "features":
+        # Convex and done in seconds: one process, whatever num_processes says.
+        return _fit_linear(manifest, train_ids, dev_ids, backbone, config, labels, cache_dir)
     if must_launch(config.num_processes, "fine-tuning"):
         return _fit_in_workers(
             manifest, train_ids, dev_ids, backbone, config, labels, cache_dir, init, progress
@@ -513,20 +451,25 @@ def fit(
     accelerator = make_accelerator(config.precision)
     # Python's, numpy's and torch's global generators: transformers draws SpecAugment masks from
     # numpy's, so without this a run resumed in a new process would train differently. Every
-    # process starts from the same seed, so that they all build the same model (and key the CNN
-    # cache on the same weights); they draw different masks and dropout once training starts.
+    # process starts from the same seed, so that they all build the same model (and key the
+    # frozen-frames cache on the same weights); they draw different masks and dropout once
+    # training starts.
     set_seed(config.seed)
     if init is not None:
-        clf = copy.deepcopy(init)
-        if clf.kind == "transformers" and config.freeze_cnn:
-            from after.models.backbones import freeze_feature_encoder
+        from after.models.backbones import family_of
 
-            freeze_feature_encoder(clf.module)  # a model loaded from disk has it trainable
+        clf = copy.deepcopy(init)
+        # A model loaded from disk has everything trainable.
+        family_of(clf.module.config).freeze(  # type: ignore[arg-type]
+            clf.module, cnn=config.freeze_cnn, layers=config.freeze_layers
+        )
     else:
         clf = new_classifier(
             backbone,
             labels,
             freeze_cnn=config.freeze_cnn,
+            freeze_layers=config.freeze_layers,
+            num_layers=config.num_layers,
             spec_time_prob=config.spec_time_prob,
             spec_feature_prob=config.spec_feature_prob,
         )
@@ -537,13 +480,11 @@ def fit(
         config,
         cache_dir,
         accelerator.device,
-        cnn_cached=config.freeze_cnn and config.cache_cnn,
+        cached=(config.freeze_cnn or config.freeze_layers > 0) and config.cache_cnn,
     )
     train_ids = list(train_ids)
     targets = label_targets([manifest[i] for i in train_ids], labels, config.soft_labels)
     weights = class_weights(targets) if config.class_weighted else np.ones(len(labels))
-    if clf.kind == "features" and init is None:
-        clf.module.fit_scaler(torch.from_numpy(data.vectors_of(train_ids)).float())  # type: ignore[operator]
 
     head = {id(p) for p in clf.head_parameters()}
     body = [p for p in clf.module.parameters() if p.requires_grad and id(p) not in head]
@@ -575,7 +516,7 @@ def fit(
         None,
     )
     bar = progress_bar(progress and accelerator.is_main_process, transient=True)
-    with _cached_cnn(clf.module, data.cnn_cached), bar:
+    with data.taking_frames(), bar:
         task = bar.add_task("fine-tuning", total=config.epochs * micro_per_epoch, info="")
         for epoch in range(config.epochs):
             epoch_t0 = time.perf_counter()
@@ -588,7 +529,7 @@ def fit(
             for k, batch in enumerate(mine):
                 ids = [train_ids[i] for i in batch]
                 rng = derived_rng(config.seed, "crop", epoch, k)
-                inputs = {key: v.to(accelerator.device) for key, v in data.batch(ids, rng).items()}
+                inputs = _to(data.batch(ids, rng), accelerator.device)
                 q = torch.tensor(targets[batch], dtype=torch.float32, device=accelerator.device)
                 # Gradient accumulation: a step every `grad_accum` micro-batches and at the end
                 # of the epoch; processes exchange gradients only on a step's last micro-batch.
@@ -639,12 +580,74 @@ def fit(
                 )
             elif config.patience and epoch + 1 - best[1] >= config.patience:
                 break
-        assert best[2] is not None  # keys saved while the CNN cache was in place: load here
+        assert best[2] is not None  # keys saved while the frames were taken: load here
         accelerator.unwrap_model(model).load_state_dict(best[2])
     clf.module = accelerator.unwrap_model(model)
     return FitResult(
         clf, best[1], best[3], history, time.perf_counter() - t0, num_processes=num_processes
     )
+
+
+def _fit_linear(
+    manifest: Manifest,
+    train_ids: Sequence[str],
+    dev_ids: Sequence[str],
+    backbone: str,
+    config: TrainConfig,
+    labels: list[str],
+    cache_dir: str | os.PathLike[str] | None,
+) -> FitResult:
+    """The frozen-features learner: a logistic regression whose strength is chosen by
+    cross-validation inside the labeled clips (`after.models.linear`). Dev clips are scored for
+    the record only; they choose nothing."""
+    from after.models.linear import fit_head
+
+    t0 = time.perf_counter()
+    clf = new_classifier(backbone, labels)
+    data = _Inputs(clf, manifest, config, cache_dir, torch.device("cpu"), cached=False)
+    train_ids = list(train_ids)
+    targets = label_targets([manifest[i] for i in train_ids], labels, config.soft_labels)
+    weights = class_weights(targets) if config.class_weighted else np.ones(len(labels))
+    groups = [manifest[i].speaker for i in train_ids]
+    fit = fit_head(data.vectors_of(train_ids), targets, targets @ weights, groups, config.l2_c)
+    head: Any = clf.module
+    head.set_fit(fit)
+    dev = None
+    if dev_ids:
+        dev = _scores(clf, manifest, dev_ids, _predict(clf, clf.module, data, dev_ids, data.device))
+    record = {
+        "c": fit.c,
+        "cv": fit.cv_scheme,
+        "cv_ua": fit.cv,
+        "iterations": fit.iterations,
+        **({"dev_ua": dev["ua"], "dev_wa": dev["wa"]} if dev else {}),
+    }
+    return FitResult(clf, 1, dev, [record], time.perf_counter() - t0)
+
+
+def describe_training(backbone: str, config: dict[str, Any]) -> str:
+    """One line on how a classifier on `backbone` was trained, from `TrainConfig.to_dict()`
+    (missing keys take their defaults: records made before they existed)."""
+    t = {**TrainConfig().to_dict(), **config}
+    weighting = "class-weighted" if t["class_weighted"] else "unweighted"
+    labels = "soft" if t["soft_labels"] else "hard"
+    if kind_of(backbone) == "features":
+        c = t["l2_c"] if t["l2_c"] is not None else "chosen by CV within the labeled clips"
+        return f"logistic regression (L-BFGS to convergence), C {c}, {weighting}, {labels} labels"
+    front = "frozen" if t["freeze_cnn"] else "trained"
+    layers = "all layers" if t["num_layers"] is None else f"bottom {t['num_layers']} layers"
+    return (
+        f"{t['epochs']} epochs max, patience {t['patience']}, lr {t['lr']}, head lr "
+        f"{t['head_lr']}, batch {t['batch_size']}, {layers}, front end {front}, "
+        f"{t['freeze_layers']} layers frozen, {weighting}, {labels} labels"
+    )
+
+
+def kind_of(backbone: str) -> str:
+    """ "features" for a frozen feature backbone, else "transformers"."""
+    from after.models.features import is_feature_backbone
+
+    return "features" if is_feature_backbone(backbone) else "transformers"
 
 
 def rank_batches(batches: list[list[int]], rank: int, num_processes: int) -> list[list[int]]:
@@ -707,10 +710,11 @@ def _fit_in_workers(
         launch("after.train:fit_worker", payload, config.num_processes, job)
         done = json.loads((job / "result.json").read_text())
         clf = load_classifier(job / "result")
-        if clf.kind == "transformers" and config.freeze_cnn:
-            from after.models.backbones import freeze_feature_encoder
+        from after.models.backbones import family_of
 
-            freeze_feature_encoder(clf.module)
+        family_of(clf.module.config).freeze(  # type: ignore[arg-type]
+            clf.module, cnn=config.freeze_cnn, layers=config.freeze_layers
+        )
     return FitResult(
         clf,
         done["best_epoch"],

@@ -80,7 +80,9 @@ def test_gradient_accumulation_steps_once_per_group_and_at_the_end_of_an_epoch(
     hook = register_optimizer_step_post_hook(lambda *_: steps.append(1))
     try:
         config = TrainConfig(epochs=2, batch_size=4, grad_accum=3, patience=0)
-        r = train.fit(m, m.ids, [], "egemaps", config, cache_dir=tmp_path / "c", progress=False)
+        r = train.fit(
+            m, m.ids, [], "scratch:tiny", config, cache_dir=tmp_path / "c", progress=False
+        )
     finally:
         hook.remove()
     assert len(steps) == 2 * 2  # 4 batches an epoch: a step after the 3rd and after the 4th

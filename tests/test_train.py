@@ -115,7 +115,7 @@ def test_every_labeled_clip_is_seen_every_epoch(
 
     monkeypatch.setattr(train._Inputs, "batch", spy)
     config = TrainConfig(epochs=3, batch_size=5, patience=0)
-    train.fit(m, fold.train, [], "egemaps", config, progress=False)
+    train.fit(m, fold.train, [], "scratch:tiny", config, progress=False)
     per_epoch = len(seen) // 3
     epochs = [[i for b in seen[e * per_epoch : (e + 1) * per_epoch] for i in b] for e in range(3)]
     for ids in epochs:
@@ -135,7 +135,7 @@ def test_early_stopping_keeps_the_best_epoch(
 
     monkeypatch.setattr(train, "classification_scores", scripted)
     config = TrainConfig(epochs=6, patience=2)
-    r = train.fit(m, fold.train, fold.dev, "egemaps", config, progress=False)
+    r = train.fit(m, fold.train, fold.dev, "scratch:tiny", config, progress=False)
     assert [h["epoch"] for h in r.history] == [1, 2, 3, 4]  # no gain in epochs 3 and 4
     assert r.best_epoch == 2 and r.dev is not None and r.dev["ua"] == 0.6
 
@@ -159,7 +159,7 @@ def test_cached_cnn_gives_the_uncached_logits(
     one = TrainConfig(eval_batch_size=1)  # no padding, so both paths see the same input
     plain = train.predict(clf, m, fold.test, config=TrainConfig(eval_batch_size=1, cache_cnn=False))
     first = train.predict(clf, m, fold.test, config=one, cache_dir=tmp_path)  # fills the cache
-    assert list(tmp_path.glob("cnn-*/*/*.feat"))
+    assert list(tmp_path.glob("frozen-*/*/*.feat"))
     hit = train.predict(clf, m, fold.test, config=one, cache_dir=tmp_path)  # reads it
     np.testing.assert_allclose(first, plain, atol=1e-6)
     np.testing.assert_array_equal(hit, first)

@@ -1,14 +1,17 @@
 """Emotion classifiers: one interface over two kinds of model.
 
-- "transformers": a speech backbone (wav2vec 2.0, HuBERT, WavLM, data2vec-audio) with the stock
-  audio-classification head of transformers: a linear projection of the encoder outputs, mean
+- "transformers": a speech encoder (wav2vec 2.0, HuBERT, WavLM, data2vec-audio, Whisper) with the
+  stock audio-classification head of transformers: a linear projection of the encoder outputs, mean
   pooling over the valid (unpadded) frames, and a linear layer. AFTER's head puts a ReLU where
-  the projection is; we keep the stock head so that a saved model is a plain
-  `*ForSequenceClassification` that `transformers.pipeline("audio-classification", model=DIR)`
-  loads with no custom code. SpecAugment-style time and feature masking of the encoder input is
-  the model's own (`mask_time_prob`, `mask_feature_prob`), active in training only.
-- "features": a linear layer on standardised vectors of a frozen feature backbone (`egemaps`,
-  `resemblyzer`); the extractor itself never trains.
+  the projection is; we keep the stock head so that a saved model loads in
+  `transformers.pipeline("audio-classification", model=DIR)`: with no custom code for the wav2vec
+  2.0-like families, with `trust_remote_code=True` for Whisper, whose saved folder carries the
+  file `whisper_model.py` that reads each clip's own frames (see `after.models.whisper_model`).
+  SpecAugment-style time masking is active in training only. The family-specific parts (inputs,
+  the frozen bottom and its cache) are in `after.models.backbones.Family`.
+- "features": a multinomial logistic regression on standardised vectors of a frozen feature
+  backbone (`egemaps`, `resemblyzer`, or `frozen:SPEC`, a layer of any encoder above); the
+  extractor itself never trains. See `after.models.linear`.
 
 A saved model folder holds the model, its preprocessing, and `after_model.json` (kind, labels,
 backbone). Any audio-classification folder made by transformers loads too.
@@ -28,14 +31,16 @@ from torch import nn
 from after.errors import AfterError
 from after.io import atomic_write_json
 from after.models.features import FeatureBackbone, is_feature_backbone, load_feature_backbone
+from after.models.linear import LinearFit
 
 INFO_FILE = "after_model.json"
 Kind = Literal["transformers", "features"]
 
 
 class FeatureHead(nn.Module):
-    """Standardise (with statistics of the training vectors), dropout, then a linear layer. The
-    dropout regularises training and is what MC-dropout strategies (BALD, DBAL) sample."""
+    """Standardise (with statistics of the training vectors; scale 1 where a dimension is
+    constant on them), dropout, then a linear layer. Fitted by `after.models.linear` (a convex
+    problem, no dropout); the dropout is what MC-dropout strategies (BALD, DBAL) sample."""
 
     def __init__(self, dim: int, num_labels: int, dropout: float = 0.2) -> None:
         super().__init__()
@@ -46,12 +51,23 @@ class FeatureHead(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.linear = nn.Linear(dim, num_labels)
 
-    def fit_scaler(self, vectors: torch.Tensor) -> None:
-        self.mean.copy_(vectors.mean(dim=0))
-        self.scale.copy_(vectors.std(dim=0, unbiased=False).clamp(min=1e-6))
+    def set_fit(self, fit: LinearFit) -> None:
+        """Take a fitted standardiser and linear layer (`after.models.linear.fit_head`)."""
+        pairs = (
+            (self.mean, fit.mean),
+            (self.scale, fit.scale),
+            (self.linear.weight, fit.weight),
+            (self.linear.bias, fit.bias),
+        )
+        with torch.no_grad():
+            for target, value in pairs:
+                target.copy_(torch.as_tensor(value, dtype=target.dtype))
+
+    def standardise(self, features: torch.Tensor) -> torch.Tensor:
+        return (features - self.mean) / self.scale
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.dropout((features - self.mean) / self.scale))
+        return self.linear(self.dropout(self.standardise(features)))
 
 
 @dataclass
@@ -88,6 +104,9 @@ class Classifier:
         if self.kind == "transformers":
             from transformers.utils import logging as hf_logging
 
+            if self.module.config.model_type == "whisper":  # type: ignore[union-attr]
+                # Copies whisper_model.py beside the weights and names it in config.auto_map.
+                type(self.module).register_for_auto_class("AutoModelForAudioClassification")  # type: ignore[attr-defined]
             hf_logging.disable_progress_bar()
             self.module.save_pretrained(out)  # type: ignore[operator]
             self.feature_extractor.save_pretrained(out)
@@ -108,11 +127,14 @@ def new_classifier(
     labels: list[str],
     *,
     freeze_cnn: bool = True,
+    freeze_layers: int = 0,
+    num_layers: int | None = None,
     spec_time_prob: float = 0.05,
     spec_feature_prob: float = 0.0,
 ) -> Classifier:
     """A classifier with a new, random head on `backbone` (a feature backbone name, or a
-    transformers backbone spec: see `after.models.backbones`)."""
+    transformers backbone spec: see `after.models.backbones`). `num_layers` keeps only the
+    encoder's bottom layers; `freeze_layers` freezes the bottom ones (and the CNN / conv stem)."""
     if len(labels) < 2:
         raise AfterError(f"need at least 2 labels to classify, got {labels}")
     if is_feature_backbone(backbone):
@@ -120,11 +142,21 @@ def new_classifier(
         head = FeatureHead(features.dim, len(labels))
         return Classifier("features", backbone, list(labels), head, features=features)
     from after.models.backbones import (
-        freeze_feature_encoder,
+        family_of,
         load_audio_classifier,
+        load_config,
         load_feature_extractor,
     )
 
+    config = load_config(backbone)
+    changes: dict[str, Any] = {}
+    if num_layers is not None:
+        if not 1 <= num_layers <= config.num_hidden_layers:
+            raise AfterError(
+                f"num_layers={num_layers}: {backbone} has {config.num_hidden_layers} layers; "
+                f"keep 1 to {config.num_hidden_layers}"
+            )
+        changes["num_hidden_layers"] = num_layers
     model = load_audio_classifier(
         backbone,
         num_labels=len(labels),
@@ -133,9 +165,10 @@ def new_classifier(
         apply_spec_augment=spec_time_prob > 0 or spec_feature_prob > 0,
         mask_time_prob=spec_time_prob,
         mask_feature_prob=spec_feature_prob,
+        use_weighted_layer_sum=False,
+        **changes,
     )
-    if freeze_cnn:
-        freeze_feature_encoder(model)
+    family_of(model.config).freeze(model, cnn=freeze_cnn, layers=freeze_layers)
     return Classifier(
         "transformers", backbone, list(labels), model, load_feature_extractor(backbone)
     )
@@ -163,13 +196,17 @@ def load_classifier(model_dir: str | os.PathLike[str]) -> Classifier:
         return Classifier("features", info["backbone"], info["labels"], head, None, features, info)
     if not (folder / "config.json").is_file():
         raise AfterError(f"{folder}: not a model folder (no {INFO_FILE} or config.json)")
-    from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
+    from transformers import AutoConfig, AutoFeatureExtractor
+
+    from after.models.backbones import family_of
 
     try:
-        model = AutoModelForAudioClassification.from_pretrained(folder)
+        config = AutoConfig.from_pretrained(folder)
+        model: Any = family_of(config).classifier_class().from_pretrained(folder)
         fe = AutoFeatureExtractor.from_pretrained(folder)
     except (OSError, ValueError) as e:
         raise AfterError(f"{folder}: cannot load the classifier ({e})") from None
+    fe.return_attention_mask = True
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     return Classifier(
         "transformers", info.get("backbone", str(folder)), labels, model, fe, None, info

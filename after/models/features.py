@@ -22,6 +22,13 @@ They are frozen: nothing here is trained or fine-tuned; an utterance always maps
   to nothing, so when trimming leaves less than 0.25 s we embed the volume-normalised untrimmed clip
   instead. It describes the voice more than the emotion; it is a baseline.
 
+- `frozen:SPEC` or `frozen:SPEC@LAYER`: a layer of any speech encoder that `after.models.backbones`
+  loads (`frozen:whisper-tiny.en`, `frozen:whisper-base`, a TAPT output folder, a hub id), averaged
+  over the clip's own frames. The default layer is the middle one (`num_layers // 2`): on EmoDB,
+  leave-one-speaker-out, Whisper's middle layers beat its last by 7 (tiny.en) to 8 (base) UA
+  points, as probing studies of speech models find for emotion (BENCHMARKS.md). Licence: the
+  encoder's (Whisper: MIT).
+
 `embed_manifest` computes one row per utterance and caches each row on disk (see `after.cache`).
 """
 
@@ -65,12 +72,13 @@ def _versions(*packages: str) -> str:
 class FeatureBackbone(ABC):
     """A frozen extractor: 16 kHz mono float32 clip in, one float32 vector of size `dim` out.
 
-    `version` changes whenever the features would change (package versions and settings); caches
-    are keyed on it. Subclasses implement `_embed`; `embed` checks the input and output.
+    `version` changes whenever the features would change (package versions, weights and
+    settings); caches are keyed on it. Subclasses implement `_embed`; `embed` checks the input and
+    output.
     """
 
-    name: ClassVar[str]
-    dim: ClassVar[int]
+    name: str
+    dim: int
     version: str
 
     def embed(self, wave: np.ndarray) -> np.ndarray:
@@ -185,6 +193,60 @@ class ResemblyzerBackbone(FeatureBackbone):
         return np.asarray(encoder.embed_utterance(np.asarray(x, dtype=np.float32)))
 
 
+class EncoderFeatures(FeatureBackbone):
+    """`frozen:SPEC[@LAYER]`: the mean over the clip's frames of one layer of a speech encoder
+    (see the module docstring). Layer 0 is the input to the first transformer layer; the last one
+    is the encoder's output."""
+
+    def __init__(self, spec: str) -> None:
+        from after.models.backbones import family_of, load_config
+
+        encoder, _, layer = spec.removeprefix(FROZEN_PREFIX).partition("@")
+        if not encoder:
+            raise AfterError(f"{spec!r}: give an encoder, e.g. {FROZEN_PREFIX}whisper-tiny.en")
+        config = load_config(encoder)
+        num_layers = int(config.num_hidden_layers)
+        if layer and not (layer.isdigit() and int(layer) <= num_layers):
+            raise AfterError(f"{spec!r}: the layer must be a number from 0 to {num_layers}")
+        self.encoder = encoder
+        self.layer = int(layer) if layer else num_layers // 2
+        self.name = spec
+        self.dim = int(config.hidden_size)
+        self._family = family_of(config)
+        self._model: Any = None
+        self._preprocessor: Any = None
+        self._lock = threading.Lock()
+        model, preprocessor = self._load()
+        # The weights the features come from: a digest of every tensor up to the layer.
+        digest = self._family.frozen_key(model, preprocessor, self.layer)
+        self.version = (
+            f"frozen;rev={_CODE_REVISION};weights={digest[:32]};layer={self.layer};"
+            f"pool=mean;{_versions('transformers', 'torch')};sr={SAMPLE_RATE}"
+        )
+
+    def _load(self) -> tuple[Any, Any]:
+        from after.models.backbones import load_audio_classifier, load_feature_extractor
+
+        with self._lock:
+            if self._model is None:
+                model = load_audio_classifier(self.encoder, num_labels=2)
+                self._model = model.eval()
+                self._preprocessor = load_feature_extractor(self.encoder)
+            return self._model, self._preprocessor
+
+    def _embed(self, wave: np.ndarray) -> np.ndarray:
+        import torch
+
+        model, preprocessor = self._load()
+        inputs = self._family.inputs([wave], preprocessor)
+        # One model, shared by embed_manifest's threads: torch uses every core for one clip.
+        with self._lock, torch.no_grad():
+            hidden, mask = self._family.hidden(model, inputs, self.layer)
+        frames = hidden[0][mask[0].bool()]
+        return frames.float().mean(dim=0).numpy()
+
+
+FROZEN_PREFIX = "frozen:"
 FEATURE_BACKBONES: dict[str, type[FeatureBackbone]] = {
     EgemapsBackbone.name: EgemapsBackbone,
     ResemblyzerBackbone.name: ResemblyzerBackbone,
@@ -193,16 +255,19 @@ FEATURE_BACKBONES: dict[str, type[FeatureBackbone]] = {
 
 def is_feature_backbone(spec: str) -> bool:
     """Whether `spec` names a frozen feature backbone (rather than a transformers backbone)."""
-    return spec in FEATURE_BACKBONES
+    return spec in FEATURE_BACKBONES or spec.startswith(FROZEN_PREFIX)
 
 
 def load_feature_backbone(name: str) -> FeatureBackbone:
     """A new backbone object by name; its extractor is created on first use."""
+    if name.startswith(FROZEN_PREFIX):
+        return EncoderFeatures(name)
     try:
         cls = FEATURE_BACKBONES[name]
     except KeyError:
         raise AfterError(
-            f"unknown feature backbone {name!r}; known: {', '.join(sorted(FEATURE_BACKBONES))}"
+            f"unknown feature backbone {name!r}; known: {', '.join(sorted(FEATURE_BACKBONES))}, "
+            f"and {FROZEN_PREFIX}ENCODER[@LAYER] for a layer of a speech encoder"
         ) from None
     return cls()
 

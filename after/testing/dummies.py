@@ -90,8 +90,10 @@ _TINY: dict[str, Any] = {
 
 
 def tiny_backbone(out_dir: str | Path, family: str = "wav2vec2", *, seed: int = 0) -> Path:
-    """Save a tiny random-init model of `family` (wav2vec2, hubert, wavlm, data2vec-audio) to
-    `out_dir` with `save_pretrained`, as a stand-in for a downloaded checkpoint."""
+    """Save a tiny random-init model of `family` (wav2vec2, hubert, wavlm, data2vec-audio,
+    whisper) to `out_dir` with `save_pretrained`, as a stand-in for a downloaded checkpoint (for
+    whisper, a speech-recognition model with its decoder and log-mel preprocessor, as the hub's
+    openai/whisper-* folders hold)."""
     import torch
     from transformers import (
         Data2VecAudioConfig,
@@ -116,6 +118,22 @@ def tiny_backbone(out_dir: str | Path, family: str = "wav2vec2", *, seed: int = 
     elif family == "data2vec-audio":
         config: dict[str, Any] = {**_TINY, "num_conv_pos_embeddings": 5, "conv_pos_kernel_size": 16}
         model = Data2VecAudioModel(Data2VecAudioConfig(**config))
+    elif family == "whisper":
+        from transformers import (
+            WhisperConfig,
+            WhisperFeatureExtractor,
+            WhisperForConditionalGeneration,
+        )
+
+        dims = {"layers": 2, "attention_heads": 2, "ffn_dim": 64}
+        sizes: dict[str, Any] = {
+            f"{part}_{k}": v for part in ("encoder", "decoder") for k, v in dims.items()
+        }
+        tokens: dict[str, Any] = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}
+        model = WhisperForConditionalGeneration(
+            WhisperConfig(d_model=32, vocab_size=64, decoder_start_token_id=3, **tokens, **sizes)
+        )
+        WhisperFeatureExtractor().save_pretrained(out_dir)
     else:
         raise ValueError(f"unknown family {family!r}")
     model.save_pretrained(out_dir)  # type: ignore[operator]
