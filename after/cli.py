@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -349,7 +350,17 @@ SOFT = typer.Option(False, "--soft-labels", help="Train on annotator vote distri
 WEIGHTED = typer.Option(
     True, "--class-weights/--no-class-weights", help="Weight the loss by inverse class frequency."
 )
-FREEZE = typer.Option(True, "--freeze-cnn/--train-cnn", help="Freeze the CNN feature encoder.")
+FREEZE = typer.Option(
+    True,
+    "--freeze-cnn/--train-cnn",
+    help="Freeze the convolutional front end (wav2vec 2.0's CNN, Whisper's conv stem).",
+)
+FREEZE_LAYERS = typer.Option(
+    0, min=0, help="Also freeze the encoder's bottom N layers (Whisper: cached with the front end)."
+)
+NUM_LAYERS = typer.Option(
+    None, min=1, help="Keep only the encoder's bottom N layers (default: all)."
+)
 CACHE = typer.Option(
     None, "--cache-dir", help="Feature cache (default $AFTER_CACHE_DIR or ~/.cache/after)."
 )
@@ -371,8 +382,10 @@ def train(
     folds_file: Path = typer.Option(Path("folds.json"), "--folds", help="Folds of this manifest."),
     fold: str = typer.Option(..., help="Fold name or index."),
     backbone: str = typer.Option(
-        "facebook/wav2vec2-base",
-        help="Hub id (local cache), folder (a TAPT output...), scratch:SIZE, egemaps, resemblyzer.",
+        "whisper-tiny.en",
+        help="whisper-tiny.en, whisper-base (offline), a folder (a TAPT output...), a hub id "
+        "(local cache), scratch:SIZE; frozen features: frozen:ENCODER[@LAYER], egemaps, "
+        "resemblyzer.",
     ),
     out: Path = typer.Option(..., help="Output folder.", show_default=False),
     epochs: int = EPOCHS,
@@ -383,6 +396,8 @@ def train(
     soft_labels: bool = SOFT,
     class_weighted: bool = WEIGHTED,
     freeze_cnn: bool = FREEZE,
+    freeze_layers: int = FREEZE_LAYERS,
+    num_layers: int | None = NUM_LAYERS,
     cache_dir: Path | None = CACHE,
     seed: int = SEED,
     grad_accum: int = GRAD_ACCUM,
@@ -404,6 +419,8 @@ def train(
         soft_labels=soft_labels,
         class_weighted=class_weighted,
         freeze_cnn=freeze_cnn,
+        freeze_layers=freeze_layers,
+        num_layers=num_layers,
         seed=seed,
         grad_accum=grad_accum,
         num_processes=num_processes,
@@ -498,7 +515,7 @@ def predict(
 def cv(
     manifest: Path = typer.Option(..., help="Manifest (JSONL).", show_default=False),
     folds_file: Path = typer.Option(Path("folds.json"), "--folds", help="Folds of this manifest."),
-    backbone: str = typer.Option("facebook/wav2vec2-base", help="As for after train."),
+    backbone: str = typer.Option("whisper-tiny.en", help="As for after train."),
     out: Path = typer.Option(..., help="Output folder.", show_default=False),
     seeds: str = typer.Option("0", help="Comma-separated seeds; every fold runs with each."),
     epochs: int = EPOCHS,
@@ -509,18 +526,32 @@ def cv(
     soft_labels: bool = SOFT,
     class_weighted: bool = WEIGHTED,
     freeze_cnn: bool = FREEZE,
+    freeze_layers: int = FREEZE_LAYERS,
+    num_layers: int | None = NUM_LAYERS,
     cache_dir: Path | None = CACHE,
 ) -> None:
     """Fine-tune and test on every fold (x seeds); write a table with mean ± std. Runs already
     done in --out are kept, so a stopped cv resumes."""
     from after.cache import default_cache_dir
     from after.report import cv_table
-    from after.train import fit_and_test
+    from after.train import describe_training, fit_and_test
 
     m = Manifest.from_jsonl(manifest)
     all_folds = Folds.from_json(folds_file, m)
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     cache = cache_dir or default_cache_dir()
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        head_lr=head_lr,
+        patience=patience,
+        soft_labels=soft_labels,
+        class_weighted=class_weighted,
+        freeze_cnn=freeze_cnn,
+        freeze_layers=freeze_layers,
+        num_layers=num_layers,
+    )
     runs = []
     for f in all_folds.folds:
         for seed in seed_list:
@@ -528,19 +559,10 @@ def cv(
             if done.is_file():
                 runs.append(json.loads(done.read_text()))
                 continue
-            config = TrainConfig(
-                epochs=epochs,
-                batch_size=batch_size,
-                lr=lr,
-                head_lr=head_lr,
-                patience=patience,
-                soft_labels=soft_labels,
-                class_weighted=class_weighted,
-                freeze_cnn=freeze_cnn,
-                seed=seed,
-            )
             err.print(f"fold {f.name}, seed {seed}")
-            _, run = fit_and_test(m, f, backbone, config, cache_dir=cache)
+            _, run = fit_and_test(
+                m, f, backbone, dataclasses.replace(config, seed=seed), cache_dir=cache
+            )
             test = run["test"]
             atomic_write_json(done, run)
             runs.append(run)
@@ -555,10 +577,7 @@ def cv(
         "protocol": all_folds.protocol,
         "num_folds": len(all_folds),
         "seeds": seed_list,
-        "training": f"{epochs} epochs max, patience {patience}, lr {lr}, head lr {head_lr}, "
-        f"batch {batch_size}, CNN {'frozen' if freeze_cnn else 'trained'}, "
-        f"{'soft' if soft_labels else 'hard'} labels, "
-        f"{'class-weighted' if class_weighted else 'unweighted'} loss",
+        "training": describe_training(backbone, config.to_dict()),
     }
     table = cv_table(runs, protocol)
     atomic_write_text(out / "cv.md", table)
@@ -584,7 +603,7 @@ def run(
     manifest: Path | None = typer.Option(None, help="Manifest (JSONL)."),
     folds_file: Path = typer.Option(Path("folds.json"), "--folds", help="Folds of this manifest."),
     fold: str | None = typer.Option(None, help="Fold name or index."),
-    backbone: str = typer.Option("facebook/wav2vec2-base", help="As for after train."),
+    backbone: str = typer.Option("whisper-tiny.en", help="As for after train."),
     strategy: str = typer.Option("entropy", help=STRATEGY_HELP),
     schedule: str = SCHEDULE,
     cold_start: str = COLD_START,
@@ -611,6 +630,8 @@ def run(
     soft_labels: bool = SOFT,
     class_weighted: bool = WEIGHTED,
     freeze_cnn: bool = FREEZE,
+    freeze_layers: int = FREEZE_LAYERS,
+    num_layers: int | None = NUM_LAYERS,
     cache_dir: Path | None = CACHE,
     grad_accum: int = GRAD_ACCUM,
     num_processes: int = typer.Option(
@@ -669,6 +690,8 @@ def run(
             soft_labels=soft_labels,
             class_weighted=class_weighted,
             freeze_cnn=freeze_cnn,
+            freeze_layers=freeze_layers,
+            num_layers=num_layers,
             seed=seed,
             grad_accum=grad_accum,
             num_processes=num_processes,
@@ -832,7 +855,7 @@ def compare(
     manifest: Path = typer.Option(..., help="Manifest (JSONL).", show_default=False),
     folds_file: Path = typer.Option(Path("folds.json"), "--folds", help="Folds of this manifest."),
     fold: str = typer.Option("all", help="Comma-separated fold names or indices, or all."),
-    backbone: str = typer.Option("facebook/wav2vec2-base", help="As for after train."),
+    backbone: str = typer.Option("whisper-tiny.en", help="As for after train."),
     strategies: str = typer.Option("random,entropy,margin,badge", help=STRATEGY_HELP),
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds."),
     schedule: str = SCHEDULE,
@@ -844,6 +867,8 @@ def compare(
     head_lr: float = HEAD_LR,
     patience: int = PATIENCE,
     freeze_cnn: bool = FREEZE,
+    freeze_layers: int = FREEZE_LAYERS,
+    num_layers: int | None = NUM_LAYERS,
     cache_dir: Path | None = CACHE,
 ) -> None:
     """Run strategies x seeds (+ all labels) on the same folds; learning curves with mean ± std."""
@@ -868,6 +893,8 @@ def compare(
         head_lr=head_lr,
         patience=patience,
         freeze_cnn=freeze_cnn,
+        freeze_layers=freeze_layers,
+        num_layers=num_layers,
     )
     run_compare(
         m,
@@ -917,8 +944,9 @@ def demo(
     seed: int = typer.Option(0, help="Seed."),
     quick: bool = typer.Option(False, help="A tiny corpus and few steps: checks it all runs."),
 ) -> None:
-    """Run the built-in demo on a synthesized corpus: TAPT of a small wav2vec 2.0, then active
-    learning (default strategy vs random, and all labels) on eGeMAPS features, and a report."""
+    """Run the built-in demo on a synthesized corpus with Whisper tiny.en: a fine-tuning check,
+    then active learning (default strategy vs random, and all labels) on its frozen features,
+    and a report."""
     import time
 
     from after.demo import DEMO, QUICK, run_demo
@@ -933,16 +961,17 @@ def demo(
     header, rows = result["table"]["header"], result["table"]["rows"]
     table = Table(title="test UA (%), mean ± std over folds x seeds", title_justify="left")
     for k, name in enumerate(header):
-        table.add_column(name, justify="left" if k == 0 else "right")
+        table.add_column(name, justify="left" if k == 0 else "right", no_wrap=True)
     for row, following in zip(rows, [*rows[1:], None], strict=True):
         baseline_next = following is not None and following[0].startswith("all labels")
         table.add_row(*row, end_section=baseline_next and not row[0].startswith("all labels"))
-    console.print(table, width=max(console.width, 100))  # a log file's 80 columns wrap every cell
-    t = result["tapt"]
+    # A log file's 80 columns would cut every cell (print's width cannot exceed the console's).
+    Console(width=max(console.width, 120)).print(table)
+    f = result["finetune"]
     console.print(
-        f"TAPT ({t['backbone']}, fold {t['fold']}, {t['steps']} steps): loss "
-        f"{t['first_loss']:.2f} -> {t['final_loss']:.2f} (guessing {t['chance_loss']:.2f}); "
-        f"fine-tuned on all labels of that fold: test UA {100 * t['check_ua']:.1f}%",
+        f"fine-tuned {f['backbone']} on all labels of fold {f['fold']} ({f['epochs']} epochs): "
+        f"test UA {100 * f['finetuned_ua']:.1f}%; {f['frozen_backbone']} on the same clips: "
+        f"{100 * f['frozen_ua']:.1f}%",
         highlight=False,
     )
     console.print(

@@ -61,7 +61,7 @@ def test_report_of_a_run(run_dir: Path) -> None:
     page = files["html"].read_text()
     assert len(_images(page)) == len(pngs)
     assert "http://" not in page and "https://" not in page and "<script" not in page
-    for fact in ("synth", "synth_f1", "egemaps", "entropy", "4,8,12", "random", "3 epochs max"):
+    for fact in ("synth", "synth_f1", "egemaps", "entropy", "4,8,12", "random", "logistic regression"):
         assert f"{fact}" in page
     assert "run &lt;1&gt; &amp; more" in page and "<1>" not in page
 
@@ -134,12 +134,12 @@ def test_quick_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
 
     result = run_demo(tmp_path / "demo", QUICK, log=lambda _: None)
     names = [row[0] for row in result["table"]["rows"]]
-    assert names == ["entropy (n=1)", "random (n=1)", "all labels, egemaps (n=1)"]
+    assert names == ["entropy (n=1)", "random (n=1)", "all labels, frozen:whisper-tiny.en (n=1)"]
     assert result["report"]["html"].is_file()
     assert len(_images(result["report"]["html"].read_text())) == 5
-    tapt = result["tapt"]
-    assert tapt["steps"] == QUICK.tapt_steps and 0 <= tapt["check_ua"] <= 1
-    assert (tmp_path / "demo" / "tapt" / "config.json").is_file()  # a from_pretrained folder
+    check = result["finetune"]
+    assert check["epochs"] == QUICK.check_epochs and 0 <= check["finetuned_ua"] <= 1
+    assert (tmp_path / "demo" / "finetune" / "model" / "whisper_model.py").is_file()
     with pytest.raises(AfterError, match=r"demo: holds a demo run with other settings \(seed\)"):
         run_demo(tmp_path / "demo", QUICK, seed=1, log=lambda _: None)
 
