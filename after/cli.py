@@ -170,6 +170,9 @@ def folds(
     allow_speaker_overlap: bool = typer.Option(
         False, help="official only: accept a partition sharing speakers across sides (MELD)."
     ),
+    shared_speakers: bool = typer.Option(
+        False, help="A speaker id found in several corpora is one person (default: refuse)."
+    ),
 ) -> None:
     """Write speaker-independent train/dev/test folds."""
     m = Manifest.from_jsonl(manifest)
@@ -180,6 +183,7 @@ def folds(
         num_dev_groups=dev_speakers,
         seed=seed,
         allow_speaker_overlap=allow_speaker_overlap,
+        shared_speakers=shared_speakers,
     )
     result.to_json(out)
     _print_folds(summarize(m, result)["folds"])
