@@ -10,6 +10,7 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from after.config import ALConfig, TaptConfig, TrainConfig
 from after.data.audio import validate_manifest, write_rejections
@@ -26,8 +27,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# What these print quotes the user's paths, ids and labels: never read it as rich markup (a path
+# with "[/]" would crash, a label "[laughter]" would vanish) or as emoji codes.
+console = Console(soft_wrap=True, markup=False, emoji=False)
+err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
+MAX_LINE = 1000  # characters of one line of an error message
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -35,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="after")
     except AfterError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        _print_error(e)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -46,6 +50,16 @@ def main(argv: list[str] | None = None) -> None:
 
             leave_process_group()
         raise
+
+
+def _print_error(e: Exception) -> None:
+    """`error: MESSAGE` on stderr, each line cut to `MAX_LINE` characters (a message may quote a
+    value megabytes long)."""
+    lines = [
+        line if len(line) <= MAX_LINE else f"{line[:MAX_LINE]}… ({len(line)} characters)"
+        for line in str(e).split("\n")
+    ]
+    err.print(Text("error:", style="bold red"), "\n".join(lines), highlight=False)
 
 
 def _validate(
