@@ -13,9 +13,9 @@ from rich.table import Table
 from rich.text import Text
 
 from after.config import ALConfig, TaptConfig, TrainConfig
-from after.data.audio import validate_manifest, write_rejections
+from after.data.audio import DECODE_LIMIT_S, MAX_DURATION_S, validate_manifest, write_rejections
 from after.data.folds import PROTOCOLS, Folds, make_folds
-from after.data.manifest import Manifest, Utterance
+from after.data.manifest import Manifest
 from after.data.stats import summarize
 from after.errors import AfterError
 from after.io import atomic_write_json, atomic_write_text
@@ -66,6 +66,7 @@ def _validate(
     manifest: Manifest,
     *,
     min_duration: float,
+    max_duration: float,
     silence_dbfs: float,
     labels: list[str] | None = None,
     workers: int = 4,
@@ -75,6 +76,7 @@ def _validate(
         report = validate_manifest(
             manifest,
             min_duration_s=min_duration,
+            max_duration_s=max_duration,
             silence_dbfs=silence_dbfs,
             labels=labels,
             num_workers=workers,
@@ -95,7 +97,15 @@ def _print_rejections(rejected: list[Any], limit: int = 50) -> None:
 
 
 MIN_DURATION = typer.Option(0.25, help="Clips shorter than this (seconds) are rejected.")
-SILENCE_DBFS = typer.Option(-60.0, help="Clips with RMS below this level (dBFS) are rejected.")
+MAX_DURATION = typer.Option(
+    MAX_DURATION_S,
+    min=0.0,
+    max=DECODE_LIMIT_S,
+    help="Clips longer than this (seconds) are rejected.",
+)
+SILENCE_DBFS = typer.Option(
+    -60.0, help="Clips whose loudest 50 ms is below this level (dBFS) are rejected as silent."
+)
 WORKERS = typer.Option(4, min=1, help="Threads reading audio.")
 
 
@@ -115,6 +125,7 @@ def prepare(
         None, help="msp-podcast only: the Split_Set that becomes the test split (default Test1)."
     ),
     min_duration: float = MIN_DURATION,
+    max_duration: float = MAX_DURATION,
     silence_dbfs: float = SILENCE_DBFS,
     workers: int = WORKERS,
 ) -> None:
@@ -125,7 +136,11 @@ def prepare(
     options = {k: v for k, v in given.items() if v is not None}
     found = prepare_corpus(corpus, data_dir, **options)
     usable, rejected = _validate(
-        found, min_duration=min_duration, silence_dbfs=silence_dbfs, workers=workers
+        found,
+        min_duration=min_duration,
+        max_duration=max_duration,
+        silence_dbfs=silence_dbfs,
+        workers=workers,
     )
     rejected_path = out.with_name(f"{out.name.removesuffix('.jsonl')}.rejected.jsonl")
     if rejected:
@@ -151,6 +166,7 @@ def validate(
         None, help="Comma-separated allowed labels; others are reported as unknown_label."
     ),
     min_duration: float = MIN_DURATION,
+    max_duration: float = MAX_DURATION,
     silence_dbfs: float = SILENCE_DBFS,
     workers: int = WORKERS,
 ) -> None:
@@ -158,7 +174,12 @@ def validate(
     m = Manifest.from_jsonl(manifest)
     allowed = [s.strip() for s in labels.split(",") if s.strip()] if labels else None
     usable, rejected = _validate(
-        m, min_duration=min_duration, silence_dbfs=silence_dbfs, labels=allowed, workers=workers
+        m,
+        min_duration=min_duration,
+        max_duration=max_duration,
+        silence_dbfs=silence_dbfs,
+        labels=allowed,
+        workers=workers,
     )
     if rejected:
         _print_rejections(rejected)
@@ -485,29 +506,22 @@ def predict(
     files: list[Path] = typer.Argument(..., help="Audio files (any format soundfile reads)."),
     model: Path = typer.Option(..., help="Model folder.", show_default=False),
 ) -> None:
-    """Classify audio files: one JSON line each (file, label, per-class scores)."""
-    from after.data.audio import load_audio
+    """Classify audio files: one JSON line each (file, label, per-class scores); a file longer
+    than 30 s gets one line per window of at most 30 s, with its start and end (start_s, end_s).
+    A file that cannot be used is reported and skipped; the exit status is then 1."""
     from after.errors import AudioError
     from after.models.classifier import load_classifier
-    from after.train import predict as classify
+    from after.predict import predict_files
 
-    clf = load_classifier(model)
-    good, bad = [], 0
-    for i, f in enumerate(files):
-        try:
-            load_audio(f, max_duration_s=1.0)
-        except AudioError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False)
-            bad += 1
-            continue
-        good.append(Utterance(f"file{i}", str(f), None, "unknown", "predict"))
-    if good:
-        m = Manifest(good)
-        probs = classify(clf, m, m.ids, config=TrainConfig(cache_cnn=False))
-        for u, p in zip(good, probs, strict=True):
-            scores = {label: round(float(x), 6) for label, x in zip(clf.labels, p, strict=True)}
-            line = {"file": u.path, "label": clf.labels[int(p.argmax())], "scores": scores}
-            sys.stdout.write(json.dumps(line) + "\n")
+    bad: list[AudioError] = []
+
+    def report(e: AudioError) -> None:
+        bad.append(e)
+        _print_error(e)
+
+    for record in predict_files(load_classifier(model), files, on_error=report):
+        sys.stdout.write(json.dumps(record) + "\n")
+        sys.stdout.flush()
     if bad:
         raise typer.Exit(1)
 
