@@ -822,8 +822,9 @@ def label_export(
     ),
     audio_url: str | None = typer.Option(
         None,
-        help="Label Studio audio URL with {clip_id} or {path}; default: Label Studio local files "
-        "(/data/local-files/?d={path}, with LOCAL_FILES_DOCUMENT_ROOT=/).",
+        help="Label Studio audio URL with {clip_id}, {path} or {handle} (what after label serve's "
+        "/api/audio/ takes); default: Label Studio local files (/data/local-files/?d={path}, with "
+        "LOCAL_FILES_DOCUMENT_ROOT=/).",
     ),
 ) -> None:
     """Answers as CSV; the round's queries as CSV and as Label Studio tasks + config."""
