@@ -768,13 +768,12 @@ def label_serve(
     """A local web page to label the current round: keyboard-driven, several annotators."""
     import secrets
 
-    from after.label.app import create_app, is_loopback
+    from after.label.app import create_app, is_loopback, url_host
 
     if token is None and not is_loopback(host):
         token = secrets.token_urlsafe(24)
     create_app(run_dir, host=host, token=token, show_guess=show_guess)  # fail before printing
-    shown = "localhost" if is_loopback(host) else host
-    url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    url = f"http://{url_host(host)}:{port}/" + (f"?token={token}" if token else "")
     console.print(f"labeling {run_dir} at {url}  (Ctrl+C to stop)", highlight=False)
     from after.label.app import serve
 

@@ -52,15 +52,14 @@ def _private_cache(
 
 @contextmanager
 def served(app: Any) -> Iterator[str]:
-    """Serve an ASGI app with uvicorn on a free loopback port; yields its base URL."""
-    import uvicorn
+    """Serve an ASGI app on a free loopback port as `after label serve` does (same server
+    settings and limits); yields its base URL."""
+    from after.label.app import make_server
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
+    server = make_server(app, "127.0.0.1", port)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20

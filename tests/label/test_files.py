@@ -333,3 +333,19 @@ def test_answers_to_clips_the_loop_took_are_refused(
     assert LoopState.load(run.run_dir).labels == {a: "anger"}
     tally["late_changes_refused"] = tally.get("late_changes_refused", 0) + 2
 
+
+def test_audio_urls_for_label_studio(labeling: tuple[Run, LoopState], tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from after.label.app import create_app
+
+    run, _ = labeling
+    export(run.run_dir, tmp_path / "out", audio_url="http://127.0.0.1:8765/api/audio/{handle}")
+    tasks = json.loads((tmp_path / "out" / "label_studio_tasks.json").read_text())
+    urls = [t["data"]["audio"] for t in tasks]
+    assert urls == [f"http://127.0.0.1:8765/api/audio/0.{k + 1}" for k in range(6)]
+    client = TestClient(create_app(run.run_dir), base_url="http://127.0.0.1")
+    assert client.get(urls[0].removeprefix("http://127.0.0.1:8765")).status_code == 200
+    for bad in ("http://x/{id}", "{0}", "{clip_id.__class__}", "http://x/{"):
+        with pytest.raises(AfterError, match="--audio-url"):
+            export(run.run_dir, tmp_path / "bad", audio_url=bad)
