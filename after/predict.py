@@ -1,9 +1,10 @@
 """`after predict`: classify audio files of any length, each on its own.
 
 Every file is checked first as `after prepare` checks clips (in constant memory), so a bad file is
-reported and skipped while the others are classified. A file longer than the model's evaluation
-window (`TrainConfig.max_eval_seconds`) is cut into equal consecutive windows of at most that
-length, classified one group at a time: memory does not grow with the file.
+reported and skipped while the others are classified, `FILES_PER_PASS` at a time. A file longer
+than the model's evaluation window (`TrainConfig.max_eval_seconds`) is cut into equal consecutive
+windows of at most that length, classified `WINDOWS_PER_PASS` at a time: memory does not grow with
+the file.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from after.data.manifest import Manifest, Utterance
 from after.errors import AudioError
 from after.models.classifier import Classifier
 
-WINDOWS_PER_PASS = 16
+FILES_PER_PASS = 16
+WINDOWS_PER_PASS = 4  # 30 s each: a pass of them costs what evaluating 4 long clips does
 
 
 def predict_files(
@@ -36,15 +38,30 @@ def predict_files(
     probability) and, for windows, `start_s` and `end_s`. A file that cannot be used goes to
     `on_error` and yields nothing."""
     config = config or TrainConfig(cache_cnn=False)
+    short: list[Path] = []  # checked, waiting to be classified together
+
+    def classify_short() -> Iterator[dict[str, Any]]:
+        probs = _classify(clf, [str(p) for p in short], config) if short else []
+        yield from (_record(clf, p, x) for p, x in zip(short, probs, strict=True))
+        short.clear()
+
     for path in files:
         try:
             info = inspect_audio(path, max_duration_s=None)
-            if info.duration_s <= config.max_eval_seconds:
-                yield _record(clf, path, _classify(clf, [str(path)], config)[0])
-                continue
-            yield from _windows(clf, path, config)
         except AudioError as e:
             on_error(e)
+            continue
+        if info.duration_s <= config.max_eval_seconds:
+            short.append(path)
+            if len(short) == FILES_PER_PASS:
+                yield from classify_short()
+            continue
+        yield from classify_short()
+        try:
+            yield from _windows(clf, path, config)
+        except AudioError as e:  # changed since it was checked
+            on_error(e)
+    yield from classify_short()
 
 
 def _windows(clf: Classifier, path: Path, config: TrainConfig) -> Iterator[dict[str, Any]]:
