@@ -32,7 +32,7 @@ from after.errors import AudioError
 from after.io import atomic_write_text, not_a_file
 
 SAMPLE_RATE = 16_000
-# A header claiming a rate outside these is lying (a 42 KB file "at 1 Hz" would be a 12-hour clip).
+# A header claiming a rate outside these is lying (a 42 KB file "at 1 Hz" would be a 6-hour clip).
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4_000, 768_000
 MAX_DURATION_S = 600.0  # default of --max-duration: a clip longer than 10 minutes is no utterance
 DECODE_LIMIT_S = 3600.0  # no read decodes more of one file than this (230 MB at 16 kHz)

@@ -278,13 +278,9 @@ class LabelStore:
         with self._connect() as db:
             return _taken(db, clip_ids)
 
-    def resolve(self, clip_ids: Sequence[str], min_votes: int = 1) -> Answers:
-        """The decided clips among `clip_ids`: their label and votes, or dropped."""
-        return _resolve(self.annotations(clip_ids), clip_ids, min_votes)
-
     def take(self, clip_ids: Sequence[str], min_votes: int = 1) -> Answers:
-        """`resolve`, and record the decided clips as taken, in one transaction: an answer is
-        either in what the loop takes, or refused."""
+        """The decided clips among `clip_ids` (their label and votes, or dropped), recorded as
+        taken in the same transaction: an answer is either in what the loop takes, or refused."""
         with self._write() as db:
             answers = _resolve(_annotations(db, clip_ids), clip_ids, min_votes)
             now = time.time()

@@ -35,11 +35,11 @@ def test_answers_decide_clips_by_plurality_with_first_vote_tie_break(tmp_path: P
     store.put("d", "ann", "joy", 0)  # one answer: not decided at min_votes=2
     store.put("e", "ann", None, 0)
     store.put("e", "bob", "sad", 0)  # a skip and a label: the label
-    got = store.resolve(["a", "b", "c", "d", "e", "f"], min_votes=2)
+    got = store.take(["a", "b", "c", "d", "e", "f"], min_votes=2)
     assert got.labels == {"a": "joy", "b": "sad", "e": "sad"}
     assert got.votes == {"a": {"anger": 1, "joy": 2}, "b": {"sad": 1, "anger": 1}, "e": {"sad": 1}}
     assert got.dropped == ["c"]
-    assert store.resolve(["d", "f"], min_votes=1).labels == {"d": "joy"}
+    assert store.take(["d", "f"], min_votes=1).labels == {"d": "joy"}
 
 
 def test_relabel_replaces_and_undo_withdraws_but_history_keeps_all(tmp_path: Path) -> None:
