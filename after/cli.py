@@ -11,11 +11,12 @@ from typing import Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from after.config import ALConfig, TaptConfig, TrainConfig
-from after.data.audio import validate_manifest, write_rejections
+from after.data.audio import DECODE_LIMIT_S, MAX_DURATION_S, validate_manifest, write_rejections
 from after.data.folds import PROTOCOLS, Folds, make_folds
-from after.data.manifest import Manifest, Utterance
+from after.data.manifest import Manifest
 from after.data.stats import summarize
 from after.errors import AfterError
 from after.io import atomic_write_json, atomic_write_text
@@ -27,8 +28,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-console = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# What these print quotes the user's paths, ids and labels: never read it as rich markup (a path
+# with "[/]" would crash, a label "[laughter]" would vanish) or as emoji codes.
+console = Console(soft_wrap=True, markup=False, emoji=False)
+err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
+MAX_LINE = 1000  # characters of one line of an error message
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, prog_name="after")
     except AfterError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        _print_error(e)
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -49,10 +53,21 @@ def main(argv: list[str] | None = None) -> None:
         raise
 
 
+def _print_error(e: Exception) -> None:
+    """`error: MESSAGE` on stderr, each line cut to `MAX_LINE` characters (a message may quote a
+    value megabytes long)."""
+    lines = [
+        line if len(line) <= MAX_LINE else f"{line[:MAX_LINE]}… ({len(line)} characters)"
+        for line in str(e).split("\n")
+    ]
+    err.print(Text("error:", style="bold red"), "\n".join(lines), highlight=False)
+
+
 def _validate(
     manifest: Manifest,
     *,
     min_duration: float,
+    max_duration: float,
     silence_dbfs: float,
     labels: list[str] | None = None,
     workers: int = 4,
@@ -62,6 +77,7 @@ def _validate(
         report = validate_manifest(
             manifest,
             min_duration_s=min_duration,
+            max_duration_s=max_duration,
             silence_dbfs=silence_dbfs,
             labels=labels,
             num_workers=workers,
@@ -82,7 +98,15 @@ def _print_rejections(rejected: list[Any], limit: int = 50) -> None:
 
 
 MIN_DURATION = typer.Option(0.25, help="Clips shorter than this (seconds) are rejected.")
-SILENCE_DBFS = typer.Option(-60.0, help="Clips with RMS below this level (dBFS) are rejected.")
+MAX_DURATION = typer.Option(
+    MAX_DURATION_S,
+    min=0.0,
+    max=DECODE_LIMIT_S,
+    help="Clips longer than this (seconds) are rejected.",
+)
+SILENCE_DBFS = typer.Option(
+    -60.0, help="Clips whose loudest 50 ms is below this level (dBFS) are rejected as silent."
+)
 WORKERS = typer.Option(4, min=1, help="Threads reading audio.")
 
 
@@ -102,6 +126,7 @@ def prepare(
         None, help="msp-podcast only: the Split_Set that becomes the test split (default Test1)."
     ),
     min_duration: float = MIN_DURATION,
+    max_duration: float = MAX_DURATION,
     silence_dbfs: float = SILENCE_DBFS,
     workers: int = WORKERS,
 ) -> None:
@@ -112,7 +137,11 @@ def prepare(
     options = {k: v for k, v in given.items() if v is not None}
     found = prepare_corpus(corpus, data_dir, **options)
     usable, rejected = _validate(
-        found, min_duration=min_duration, silence_dbfs=silence_dbfs, workers=workers
+        found,
+        min_duration=min_duration,
+        max_duration=max_duration,
+        silence_dbfs=silence_dbfs,
+        workers=workers,
     )
     rejected_path = out.with_name(f"{out.name.removesuffix('.jsonl')}.rejected.jsonl")
     if rejected:
@@ -138,6 +167,7 @@ def validate(
         None, help="Comma-separated allowed labels; others are reported as unknown_label."
     ),
     min_duration: float = MIN_DURATION,
+    max_duration: float = MAX_DURATION,
     silence_dbfs: float = SILENCE_DBFS,
     workers: int = WORKERS,
 ) -> None:
@@ -145,7 +175,12 @@ def validate(
     m = Manifest.from_jsonl(manifest)
     allowed = [s.strip() for s in labels.split(",") if s.strip()] if labels else None
     usable, rejected = _validate(
-        m, min_duration=min_duration, silence_dbfs=silence_dbfs, labels=allowed, workers=workers
+        m,
+        min_duration=min_duration,
+        max_duration=max_duration,
+        silence_dbfs=silence_dbfs,
+        labels=allowed,
+        workers=workers,
     )
     if rejected:
         _print_rejections(rejected)
@@ -171,6 +206,9 @@ def folds(
     allow_speaker_overlap: bool = typer.Option(
         False, help="official only: accept a partition sharing speakers across sides (MELD)."
     ),
+    shared_speakers: bool = typer.Option(
+        False, help="A speaker id found in several corpora is one person (default: refuse)."
+    ),
 ) -> None:
     """Write speaker-independent train/dev/test folds."""
     m = Manifest.from_jsonl(manifest)
@@ -181,6 +219,7 @@ def folds(
         num_dev_groups=dev_speakers,
         seed=seed,
         allow_speaker_overlap=allow_speaker_overlap,
+        shared_speakers=shared_speakers,
     )
     result.to_json(out)
     _print_folds(summarize(m, result)["folds"])
@@ -484,29 +523,22 @@ def predict(
     files: list[Path] = typer.Argument(..., help="Audio files (any format soundfile reads)."),
     model: Path = typer.Option(..., help="Model folder.", show_default=False),
 ) -> None:
-    """Classify audio files: one JSON line each (file, label, per-class scores)."""
-    from after.data.audio import load_audio
+    """Classify audio files: one JSON line each (file, label, per-class scores); a file longer
+    than 30 s gets one line per window of at most 30 s, with its start and end (start_s, end_s).
+    A file that cannot be used is reported and skipped; the exit status is then 1."""
     from after.errors import AudioError
     from after.models.classifier import load_classifier
-    from after.train import predict as classify
+    from after.predict import predict_files
 
-    clf = load_classifier(model)
-    good, bad = [], 0
-    for i, f in enumerate(files):
-        try:
-            load_audio(f, max_duration_s=1.0)
-        except AudioError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False)
-            bad += 1
-            continue
-        good.append(Utterance(f"file{i}", str(f), None, "unknown", "predict"))
-    if good:
-        m = Manifest(good)
-        probs = classify(clf, m, m.ids, config=TrainConfig(cache_cnn=False))
-        for u, p in zip(good, probs, strict=True):
-            scores = {label: round(float(x), 6) for label, x in zip(clf.labels, p, strict=True)}
-            line = {"file": u.path, "label": clf.labels[int(p.argmax())], "scores": scores}
-            sys.stdout.write(json.dumps(line) + "\n")
+    bad: list[AudioError] = []
+
+    def report(e: AudioError) -> None:
+        bad.append(e)
+        _print_error(e)
+
+    for record in predict_files(load_classifier(model), files, on_error=report):
+        sys.stdout.write(json.dumps(record) + "\n")
+        sys.stdout.flush()
     if bad:
         raise typer.Exit(1)
 
@@ -759,13 +791,12 @@ def label_serve(
     """A local web page to label the current round: keyboard-driven, several annotators."""
     import secrets
 
-    from after.label.app import create_app, is_loopback
+    from after.label.app import create_app, is_loopback, url_host
 
     if token is None and not is_loopback(host):
         token = secrets.token_urlsafe(24)
     create_app(run_dir, host=host, token=token, show_guess=show_guess)  # fail before printing
-    shown = "localhost" if is_loopback(host) else host
-    url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    url = f"http://{url_host(host)}:{port}/" + (f"?token={token}" if token else "")
     console.print(f"labeling {run_dir} at {url}  (Ctrl+C to stop)", highlight=False)
     from after.label.app import serve
 
@@ -813,8 +844,9 @@ def label_export(
     ),
     audio_url: str | None = typer.Option(
         None,
-        help="Label Studio audio URL with {clip_id} or {path}; default: Label Studio local files "
-        "(/data/local-files/?d={path}, with LOCAL_FILES_DOCUMENT_ROOT=/).",
+        help="Label Studio audio URL with {clip_id}, {path} or {handle} (what after label serve's "
+        "/api/audio/ takes); default: Label Studio local files (/data/local-files/?d={path}, with "
+        "LOCAL_FILES_DOCUMENT_ROOT=/).",
     ),
 ) -> None:
     """Answers as CSV; the round's queries as CSV and as Label Studio tasks + config."""

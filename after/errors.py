@@ -46,3 +46,12 @@ class AudioError(AfterError):
 class FoldError(AfterError):
     """Speaker-independent folds cannot be built as asked (too few speakers, speaker leak, unknown
     fold)."""
+
+
+def quoted(value: object, limit: int = 80) -> str:
+    """`repr(value)` for a message, cut to about `limit` characters: an id or a label from a file
+    may be megabytes long, and a message must stay readable."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(str(value))} characters)"

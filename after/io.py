@@ -7,9 +7,14 @@ killed.
 
 from __future__ import annotations
 
+import codecs
+import csv
 import json
 import os
+import stat
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +22,73 @@ from after.errors import AfterError
 from after.faults import fault_point
 
 
+def not_a_file(path: str | os.PathLike[str]) -> str | None:
+    """Why `path` cannot be read or replaced as a file ("no such file", "a FIFO", ...), or None
+    for a regular file or a link to one. Opening a FIFO or a device would block or never end, and
+    replacing one with a rename would put a file where a device node was."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except ValueError:
+        return "the path contains a NUL character"
+    except OSError as e:
+        return e.strerror or str(e)
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a folder, not a file"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe), not a regular file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device, not a regular file"
+    return "not a regular file"
+
+
+def read_text_file(
+    path: str | os.PathLike[str], fix: str, error: type[AfterError] = AfterError
+) -> str:
+    """The text of a file the user gave: UTF-8, with or without a BOM (Excel writes one). Anything
+    else, or a path that is not a regular file, is `error` naming the file and `fix`."""
+    file = Path(path)
+    problem = not_a_file(file)
+    if problem is not None:
+        raise error(f"{file}: {problem}; {fix}")
+    try:
+        raw = file.read_bytes()
+    except OSError as e:
+        raise error(f"{file}: cannot read ({e.strerror}); {fix}") from None
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise error(f"{file}: not UTF-8 but UTF-16 text; save it as UTF-8")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise error(
+            f"{file}: not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
+
+
+@contextmanager
+def parsing(where: str, fix: str, error: type[AfterError] = AfterError) -> Iterator[None]:
+    """Turn the failures of Python's parsers (json, csv, number conversion) inside the block into
+    one line: `error` naming `where` (a file, line or item) and the fix."""
+    try:
+        yield
+    except RecursionError:
+        raise error(f"{where}: nested too deeply; {fix}") from None
+    except (ValueError, csv.Error) as e:
+        reason = str(e).split(";")[0].split("\n")[0]  # drop Python's own advice
+        raise error(f"{where}: {reason}; {fix}") from None
+
+
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write `text` to `path` atomically, creating parent folders. Returns the path."""
+    """Write `text` to `path` atomically, creating parent folders. Returns the path. A path that
+    exists but is not a regular file (a device such as /dev/null, a FIFO, a folder) is refused."""
     target = Path(path)
+    problem = not_a_file(target)
+    if problem is not None and problem != "no such file":
+        raise AfterError(f"{target}: {problem}; give the path of a file to write")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
@@ -64,14 +133,11 @@ def read_json(path: str | os.PathLike[str], fix: str) -> Any:
     """Load a JSON file this package wrote; a missing or damaged file is an `AfterError` that
     names it and says what to do (`fix`)."""
     p = Path(path)
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AfterError(f"{p}: not found; {fix}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise AfterError(f"{p}: damaged ({e}); {fix}") from None
-    except OSError as e:
-        raise AfterError(f"{p}: cannot read ({e.strerror}); {fix}") from None
+    if not p.exists():
+        raise AfterError(f"{p}: not found; {fix}")
+    text = read_text_file(p, fix)
+    with parsing(f"{p}: damaged", fix):
+        return json.loads(text)
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:

@@ -35,7 +35,7 @@ def plot_confusion(scores: dict[str, Any], path: str | os.PathLike[str], title: 
     each row's share as the colour (so large and small classes read alike)."""
     plt = _pyplot()
     cm = np.asarray(scores["confusion"], dtype=float)
-    labels = scores["labels"]
+    labels = [_plain(x) for x in scores["labels"]]
     rows = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     size = 1.2 + 0.7 * len(labels)
     fig, ax = plt.subplots(figsize=(size + 1, size))
@@ -49,7 +49,7 @@ def plot_confusion(scores: dict[str, Any], path: str | os.PathLike[str], title: 
             colour = "white" if rows[i, j] > 0.5 else "black"
             ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", color=colour)
     ua, wa = 100 * scores["ua"], 100 * scores["wa"]
-    ax.set_title(f"{title}\nUA {ua:.1f}%  WA {wa:.1f}%  (n={scores['num_clips']})".strip())
+    ax.set_title(f"{_plain(title)}\nUA {ua:.1f}%  WA {wa:.1f}%  (n={scores['num_clips']})".strip())
     fig.colorbar(image, ax=ax, fraction=0.046, label="share of the row")
     return _save(fig, Path(path))
 
@@ -315,12 +315,12 @@ def plot_curves(
             x = np.array([100 * p["fraction"]["mean"] for p in points])
             y = np.array([100 * p[metric]["mean"] for p in points])
             s = np.array([100 * p[metric]["std"] for p in points])
-            (line,) = ax.plot(x, y, marker="o", label=f"{name} (n={len(runs)})")
+            (line,) = ax.plot(x, y, marker="o", label=_plain(f"{name} (n={len(runs)})"))
             ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.2)
         for style, (backbone, results) in zip(("--", ":", "-."), full.items(), strict=False):
             ms = mean_std([r[metric] for r in results])
             mean, std = 100 * ms["mean"], 100 * ms["std"]
-            label = f"all labels, {backbone} (n={ms['n']})"
+            label = _plain(f"all labels, {backbone} (n={ms['n']})")
             ax.axhline(mean, color="black", ls=style, label=label)
             ax.axhspan(mean - std, mean + std, color="grey", alpha=0.12)
         ax.set_xlabel("labeled share of the pool (%)")
@@ -347,7 +347,7 @@ def plot_timings(groups: dict[str, list[ALRun]], path: Path) -> Path:
             )
             ax.bar(range(num_rounds), seconds, bottom=bottom, label=label)
             bottom += seconds
-        ax.set_title(f"{name} (n={len(runs)})")
+        ax.set_title(_plain(f"{name} (n={len(runs)})"))
         ax.set_xlabel("round (select in round 0: the cold start)")
         ax.set_xticks(range(num_rounds))
     axes[0, 0].set_ylabel("seconds (mean over runs)")
@@ -373,9 +373,9 @@ def plot_queried_labels(groups: dict[str, list[ALRun]], path: Path) -> Path:
         counts = np.mean([queried_labels(r)[:num_rounds] for r in runs], axis=0)
         bottom = np.zeros(num_rounds)
         for k, label in enumerate(runs[0].classes):
-            ax.bar(range(num_rounds), counts[:, k], bottom=bottom, label=label)
+            ax.bar(range(num_rounds), counts[:, k], bottom=bottom, label=_plain(label))
             bottom += counts[:, k]
-        ax.set_title(f"{name} (n={len(runs)})")
+        ax.set_title(_plain(f"{name} (n={len(runs)})"))
         ax.set_xlabel("round (0: cold start)")
         ax.set_xticks(range(num_rounds))
     axes[0, 0].set_ylabel("clips labeled (mean over runs)")
@@ -450,6 +450,12 @@ def _html(
         f'<div class="protocol"><h2>Protocol</h2><table>{facts}</table></div>'
         f"<h2>Test UA (%) by label budget</h2><table>{table}</table>{images}</body></html>\n"
     )
+
+
+def _plain(text: str) -> str:
+    """`text` as matplotlib shows it literally: a label, name or path with two `$` would be read
+    as mathtext (`$\\nope$` fails to render and aborts the plot)."""
+    return str(text).replace("$", r"\$")
 
 
 def _pyplot() -> Any:

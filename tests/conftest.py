@@ -52,15 +52,14 @@ def _private_cache(
 
 @contextmanager
 def served(app: Any) -> Iterator[str]:
-    """Serve an ASGI app with uvicorn on a free loopback port; yields its base URL."""
-    import uvicorn
+    """Serve an ASGI app on a free loopback port as `after label serve` does (same server
+    settings and limits); yields its base URL."""
+    from after.label.app import make_server
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
+    server = make_server(app, "127.0.0.1", port)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
@@ -104,5 +103,9 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         f"{r.get('hostile_inputs', 0) - r.get('clear_messages', 0)} read correctly), "
         f"{r.get('stored', 0)}/{r.get('sent', 0)} concurrent submissions stored, "
         f"{r.get('attacks_rejected', 0)}/{r.get('attacks', 0)} attacks rejected, "
+        f"the page answered through {r.get('idle_connections', 0)} idle or slow connections and "
+        f"a locked label store ({r.get('locked_store_writes', 0)} writes refused, then stored), "
+        f"{r.get('late_changes_refused', 0)} changes to clips already taken refused, "
+        f"{r.get('verbatim', 0)} markup-like strings shown verbatim, "
         + ("nothing lost" if lost == 0 else f"{lost} LOST")
     )

@@ -27,8 +27,8 @@ from typing import Literal
 import numpy as np
 
 from after.data.manifest import Manifest
-from after.errors import FoldError, ManifestError
-from after.io import atomic_write_json
+from after.errors import FoldError, ManifestError, quoted
+from after.io import atomic_write_json, read_text_file
 
 Protocol = Literal["loso", "loso-session", "kfold", "official"]
 PROTOCOLS: tuple[str, ...] = ("loso", "loso-session", "kfold", "official")
@@ -83,8 +83,9 @@ class Folds:
     def from_json(cls, path: str | os.PathLike[str], manifest: Manifest | None = None) -> Folds:
         """Read folds; with `manifest`, check they were made from it (every id present)."""
         file = Path(path)
+        text = read_text_file(file, "create it with `after folds`", ManifestError)
         try:
-            raw = json.loads(file.read_text(encoding="utf-8"))
+            raw = json.loads(text)
             folds = cls(
                 protocol=raw["protocol"],
                 seed=int(raw["seed"]),
@@ -98,12 +99,11 @@ class Folds:
                     for f in raw["folds"]
                 ),
             )
-        except FileNotFoundError:
+        except (ValueError, KeyError, TypeError, RecursionError) as e:
+            reason = quoted(str(e) or type(e).__name__)
             raise ManifestError(
-                f"{file}: no such folds file; create it with `after folds`"
+                f"{file}: not a valid folds file ({reason}); re-create it with `after folds`"
             ) from None
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ManifestError(f"{file}: not a valid folds file ({e}); re-create it") from None
         if manifest is not None:
             for f in folds.folds:
                 missing = [i for i in (*f.train, *f.dev, *f.test) if i not in manifest]
@@ -132,10 +132,13 @@ def make_folds(
     num_dev_groups: int = 1,
     seed: int = 0,
     allow_speaker_overlap: bool = False,
+    shared_speakers: bool = False,
 ) -> Folds:
     """Build folds. `num_folds` is used by `kfold` only; `num_dev_groups` speakers (or sessions)
     per fold go to dev (0: no dev set). `allow_speaker_overlap` admits an `official` partition that
-    shares speakers between train and test (MELD's does); other protocols never do.
+    shares speakers between train and test (MELD's does); other protocols never do. A speaker (or
+    session) id found in several corpora is refused unless `shared_speakers` says that it is one
+    person: two corpora often number their speakers alike, and merging them would be silent.
     """
     if protocol not in PROTOCOLS:
         raise FoldError(f"unknown protocol {protocol!r}; use one of {PROTOCOLS}")
@@ -151,6 +154,8 @@ def make_folds(
                 f"(e.g. {missing[0]!r}). Use loso or kfold instead"
             )
         groups = {u.id: (u.session if by_session else u.speaker) or "" for u in manifest}
+        if not shared_speakers:
+            _check_one_corpus_per_group(manifest, groups, "session" if by_session else "speaker")
         names = sorted(set(groups.values()))
         if protocol == "kfold":
             if not 2 <= num_folds <= len(names):
@@ -183,6 +188,21 @@ def make_folds(
     for f in folds:
         _check_independent(manifest, f, allow_overlap=allow_speaker_overlap)
     return Folds(protocol, seed, num_dev_groups, manifest_digest(manifest), tuple(folds))
+
+
+def _check_one_corpus_per_group(manifest: Manifest, groups: dict[str, str], kind: str) -> None:
+    corpora: dict[str, set[str]] = {}
+    for u in manifest:
+        corpora.setdefault(groups[u.id], set()).add(u.corpus)
+    shared = sorted((g, sorted(c)) for g, c in corpora.items() if len(c) > 1)
+    if shared:
+        name, where = shared[0]
+        raise FoldError(
+            f"{len(shared)} {kind} id(s) appear in several corpora, e.g. {quoted(name)} in "
+            f"{', '.join(where)}; folds would take them for one {kind}. If they differ, give "
+            f"them distinct ids (e.g. {where[0]}_{name}); if they are the same, pass "
+            "--shared-speakers"
+        )
 
 
 def _fold(

@@ -9,20 +9,25 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 import os
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from after.errors import ManifestError
-from after.io import atomic_write_text
+from after.errors import ManifestError, quoted
+from after.io import atomic_write_text, parsing, read_text_file
 
 _FIELDS = ("id", "path", "label", "speaker", "session", "corpus", "duration_s", "votes", "split")
 SPLITS = ("train", "dev", "test")
+# Line breaks that are not "\n": JSON leaves them unescaped, and line-based readers (Python's
+# str.splitlines among them) split on them.
+_ODD_BREAKS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,30 +56,51 @@ class Utterance:
 
 def _check(u: Utterance, where: str) -> Utterance:
     """Validate one record; `where` names its origin (file and line) for the message."""
-    if not u.id or any(c.isspace() for c in u.id):
-        raise ManifestError(f"{where}: id {u.id!r} must be non-empty with no whitespace")
+    if not u.id or any(c.isspace() for c in u.id) or _has_control(u.id):
+        raise ManifestError(
+            f"{where}: id {quoted(u.id)} must be non-empty, with no whitespace or control "
+            "characters"
+        )
+    name = quoted(u.id)
     if not u.path:
-        raise ManifestError(f"{where}: utterance {u.id!r} has no path")
+        raise ManifestError(f"{where}: utterance {name} has no path")
+    if "\x00" in u.path:
+        raise ManifestError(f"{where}: utterance {name}: its path contains a NUL character")
     if not u.speaker:
         raise ManifestError(
-            f"{where}: utterance {u.id!r} has no speaker; "
+            f"{where}: utterance {name} has no speaker; "
             "speaker-independent splits need one per clip"
         )
     if u.label == "":
-        raise ManifestError(
-            f"{where}: utterance {u.id!r} has an empty label; use null for unlabeled"
-        )
+        raise ManifestError(f"{where}: utterance {name} has an empty label; use null for unlabeled")
+    for field in ("label", "speaker", "corpus", "session", "split"):
+        value = getattr(u, field)
+        if value is not None and _has_control(value):
+            raise ManifestError(
+                f"{where}: utterance {name}: {field} {quoted(value)} holds a line break or "
+                "another control character; fix the file (a label or speaker is one line)"
+            )
     if u.duration_s is not None and not (math.isfinite(u.duration_s) and u.duration_s >= 0):
-        raise ManifestError(f"{where}: utterance {u.id!r} has invalid duration_s {u.duration_s!r}")
+        raise ManifestError(f"{where}: utterance {name} has invalid duration_s {u.duration_s!r}")
     if u.split is not None and u.split not in SPLITS:
         raise ManifestError(
-            f"{where}: utterance {u.id!r} has split {u.split!r}; use one of {SPLITS}"
+            f"{where}: utterance {name} has split {quoted(u.split)}; use one of {SPLITS}"
         )
     if u.votes is not None and (
-        not u.votes or any(not isinstance(n, int) or n < 0 for n in u.votes.values())
+        not u.votes
+        or any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in u.votes.values())
+        or any(not k or _has_control(k) for k in u.votes)
     ):
-        raise ManifestError(f"{where}: utterance {u.id!r} votes must map labels to counts >= 0")
+        raise ManifestError(
+            f"{where}: utterance {name} votes must map labels to counts >= 0, e.g. "
+            '{"anger": 2, "neutral": 1}'
+        )
     return u
+
+
+def _has_control(text: str) -> bool:
+    """A control character (line breaks, NUL, ...) or a line or paragraph separator."""
+    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text)
 
 
 class Manifest:
@@ -86,8 +112,8 @@ class Manifest:
             _check(u, f"{source} (record {i + 1})")
             if u.id in self._items:
                 raise ManifestError(
-                    f"{source}: duplicate id {u.id!r} ({self._items[u.id].path} and {u.path}); "
-                    "ids must be unique, give the clips distinct ids"
+                    f"{source}: duplicate id {quoted(u.id)} ({quoted(self._items[u.id].path)} "
+                    f"and {quoted(u.path)}); ids must be unique, give the clips distinct ids"
                 )
             self._items[u.id] = u
 
@@ -104,7 +130,7 @@ class Manifest:
         try:
             return self._items[utt_id]
         except KeyError:
-            raise ManifestError(f"unknown utterance id {utt_id!r}") from None
+            raise ManifestError(f"unknown utterance id {quoted(utt_id)}") from None
 
     @property
     def ids(self) -> list[str]:
@@ -134,7 +160,7 @@ class Manifest:
 
     def to_jsonl(self, path: str | os.PathLike[str]) -> Path:
         """Write one JSON object per line, atomically."""
-        lines = [json.dumps(u.to_dict(), ensure_ascii=False) for u in self]
+        lines = [json.dumps(u.to_dict(), ensure_ascii=False).translate(_ODD_BREAKS) for u in self]
         return atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
 
     @classmethod
@@ -142,17 +168,15 @@ class Manifest:
         """Read a JSONL manifest. Relative audio paths are taken relative to the manifest's
         folder."""
         file = Path(path)
-        text = _read_text(file, "run `after prepare ...` to create a manifest")
+        text = read_text_file(file, "run `after prepare ...` to create a manifest", ManifestError)
         root = file.parent
         items = []
-        for n, line in enumerate(text.splitlines(), start=1):
+        for n, line in enumerate(text.split("\n"), start=1):  # JSON Lines end lines with \n only
             if not line.strip():
                 continue
             where = f"{file}:{n}"
-            try:
+            with parsing(f"{where}: not valid JSON", "fix or remove the line", ManifestError):
                 row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ManifestError(f"{where}: not valid JSON ({e.msg})") from None
             if not isinstance(row, dict):
                 raise ManifestError(f"{where}: expected a JSON object per line")
             items.append(_from_row(row, root, where))
@@ -175,77 +199,72 @@ class Manifest:
         CSV's corpus column, else the CSV folder's name.
         """
         file = Path(path)
-        text = _read_text(file, "check the path")
+        text = read_text_file(file, "check the path", ManifestError)
         base = Path(root) if root is not None else file.parent
-        reader = csv.DictReader(text.splitlines())
-        columns = set(reader.fieldnames or [])
-        missing = {"path", "label", "speaker"} - columns
-        if missing:
+        with parsing(str(file), "fix the CSV (quotes must pair up)", ManifestError):
+            return cls(_csv_rows(file, text, base, corpus), source=str(file))
+
+
+def _csv_rows(file: Path, text: str, base: Path, corpus: str | None) -> Iterator[Utterance]:
+    """The utterances of a manifest CSV, checked row by row (see `Manifest.from_csv`)."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # a quoted cell may hold a line break
+    columns = set(reader.fieldnames or [])
+    missing = {"path", "label", "speaker"} - columns
+    if missing:
+        raise ManifestError(
+            f"{file}: missing column(s) {sorted(missing)}; found {sorted(columns)}. "
+            "A manifest CSV needs path,label,speaker (label may be empty for unlabeled clips)"
+        )
+    inside = os.path.abspath(base)
+    for row in reader:
+        where = f"{file}:{reader.line_num}"
+        row = {k: v for k, v in row.items() if k is not None and v not in (None, "")}
+        row.setdefault("label", None)
+        name = row.get("corpus") or corpus or base.resolve().name
+        row["corpus"] = name
+        if "path" in row:
+            row.setdefault("id", f"{name}_{Path(row['path']).stem}")
+        if "votes" in row:
+            fix = 'write them as e.g. {"anger": 2, "neutral": 1}'
+            with parsing(f"{where}: votes must be JSON", fix, ManifestError):
+                row["votes"] = json.loads(row["votes"])
+        u = _from_row(row, base, where)
+        # Lexical, as `_from_row` joins them: a data folder reached through a symlink is fine.
+        if not os.path.isabs(row["path"]) and not Path(u.path).is_relative_to(inside):
             raise ManifestError(
-                f"{file}: missing column(s) {sorted(missing)}; found {sorted(columns)}. "
-                "A manifest CSV needs path,label,speaker (label may be empty for unlabeled clips)"
+                f"{where}: path {quoted(row['path'])} points outside {inside}; keep the "
+                "audio under the CSV's folder, or give an absolute path"
             )
-        items = []
-        for n, row in enumerate(reader, start=2):
-            where = f"{file}:{n}"
-            row = {k: v for k, v in row.items() if k is not None and v not in (None, "")}
-            row.setdefault("label", None)
-            name = row.get("corpus") or corpus or base.resolve().name
-            row["corpus"] = name
-            if "path" in row:
-                row.setdefault("id", f"{name}_{Path(row['path']).stem}")
-            if "votes" in row:
-                try:
-                    row["votes"] = json.loads(row["votes"])
-                except json.JSONDecodeError:
-                    raise ManifestError(
-                        f'{where}: votes must be JSON, e.g. {{"anger": 2}}'
-                    ) from None
-            u = _from_row(row, base, where)
-            # Lexical, as `_from_row` joins them: a data folder reached through a symlink is fine.
-            inside = os.path.abspath(base)
-            if not os.path.isabs(row["path"]) and not Path(u.path).is_relative_to(inside):
-                raise ManifestError(
-                    f"{where}: path {row['path']!r} points outside {inside}; keep the "
-                    "audio under the CSV's folder, or give an absolute path"
-                )
-            items.append(u)
-        return cls(items, source=str(file))
-
-
-def _read_text(file: Path, fix: str) -> str:
-    try:
-        return file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ManifestError(f"{file}: no such file; {fix}") from None
-    except IsADirectoryError:
-        raise ManifestError(f"{file}: is a folder, expected a file") from None
-    except PermissionError:
-        raise ManifestError(f"{file}: permission denied; make it readable") from None
-    except UnicodeDecodeError:
-        raise ManifestError(f"{file}: not UTF-8 text; is this really a manifest?") from None
+        yield u
 
 
 def _from_row(row: dict[str, Any], root: Path, where: str) -> Utterance:
     unknown = set(row) - set(_FIELDS)
     if unknown:
-        raise ManifestError(f"{where}: unknown field(s) {sorted(unknown)}; known: {list(_FIELDS)}")
+        raise ManifestError(
+            f"{where}: unknown field(s) {quoted(sorted(unknown))}; known: {list(_FIELDS)}"
+        )
     for key in ("id", "path", "speaker", "corpus"):
         if not isinstance(row.get(key), str) or not row[key]:
             raise ManifestError(f"{where}: field {key!r} is missing or not a string")
     label = row.get("label")
     if label is not None and not isinstance(label, str):
-        raise ManifestError(f"{where}: label must be a string or null, got {label!r}")
+        raise ManifestError(f"{where}: label must be a string or null, got {quoted(label)}")
     duration = row.get("duration_s")
     if duration is not None:
         try:
             duration = float(duration)
-        except (TypeError, ValueError):
-            raise ManifestError(f"{where}: duration_s {duration!r} is not a number") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ManifestError(f"{where}: duration_s {quoted(duration)} is not a number") from None
     votes = row.get("votes")
     if votes is not None and not isinstance(votes, dict):
         raise ManifestError(f"{where}: votes must be an object mapping label to count")
     session = row.get("session")
+    if session is not None and not isinstance(session, str | int):
+        raise ManifestError(f"{where}: session must be a string, got {quoted(session)}")
+    split = row.get("split")
+    if split is not None and not isinstance(split, str):
+        raise ManifestError(f"{where}: split must be one of {SPLITS} or null")
     return Utterance(
         id=str(row["id"]),
         path=os.path.normpath(os.path.join(os.path.abspath(root), row["path"])),
@@ -255,5 +274,5 @@ def _from_row(row: dict[str, Any], root: Path, where: str) -> Utterance:
         session=None if session is None else str(session),
         duration_s=duration,
         votes=votes,
-        split=row.get("split"),
+        split=split,
     )

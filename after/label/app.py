@@ -5,54 +5,88 @@ One page (plain HTML and JavaScript, no build step) and a JSON API over the run 
 - GET  /                     the labeling page
 - GET  /api/session          labels, keys, round, progress
 - GET  /api/next?annotator=  the annotator's next clip, in the strategy's order
-- POST /api/answers          {"annotator", "clip_id", "label"} (label null: skip)
+- POST /api/answers          {"annotator", "clip", "label"} (label null: skip); scripts may give
+                             "clip_id" in place of the page's "clip" handle
 - POST /api/undo             {"annotator"}: withdraw that person's latest answer of this round
-- GET  /api/audio/{clip_id}  the clip as 16 kHz 16-bit WAV (only clips queried this round)
+- GET  /api/audio/{clip}     the clip as 16 kHz 16-bit WAV (only clips queried this round)
 - POST /api/advance          start `after run --resume` once the round is labeled
 - GET  /api/status           phase, round, whether the next round is being trained
 
+The page knows a clip by a handle, `ROUND.POSITION` in the strategy's order, never by its id
+(corpus ids often spell the label). An answer to a clip that the loop has taken already is refused
+(409): it could not change what the loop learns from.
+
 Security: the server binds 127.0.0.1 unless told otherwise, and then checks the Host header (a web
-page elsewhere cannot reach it through DNS rebinding). Any other bind needs a token: requests carry
-it as `Authorization: Bearer`, or the page gets it once from `?token=` and keeps it in an HttpOnly
-cookie. Writes must be JSON (a form on another site cannot post one without a preflight we never
-answer) from the same origin, at most 16 KiB. Audio is looked up by clip id among this round's
-queries and read from the manifest's path for that id: a request never names a file.
+page elsewhere cannot reach it through DNS rebinding); any loopback address works. Any other bind
+needs a token (at least 16 URL-safe characters): requests carry it as `Authorization: Bearer`, or
+the page gets it once from `?token=` and keeps it in an HttpOnly cookie. Writes must be JSON (a form
+on another site cannot post one without a preflight we never answer) from the same origin, at most
+16 KiB. Audio is looked up by handle among this round's queries and read from the manifest's path
+for that clip: a request never names a file. No page may frame this one. The page also gets a
+random browser key (an HttpOnly cookie): an annotator name belongs to the browser that first used
+it, so nobody can answer or undo in another person's name.
+
+Resources: a connection must send a request's headers within `HEADER_TIMEOUT_S` (and a body
+within `BODY_TIMEOUT_S`), an idle one is closed after `KEEP_ALIVE_S`, and at most
+`MAX_CONNECTIONS` are open: a new one closes the longest-idle first, so idle or slow connections
+cannot lock people out. Answers are written one at a time, each waiting at most `WRITE_WAIT_S` for
+the label store's lock (another process may hold it): then 503, nothing stored, try again. Reads
+never wait behind writes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import ipaddress
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote
+from typing import Any, TypeVar
 
+import anyio
+import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import MutableHeaders
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from after.errors import AfterError
-from after.label.store import LabelStore
+from after.errors import AfterError, AudioError, quoted
+from after.label.store import ClipTaken, LabelStore, NameInUse, StoreBusy, check_annotator
 from after.loop.runner import Run, queries_path
 from after.loop.state import STATE_FILE, LoopState
 
 MAX_BODY = 16 * 1024
-MAX_NAME = 64
 LEASE_S = 120.0  # a clip handed to one annotator is not handed to another for this long
 ADVANCE_LOG = "advance.log"
 PAGE = Path(__file__).with_name("page.html")
-LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,}")  # URL-safe, so that it fits in the printed URL
+KEY_COOKIE = "after_key"  # a random key per browser: the annotator names it owns
+HEADER_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 10.0
+KEEP_ALIVE_S = 5
+MAX_CONNECTIONS = 256
+WRITE_WAIT_S = 5.0
+SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'; object-src 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",  # the page's URL may carry the token
+}
+_HOST = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<name>[A-Za-z0-9.-]+))(?::[0-9]{1,5})?")
+T = TypeVar("T")
 
 
 class HTTPError(Exception):
@@ -62,12 +96,20 @@ class HTTPError(Exception):
 
 
 def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_NAMES:
+    """localhost, or any loopback address (127.0.0.0/8, ::1)."""
+    if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def url_host(host: str) -> str:
+    """How to write the bound address in a URL: 127.0.0.1 as localhost, IPv6 in brackets."""
+    if host in ("127.0.0.1", "localhost"):
+        return "localhost"
+    return f"[{host}]" if ":" in host else host
 
 
 @dataclass
@@ -80,12 +122,32 @@ class _Round:
     settled: set[str]  # taken by the loop already (labeled or dropped)
     stopped_because: str
 
+    def handle(self, clip: str) -> str:
+        """What the page calls a clip: round and position, never the id."""
+        return f"{self.number}.{self.position[clip] + 1}"
+
+    def clip(self, handle: str) -> str:
+        """The clip of a handle of this round; 404 otherwise."""
+        number, _, position = handle.partition(".")
+        if number != str(self.number) or not position.isdigit():
+            raise HTTPError(404, f"clip {quoted(handle)} is not queried in round {self.number}")
+        k = int(position) - 1
+        if not 0 <= k < len(self.ids):
+            raise HTTPError(404, f"clip {quoted(handle)} is not queried in round {self.number}")
+        return self.ids[k]
+
 
 class LabelingSession:
     """The run as the app sees it: the current round's queries, the label store, and the
     leases that keep two annotators off the same clip while others are free."""
 
-    def __init__(self, run_dir: str | os.PathLike[str], *, show_guess: bool = False) -> None:
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        *,
+        show_guess: bool = False,
+        wait_s: float = 60.0,
+    ) -> None:
         self.run_dir = Path(run_dir)
         self.run = Run.from_dir(self.run_dir)
         if self.run.al.oracle != "human":
@@ -95,7 +157,7 @@ class LabelingSession:
             )
         self.labels = list(self.run.manifest.labels)
         self.min_votes = self.run.al.min_votes
-        self.store = LabelStore(self.run_dir)
+        self.store = LabelStore(self.run_dir, wait_s=wait_s)
         self.show_guess = show_guess
         self._lock = threading.Lock()
         self._leases: dict[str, tuple[str, float]] = {}
@@ -185,9 +247,9 @@ class LabelingSession:
         r = self.current()
         u = self.run.manifest[clip]
         out: dict[str, Any] = {
-            "clip_id": clip,
+            "clip": r.handle(clip),
             "position": r.position[clip] + 1,
-            "audio": "/api/audio/" + quote(clip, safe=""),
+            "audio": "/api/audio/" + r.handle(clip),
             "duration_s": u.duration_s,
         }
         if self.show_guess and clip in r.guesses:
@@ -197,42 +259,57 @@ class LabelingSession:
 
     # ---- writes
 
-    def answer(self, annotator: str, clip: str, label: str | None) -> None:
-        r = self._writable(clip)
+    def answer(
+        self,
+        annotator: str,
+        clip: str,
+        label: str | None,
+        *,
+        handle: bool = True,
+        key: str | None = None,
+    ) -> None:
+        """Store an answer to `clip` (a handle, or with `handle=False` a clip id)."""
+        r = self._writable()
+        if handle:
+            clip = r.clip(clip)
+        elif clip not in r.position:
+            raise HTTPError(404, f"clip {quoted(clip)} is not queried in round {r.number}")
+        if clip in r.settled:
+            raise ClipTaken(
+                f"clip {r.position[clip] + 1} of round {r.number} was taken by the "
+                "active-learning loop already; its label can no longer change"
+            )
         if label is not None and label not in self.labels:
-            raise HTTPError(400, f"unknown label {label!r}; this run's labels: {self.labels}")
-        self.store.put(clip, annotator, label, r.number, source="web")
+            raise HTTPError(400, f"unknown label {quoted(label)}; this run's labels: {self.labels}")
+        self.store.put(clip, annotator, label, r.number, source="web", key=key)
         with self._lock:
             self._leases.pop(clip, None)
 
-    def undo(self, annotator: str) -> dict[str, Any] | None:
-        r = self._writable(None)
-        clip = self.store.undo(annotator, r.number)
+    def undo(self, annotator: str, *, key: str | None = None) -> dict[str, Any] | None:
+        r = self._writable()
+        clip = self.store.undo(annotator, r.number, key=key)
         return self.describe(clip) if clip is not None and clip in r.position else None
 
-    def _writable(self, clip: str | None) -> _Round:
+    def _writable(self) -> _Round:
         r = self.current()
         if r.phase != "label":
             raise HTTPError(409, f"round {r.number} is not open for labels (phase {r.phase})")
-        if clip is not None and clip not in r.position:
-            raise HTTPError(404, f"clip {clip!r} is not queried in round {r.number}")
         return r
 
     # ---- audio
 
-    def audio(self, clip: str) -> bytes:
+    def audio(self, handle: str) -> bytes:
+        """The clip of `handle` as WAV, at most `MAX_DURATION_S` of it (19 MB)."""
         import numpy as np
         import soundfile as sf
 
-        from after.data.audio import SAMPLE_RATE, load_audio
+        from after.data.audio import MAX_DURATION_S, SAMPLE_RATE, load_audio
 
-        r = self.current()
-        if clip not in r.position:
-            raise HTTPError(404, f"clip {clip!r} is not queried in round {r.number}")
+        clip = self.current().clip(handle)
         try:
-            wave = load_audio(self.run.manifest[clip].path)
-        except AfterError as e:
-            raise HTTPError(500, f"clip {clip!r}: {e}") from None
+            wave = load_audio(self.run.manifest[clip].path, max_duration_s=MAX_DURATION_S)
+        except AudioError as e:
+            raise HTTPError(500, f"clip {handle}: {e.reason}; see after validate") from None
         buf = io.BytesIO()
         sf.write(buf, np.clip(wave, -1.0, 1.0), SAMPLE_RATE, format="WAV", subtype="PCM_16")
         return buf.getvalue()
@@ -275,23 +352,25 @@ class LabelingSession:
 
 
 def _annotator(value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise HTTPError(400, "give an annotator name")
-    name = value.strip()
-    if len(name) > MAX_NAME or not name.isprintable():
-        raise HTTPError(400, f"annotator names are at most {MAX_NAME} printable characters")
-    return name
+    try:
+        return check_annotator(value)
+    except AfterError as e:
+        raise HTTPError(400, str(e)) from None
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
     body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise HTTPError(413, f"request body over {MAX_BODY} bytes")
+    try:
+        with anyio.fail_after(BODY_TIMEOUT_S):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY:
+                    raise HTTPError(413, f"request body over {MAX_BODY} bytes")
+    except TimeoutError:
+        raise HTTPError(408, f"the body did not arrive within {BODY_TIMEOUT_S:g} s") from None
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # bad JSON or UTF-8, 5000-digit numbers, deep nesting
         raise HTTPError(400, "the body is not valid JSON") from None
     if not isinstance(data, dict):
         raise HTTPError(400, "the body must be a JSON object")
@@ -305,19 +384,54 @@ def create_app(
     token: str | None = None,
     show_guess: bool = False,
 ) -> Starlette:
-    """The ASGI app for one run folder. Refuses a non-loopback `host` without a token."""
+    """The ASGI app for one run folder. Refuses a non-loopback `host` without a token, and a
+    weak token anywhere."""
+    if token and not TOKEN.fullmatch(token):
+        raise AfterError(
+            "a token must be at least 16 characters of A-Z, a-z, 0-9 and . _ ~ -; leave --token "
+            "out and after label serve makes a strong one"
+        )
     if not is_loopback(host) and not token:
         raise AfterError(
             f"binding {host} would let anyone on the network read the audio and write labels; "
             "give a token (after label serve makes one for you), or bind 127.0.0.1"
         )
-    session = LabelingSession(run_dir, show_guess=show_guess)
+    session = LabelingSession(run_dir, show_guess=show_guess, wait_s=WRITE_WAIT_S)
     page = PAGE.read_text()
+    one_writer = anyio.Lock()
+
+    async def write(fn: Callable[..., T], *args: Any, **kw: Any) -> T:
+        """Run a store write in a thread, one at a time: while another process holds the
+        store's lock, waiting writers hold no thread (reads keep answering) and give up after
+        `WRITE_WAIT_S`."""
+        try:
+            with anyio.fail_after(WRITE_WAIT_S):
+                await one_writer.acquire()
+        except TimeoutError:
+            raise StoreBusy(
+                f"the label store has been busy for over {WRITE_WAIT_S:g} s (another process "
+                "holds its lock); nothing was stored, try again"
+            ) from None
+        try:
+            return await run_in_threadpool(fn, *args, **kw)
+        finally:
+            one_writer.release()
+
+    def key(request: Request) -> str:
+        return request.cookies.get(KEY_COOKIE, "")
 
     async def index(request: Request) -> Response:
         response = HTMLResponse(page, headers={"Cache-Control": "no-store"})
         if token and request.query_params.get("token") == token:
             response.set_cookie("after_token", token, httponly=True, samesite="strict")
+        if not key(request):
+            response.set_cookie(
+                KEY_COOKIE,
+                secrets.token_urlsafe(18),
+                max_age=365 * 24 * 3600,
+                httponly=True,
+                samesite="strict",
+            )
         return response
 
     async def info(request: Request) -> Response:
@@ -342,23 +456,24 @@ def create_app(
     async def answers(request: Request) -> Response:
         data = await _json_body(request)
         name = _annotator(data.get("annotator"))
-        clip, label = data.get("clip_id"), data.get("label")
+        handle = "clip" in data
+        clip, label = data.get("clip" if handle else "clip_id"), data.get("label")
         if not isinstance(clip, str):
-            raise HTTPError(400, "give clip_id as a string")
+            raise HTTPError(400, "give the clip (or clip_id) as a string")
         if label is not None and not isinstance(label, str):
             raise HTTPError(400, "label must be a string, or null to skip")
-        await run_in_threadpool(session.answer, name, clip, label)
+        await write(session.answer, name, clip, label, handle=handle, key=key(request))
         progress = await run_in_threadpool(session.progress, name)
         return JSONResponse({"stored": True, "progress": progress})
 
     async def undo(request: Request) -> Response:
         name = _annotator((await _json_body(request)).get("annotator"))
-        clip = await run_in_threadpool(session.undo, name)
+        clip = await write(session.undo, name, key=key(request))
         progress = await run_in_threadpool(session.progress, name)
         return JSONResponse({"clip": clip, "progress": progress})
 
     async def audio(request: Request) -> Response:
-        data = await run_in_threadpool(session.audio, request.path_params["clip_id"])
+        data = await run_in_threadpool(session.audio, request.path_params["clip"])
         return Response(data, media_type="audio/wav", headers={"Cache-Control": "private"})
 
     async def advance(request: Request) -> Response:
@@ -373,9 +488,13 @@ def create_app(
     async def on_error(request: Request, exc: Exception) -> Response:
         if isinstance(exc, HTTPError):
             return JSONResponse({"error": exc.message}, status_code=exc.status)
-        # The store could not write (disk full, permissions, a damaged file): nothing was
-        # stored, earlier answers are intact, the client may retry.
-        return JSONResponse({"error": str(exc)}, status_code=503)
+        if isinstance(exc, ClipTaken):
+            return JSONResponse({"error": str(exc)}, status_code=409)
+        if isinstance(exc, NameInUse):
+            return JSONResponse({"error": str(exc)}, status_code=403)
+        # The store could not write (locked by another process, disk full, permissions, a
+        # damaged file): nothing was stored, earlier answers are intact, the client may retry.
+        return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "5"})
 
     app = Starlette(
         routes=[
@@ -384,7 +503,7 @@ def create_app(
             Route("/api/next", next_clip),
             Route("/api/answers", answers, methods=["POST"]),
             Route("/api/undo", undo, methods=["POST"]),
-            Route("/api/audio/{clip_id:path}", audio),
+            Route("/api/audio/{clip:path}", audio),
             Route("/api/advance", advance, methods=["POST"]),
             Route("/api/status", status),
         ],
@@ -396,7 +515,8 @@ def create_app(
 
 class Guard:
     """Checks every request before the app sees it: Host (loopback binds), token (other
-    binds), and for writes a JSON content type, a same-origin Origin and a bounded length."""
+    binds), and for writes a JSON content type, a same-origin Origin and a bounded length. Every
+    response carries `SECURITY_HEADERS`."""
 
     def __init__(self, app: ASGIApp, *, token: str | None, check_host: bool) -> None:
         self.app, self.token, self.check_host = app, token, check_host
@@ -405,20 +525,28 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+
+        async def send_secured(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).update(SECURITY_HEADERS)
+            await send(message)
+
         request = Request(scope)
         problem = self._check(request)
         if problem is not None:
             status, message = problem
-            await JSONResponse({"error": message}, status_code=status)(scope, receive, send)
+            response = JSONResponse({"error": message}, status_code=status)
+            await response(scope, receive, send_secured)
             return
-        await self.app(scope, receive, send)
+        await self.app(scope, receive, send_secured)
 
     def _check(self, request: Request) -> tuple[int, str] | None:
         host = request.headers.get("host", "")
         if self.check_host:
-            name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
-            if name.strip("[]") not in LOOPBACK_NAMES:
-                return 421, f"unexpected Host {host!r}: this server answers on localhost only"
+            match = _HOST.fullmatch(host)
+            name = match and (match["v6"] or match["name"])
+            if not name or not is_loopback(name):
+                return 421, f"unexpected Host {quoted(host)}: this server answers on localhost only"
         if self.token:
             given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
             given = given or request.cookies.get("after_token", "")
@@ -431,11 +559,69 @@ class Guard:
                 return 415, "send JSON (Content-Type: application/json)"
             origin = request.headers.get("origin")
             if origin is not None and origin.split("://", 1)[-1] != host:
-                return 403, f"cross-origin request from {origin} refused"
+                return 403, f"cross-origin request from {quoted(origin)} refused"
             length = request.headers.get("content-length")
             if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
                 return 413, f"request body over {MAX_BODY} bytes"
         return None
+
+
+class GuardedConnection(H11Protocol):
+    """uvicorn's HTTP/1.1 connection with the limits uvicorn lacks (without them a few hundred
+    idle connections lock every person out, before any token is checked): a connection that has
+    no request in progress `HEADER_TIMEOUT_S` after it opened or after its last response is
+    closed, and when more than `MAX_CONNECTIONS` are open the one idle the longest is closed
+    (the newest, if all are busy)."""
+
+    _deadline: asyncio.TimerHandle | None = None
+    _idle_since = 0.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+        if len(self.connections) > MAX_CONNECTIONS:
+            idle = [c for c in self.connections if isinstance(c, GuardedConnection) and c._idle()]
+            (min(idle, key=lambda c: c._idle_since) if idle else self).transport.close()
+
+    def _idle(self) -> bool:
+        """No request in the app, so closing loses nothing (a half-sent one is the client's),
+        and not closed already."""
+        if self.transport.is_closing():
+            return False
+        return self.cycle is None or self.cycle.response_complete
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+        self._idle_since = self.loop.time()
+        self._deadline = self.loop.call_later(HEADER_TIMEOUT_S, self._expire)
+
+    def _expire(self) -> None:
+        if self._idle():
+            self.transport.close()
+
+
+def make_server(app: ASGIApp, host: str, port: int) -> uvicorn.Server:
+    """The uvicorn server that `serve` runs, with `GuardedConnection` and `KEEP_ALIVE_S`."""
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        lifespan="off",
+        http=GuardedConnection,
+        timeout_keep_alive=KEEP_ALIVE_S,
+    )
+    return uvicorn.Server(config)
 
 
 def serve(
@@ -447,7 +633,5 @@ def serve(
     show_guess: bool = False,
 ) -> None:
     """Run the app with uvicorn until interrupted."""
-    import uvicorn
-
     app = create_app(run_dir, host=host, token=token, show_guess=show_guess)
-    uvicorn.run(app, host=host, port=port, log_level="warning", limit_concurrency=256)
+    make_server(app, host, port).run()

@@ -10,9 +10,14 @@ task and export formats for teams that already label there.
   tasks (audio + a single-choice emotion question), each with a prediction whose score is the
   query's priority, so Label Studio can order tasks as the strategy did.
 
+Cells of the CSVs that start with `= + - @` (or a tab or carriage return) get a leading `'`, so
+that a spreadsheet shows an annotator's name or a label as text instead of running it as a formula;
+importing such a CSV removes the `'` again.
+
 `import_labels` reads a CSV (clip_id, label, optional annotator; an empty label is a skip) or a
-Label Studio JSON / JSON-MIN export of those tasks, checks every row first, and stores all of
-them in one transaction, or none.
+Label Studio JSON / JSON-MIN export of those tasks, checks every row first (annotator names as the
+web app does, labels, clips still open, one answer per clip and annotator), and stores all of them
+in one transaction, or none. Any problem is reported as one message listing them.
 """
 
 from __future__ import annotations
@@ -21,21 +26,50 @@ import csv
 import io
 import json
 import os
+import string
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
-from after.errors import AfterError
-from after.io import atomic_write_json, atomic_write_text
-from after.label.store import LabelStore
+from after.errors import AfterError, quoted
+from after.io import atomic_write_json, atomic_write_text, parsing, read_text_file
+from after.label.store import LabelStore, check_annotator
 from after.loop.runner import Run, queries_path
 from after.loop.state import LoopState
 
 CHOICES = "emotion"  # the name of the Label Studio question
 DEFAULT_AUDIO_URL = "/data/local-files/?d={path}"
 MAX_PROBLEMS = 20
+AUDIO_URL_FIELDS = {"clip_id", "handle", "path"}
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets run as a formula
+
+Row = tuple[str, str, str, str | None]  # (where, clip, annotator, label or None: skip)
+
+
+def _cell(value: object) -> object:
+    """A CSV cell that a spreadsheet shows as text: a string starting like a formula gets `'`."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def _check_audio_url(template: str) -> None:
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError:  # an unmatched brace
+        fields = {"{"}
+    if not fields <= AUDIO_URL_FIELDS:
+        raise AfterError(
+            f"--audio-url {quoted(template)}: use only {sorted(AUDIO_URL_FIELDS)} in braces "
+            "(double a literal brace: {{ }})"
+        )
+
+
+def _uncell(value: str) -> str:
+    """The inverse of `_cell` for cells read back."""
+    return value[1:] if value.startswith("'") and value[1:].startswith(FORMULA_START) else value
 
 
 def _round(run_dir: Path) -> tuple[Run, LoopState, dict[str, Any]]:
@@ -55,7 +89,10 @@ def export(
     *,
     audio_url: str = DEFAULT_AUDIO_URL,
 ) -> dict[str, Any]:
-    """Write the four files described in the module docstring into `out`; returns counts."""
+    """Write the four files described in the module docstring into `out`; returns counts.
+    `audio_url` may hold `{clip_id}`, `{handle}` (round.rank, as `after label serve` names the
+    clip) and `{path}`."""
+    _check_audio_url(audio_url)
     folder, out_dir = Path(run_dir), Path(out)
     store = LabelStore(folder)
     rows = store.annotations()
@@ -64,7 +101,8 @@ def export(
     writer.writerow(["clip_id", "annotator", "label", "round", "source", "created_at"])
     for a in rows:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(a.created_at))
-        writer.writerow([a.clip_id, a.annotator, a.label or "", a.round, a.source, stamp])
+        cells = [a.clip_id, a.annotator, a.label or "", a.round, a.source, stamp]
+        writer.writerow([_cell(c) for c in cells])
     atomic_write_text(out_dir / "labels.csv", buf.getvalue())
     result: dict[str, Any] = {"answers": len(rows), "tasks": 0, "folder": str(out_dir)}
     try:
@@ -83,9 +121,12 @@ def export(
         if probs:
             best = max(range(len(labels)), key=probs[k].__getitem__)
             guess, score = labels[best], probs[k][best]
-        writer.writerow([k + 1, clip, u.path, u.duration_s or "", priority, guess, score])
+        cells = [k + 1, clip, u.path, u.duration_s or "", priority, guess, score]
+        writer.writerow([_cell(c) for c in cells])
         url = audio_url.format(
-            clip_id=quote(clip, safe=""), path=quote(str(Path(u.path).resolve()).lstrip("/"))
+            clip_id=quote(clip, safe=""),
+            handle=f"{state.round}.{k + 1}",  # what after label serve's /api/audio/ takes
+            path=quote(str(Path(u.path).resolve()).lstrip("/")),
         )
         result_items = []
         if guess:
@@ -133,25 +174,44 @@ def import_labels(
     run_dir: str | os.PathLike[str], path: str | os.PathLike[str], *, annotator: str | None = None
 ) -> dict[str, Any]:
     """Store the answers in `path` (CSV or Label Studio JSON) for the round waiting for labels.
-    Every row is checked first; any problem stores nothing and raises one error listing them."""
+    Every row is checked first; any problem stores nothing and raises one error listing them.
+    A row repeated word for word is stored once; the same clip and annotator with two labels is
+    a problem."""
     folder, source = Path(run_dir), Path(path)
     run, state, queries = _round(folder)
-    if not source.is_file():
+    if not source.exists():
         raise AfterError(f"{source}: not found")
-    text = source.read_text(encoding="utf-8-sig")
+    fix = "export the answers again"
+    text = read_text_file(source, fix)
     if source.suffix.lower() == ".json":
-        kind, rows = "label-studio", _label_studio_rows(source, text)
+        kind, (rows, problems) = "label-studio", _label_studio_rows(source, text)
     else:
-        kind, rows = "csv", _csv_rows(source, text, annotator)
+        if annotator is not None:
+            annotator = _checked_name(annotator, "--annotator", [])
+        kind, (rows, problems) = "csv", _csv_rows(source, text, annotator)
+    store = LabelStore(folder)
     wanted, labels = set(queries["ids"]), set(run.manifest.labels)
-    problems = []
-    for where, clip, _, label in rows:
+    taken = store.taken(sorted({clip for _, clip, _, _ in rows}))
+    answers: dict[tuple[str, str], tuple[str, str | None]] = {}
+    for where, clip, who, label in rows:
         if clip not in wanted:
-            problems.append(f"{where}: clip {clip!r} is not queried in round {state.round}")
+            problems.append(f"{where}: clip {quoted(clip)} is not queried in round {state.round}")
         elif label is not None and label not in labels:
             problems.append(
-                f"{where}: unknown label {label!r}; this run's labels: {sorted(labels)}"
+                f"{where}: unknown label {quoted(label)}; this run's labels: {sorted(labels)}"
             )
+        elif clip in taken:
+            problems.append(
+                f"{where}: clip {quoted(clip)} was taken by the loop already; its label can no "
+                "longer change"
+            )
+        elif (clip, who) in answers and answers[clip, who][1] != label:
+            problems.append(
+                f"{where}: clip {quoted(clip)} by {quoted(who)} again with another label (first "
+                f"at {answers[clip, who][0]}); keep one answer"
+            )
+        else:
+            answers.setdefault((clip, who), (where, label))
     if problems:
         more = (
             f"\n  … and {len(problems) - MAX_PROBLEMS} more" if len(problems) > MAX_PROBLEMS else ""
@@ -161,70 +221,111 @@ def import_labels(
             + "\n  ".join(problems[:MAX_PROBLEMS])
             + more
         )
-    stored = LabelStore(folder).put_many(
-        [(clip, who, label) for _, clip, who, label in rows], state.round, kind
+    stored = store.put_many(
+        [(clip, who, label) for (clip, who), (_, label) in answers.items()], state.round, kind
     )
     return {"stored": stored, "round": state.round, "format": kind}
 
 
-def _csv_rows(
-    source: Path, text: str, annotator: str | None
-) -> list[tuple[str, str, str, str | None]]:
-    reader = csv.DictReader(io.StringIO(text))
-    columns = set(reader.fieldnames or [])
-    if not {"clip_id", "label"} <= columns:
-        raise AfterError(
-            f"{source}: needs the columns clip_id and label (and optionally annotator); "
-            f"found {sorted(columns)}"
-        )
-    if "annotator" not in columns and not annotator:
-        raise AfterError(f"{source}: no annotator column; give --annotator NAME")
-    rows = []
-    for line, row in enumerate(reader, start=2):
-        who = (row.get("annotator") or annotator or "").strip()
-        if not who:
-            raise AfterError(f"{source}:{line}: empty annotator; fill it in or give --annotator")
-        label = (row["label"] or "").strip() or None
-        rows.append((f"{source.name}:{line}", (row["clip_id"] or "").strip(), who, label))
-    return rows
-
-
-def _label_studio_rows(source: Path, text: str) -> list[tuple[str, str, str, str | None]]:
+def _checked_name(value: object, where: str, problems: list[str]) -> str:
+    """The annotator name, checked as the web app checks it; a bad one is added to `problems`."""
     try:
+        return check_annotator(value)
+    except AfterError as e:
+        problems.append(f"{where}: {e}")
+        return ""
+
+
+def _csv_rows(source: Path, text: str, annotator: str | None) -> tuple[list[Row], list[str]]:
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    with parsing(str(source), "export the answers again"):
+        columns = set(reader.fieldnames or [])
+        if not {"clip_id", "label"} <= columns:
+            raise AfterError(
+                f"{source}: needs the columns clip_id and label (and optionally annotator); "
+                f"found {quoted(sorted(columns))}"
+            )
+        if "annotator" not in columns and not annotator:
+            raise AfterError(f"{source}: no annotator column; give --annotator NAME")
+        rows: list[Row] = []
+        problems: list[str] = []
+        for row in reader:
+            where = f"{source.name}:{reader.line_num}"
+            given = _uncell(row.get("annotator") or "").strip() or annotator
+            if not given:
+                problems.append(f"{where}: empty annotator; fill it in or give --annotator")
+                continue
+            who = _checked_name(given, where, problems)
+            label = _uncell((row["label"] or "").strip()) or None
+            rows.append((where, _uncell((row["clip_id"] or "").strip()), who, label))
+    return rows, problems
+
+
+def _label_studio_rows(source: Path, text: str) -> tuple[list[Row], list[str]]:
+    """Rows of a Label Studio JSON export (`annotations` per task; a cancelled annotation is a
+    skip) or JSON-MIN export (one flat object per annotation, the choice under `CHOICES`)."""
+    with parsing(f"{source}: not JSON", "export the project as JSON from Label Studio"):
         tasks = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise AfterError(f"{source}: not JSON ({e}); export the project as JSON") from None
     if not isinstance(tasks, list):
         raise AfterError(f"{source}: expected a list of tasks (Label Studio JSON export)")
-    rows: list[tuple[str, str, str, str | None]] = []
+    rows: list[Row] = []
+    problems: list[str] = []
     for k, task in enumerate(tasks):
         where = f"{source.name} task {k + 1}"
-        if not isinstance(task, dict):
-            raise AfterError(f"{where}: not an object")
-        data = task.get("data", task)
+        data = task.get("data", task) if isinstance(task, dict) else None
         clip = data.get("clip_id") if isinstance(data, dict) else None
-        if not isinstance(clip, str):
-            raise AfterError(
+        if not isinstance(task, dict) or not isinstance(clip, str):
+            problems.append(
                 f"{where}: no clip_id; import tasks made by after label export into Label Studio"
             )
+            continue
         if "annotations" in task:  # the full JSON export
-            for a in task["annotations"] or []:
+            annotations = task["annotations"] or []
+            if not isinstance(annotations, list):
+                problems.append(f"{where}: 'annotations' is not a list")
+                continue
+            for a in annotations:
+                if not isinstance(a, dict):
+                    problems.append(f"{where}: an annotation is not an object")
+                    continue
                 who = a.get("completed_by")
                 if isinstance(who, dict):
                     who = who.get("email") or who.get("id")
-                name = f"label-studio:{who}"
-                if a.get("was_cancelled"):
-                    rows.append((where, clip, name, None))
+                name = _checked_name(f"label-studio:{who}", where, problems)
+                try:
+                    label = None if a.get("was_cancelled") else _choice(a.get("result"))
+                except AfterError as e:
+                    problems.append(f"{where}: {e}")
                     continue
-                chosen = [
-                    r["value"]["choices"][0]
-                    for r in a.get("result", [])
-                    if r.get("type") == "choices" and r.get("value", {}).get("choices")
-                ]
-                rows.append((where, clip, name, chosen[0] if chosen else None))
+                rows.append((where, clip, name, label))
         elif CHOICES in task:  # JSON-MIN: one flat object per annotation
             value = task[CHOICES]
-            label = value[0] if isinstance(value, list) and value else value
-            name = f"label-studio:{task.get('annotator', 'unknown')}"
-            rows.append((where, clip, name, label if isinstance(label, str) else None))
-    return rows
+            choices = value if isinstance(value, list) else [value]
+            if len(choices) != 1 or not isinstance(choices[0], str):
+                problems.append(f"{where}: {CHOICES} {quoted(value)} is not one label")
+                continue
+            name = _checked_name(f"label-studio:{task.get('annotator')}", where, problems)
+            rows.append((where, clip, name, choices[0]))
+    return rows, problems
+
+
+def _choice(result: object) -> str:
+    """The one label chosen in a Label Studio annotation's `result`; `AfterError` if there is
+    not exactly one."""
+    if not isinstance(result, list):
+        raise AfterError("the annotation has no result list; choose a label or skip the task")
+    chosen = []
+    for r in result:
+        if not isinstance(r, dict) or r.get("type") != "choices":
+            continue
+        value = r.get("value")
+        choices = value.get("choices") if isinstance(value, dict) else None
+        if not isinstance(choices, list) or not all(isinstance(c, str) for c in choices):
+            raise AfterError(f"malformed choices {quoted(choices)}; export the project again")
+        chosen.extend(choices)
+    if len(chosen) != 1:
+        raise AfterError(
+            f"{len(chosen)} choices in one annotation; choose one label, or skip the task to "
+            "say that you cannot tell"
+        )
+    return chosen[0]

@@ -8,11 +8,19 @@ is one `BEGIN IMMEDIATE` transaction.
 
 A clip is *decided* once it has `min_votes` answers. It then takes the most voted label (ties go to
 the label voted first), and its vote counts are its soft label; a decided clip with only skips is
-*dropped*: nobody could label it, so the loop takes it out of the pool.
+*dropped*: nobody could label it, so the loop takes it out of the pool. When the loop takes a
+decided clip (`take`), the store records it in the same transaction, and from then on refuses to
+change its answers (`ClipTaken`): a change the loop would never see must not be accepted.
+
+Writers wait at most `wait_s` for another process's write lock (an import, the loop, a backup,
+a `sqlite3` shell), then fail with `StoreBusy`, having stored nothing. An annotator name given
+with a browser key (`key`) belongs to the first key that used it (`NameInUse` for the others), so
+nobody can answer or undo in another person's name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sqlite3
 import time
@@ -25,12 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from after.errors import AfterError
+from after.errors import AfterError, quoted
 from after.faults import fault_point
 from after.loop.oracle import Answers
 
 STORE_FILE = "labels.sqlite"
 SCHEMA_VERSION = 1
+MAX_NAME = 64
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -55,7 +64,38 @@ CREATE TABLE IF NOT EXISTS history (
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS annotations_round ON annotations (round, annotator, seq);
+CREATE TABLE IF NOT EXISTS taken (  -- clips the loop has taken: their answers are final
+    clip_id TEXT PRIMARY KEY,
+    at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS names (  -- annotator name -> digest of the browser key that owns it
+    annotator TEXT PRIMARY KEY,
+    key_digest TEXT NOT NULL
+);
 """
+
+
+class StoreBusy(AfterError):
+    """Another process held the store's write lock longer than we wait; nothing was written."""
+
+
+class ClipTaken(AfterError):
+    """An answer to a clip that the loop has already taken; it would have no effect."""
+
+
+class NameInUse(AfterError):
+    """An annotator name that belongs to another browser."""
+
+
+def check_annotator(value: object) -> str:
+    """An annotator name, stripped: 1 to `MAX_NAME` printable characters; else `AfterError`."""
+    name = value.strip() if isinstance(value, str) else ""
+    if not name or len(name) > MAX_NAME or not name.isprintable():
+        raise AfterError(
+            f"give an annotator name of at most {MAX_NAME} printable characters, not "
+            f"{quoted(value)}"
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -70,10 +110,12 @@ class Annotation:
 
 class LabelStore:
     """`LabelStore(run_dir)` opens (or creates) `run_dir/labels.sqlite`. Safe to share between
-    threads and processes: every call opens its own connection."""
+    threads and processes: every call opens its own connection. A call waits at most `wait_s`
+    for another process's write lock."""
 
-    def __init__(self, run_dir: str | os.PathLike[str]) -> None:
+    def __init__(self, run_dir: str | os.PathLike[str], *, wait_s: float = 60.0) -> None:
         self.path = Path(run_dir) / STORE_FILE
+        self.wait_s = wait_s
         if not self.path.parent.is_dir():
             raise AfterError(f"{self.path.parent}: no such run folder")
         with self._connect() as db:
@@ -93,18 +135,27 @@ class LabelStore:
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         try:
-            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            db = sqlite3.connect(self.path, timeout=self.wait_s, isolation_level=None)
         except sqlite3.Error as e:
             raise AfterError(f"{self.path}: cannot open the label store ({e})") from None
         try:
             db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA busy_timeout=60000")
+            db.execute(f"PRAGMA busy_timeout={int(self.wait_s * 1000)}")
             yield db
         except sqlite3.DatabaseError as e:
-            raise AfterError(
-                f"{self.path}: {e}; if the file is damaged, restore it from a backup (every "
-                "answer is also in its history table)"
-            ) from None
+            code = getattr(e, "sqlite_errorname", "")
+            if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+                raise StoreBusy(
+                    f"{self.path}: another process (an import, the active-learning loop, a "
+                    f"backup or a sqlite3 shell) has held the label store's write lock for over "
+                    f"{self.wait_s:g} s; nothing was stored, try again when it is done"
+                ) from None
+            if code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+                raise AfterError(
+                    f"{self.path}: damaged ({e}); restore it from a backup (every answer is "
+                    "also in its history table)"
+                ) from None
+            raise AfterError(f"{self.path}: {e}; nothing was stored") from None
         finally:
             db.close()
 
@@ -122,17 +173,43 @@ class LabelStore:
     # ---- writes
 
     def put(
-        self, clip_id: str, annotator: str, label: str | None, round: int, source: str = "web"
+        self,
+        clip_id: str,
+        annotator: str,
+        label: str | None,
+        round: int,
+        source: str = "web",
+        *,
+        key: str | None = None,
     ) -> None:
-        """Record (or replace) one annotator's answer for one clip."""
-        self.put_many([(clip_id, annotator, label)], round, source)
+        """Record (or replace) one annotator's answer for one clip; with `key`, only if the name
+        is free or belongs to that key."""
+        self.put_many([(clip_id, annotator, label)], round, source, key=key)
 
-    def put_many(self, rows: Iterable[tuple[str, str, str | None]], round: int, source: str) -> int:
+    def put_many(
+        self,
+        rows: Iterable[tuple[str, str, str | None]],
+        round: int,
+        source: str,
+        *,
+        key: str | None = None,
+    ) -> int:
         """Record many (clip, annotator, label-or-None) answers in one transaction: all or
-        none. Returns how many were written."""
+        none. Returns how many were written. Raises `ClipTaken` if a clip was taken by the loop,
+        `NameInUse` if `key` is given and a name belongs to another key."""
         now = time.time()
+        rows = list(rows)
         count = 0
         with self._write() as db:
+            taken = _taken(db, [clip for clip, _, _ in rows])
+            if taken:
+                raise ClipTaken(
+                    f"{len(taken)} clip(s) were taken by the active-learning loop already (e.g. "
+                    f"{quoted(min(taken))}); their labels can no longer change"
+                )
+            if key is not None:
+                for name in {annotator for _, annotator, _ in rows}:
+                    _claim(db, name, key)
             for k, (clip_id, annotator, label) in enumerate(rows):
                 if k == 1:
                     fault_point("label-import")  # mid-transaction: nothing may land
@@ -151,10 +228,13 @@ class LabelStore:
                 count += 1
         return count
 
-    def undo(self, annotator: str, round: int) -> str | None:
+    def undo(self, annotator: str, round: int, *, key: str | None = None) -> str | None:
         """Withdraw `annotator`'s latest answer of `round`; returns its clip id (None if there
-        is nothing to undo). The answer stays in the history."""
+        is nothing to undo). The answer stays in the history. Raises `ClipTaken` if the loop has
+        taken that clip, `NameInUse` if `key` is given and the name belongs to another key."""
         with self._write() as db:
+            if key is not None:
+                _claim(db, annotator, key)
             row = db.execute(
                 "SELECT clip_id, label, source FROM annotations WHERE annotator=? AND round=? "
                 "ORDER BY seq DESC LIMIT 1",
@@ -163,6 +243,11 @@ class LabelStore:
             if row is None:
                 return None
             clip_id, label, source = row
+            if _taken(db, [clip_id]):
+                raise ClipTaken(
+                    "your latest answer was taken by the active-learning loop already; it can no "
+                    "longer be undone"
+                )
             db.execute(
                 "DELETE FROM annotations WHERE clip_id=? AND annotator=?", (clip_id, annotator)
             )
@@ -179,21 +264,8 @@ class LabelStore:
         self, clip_ids: Sequence[str] | None = None, round: int | None = None
     ) -> list[Annotation]:
         """Current answers, oldest change first; filtered by clips and/or round."""
-        sql, args = "SELECT * FROM annotations", []
-        where = []
-        if round is not None:
-            where.append("round=?")
-            args.append(round)
-        if where:
-            sql += " WHERE " + " AND ".join(where)
         with self._connect() as db:
-            rows = db.execute(sql + " ORDER BY seq", args).fetchall()
-        wanted = set(clip_ids) if clip_ids is not None else None
-        return [
-            Annotation(r[0], r[1], r[2], int(r[3]), r[4], float(r[5]))
-            for r in rows
-            if wanted is None or r[0] in wanted
-        ]
+            return _annotations(db, clip_ids, round)
 
     def history(self) -> list[dict[str, Any]]:
         """Every change ever made, in order."""
@@ -201,25 +273,75 @@ class LabelStore:
             db.row_factory = sqlite3.Row
             return [dict(r) for r in db.execute("SELECT * FROM history ORDER BY seq")]
 
-    def resolve(self, clip_ids: Sequence[str], min_votes: int = 1) -> Answers:
-        """The decided clips among `clip_ids`: their label and votes, or dropped."""
-        by_clip: dict[str, list[Annotation]] = {}
-        for a in self.annotations(clip_ids):
-            by_clip.setdefault(a.clip_id, []).append(a)
-        answers = Answers()
-        for clip in clip_ids:
-            given = by_clip.get(clip, [])
-            if len(given) < min_votes:
-                continue
-            labels = [a.label for a in given if a.label is not None]  # oldest first
-            if not labels:
-                answers.dropped.append(clip)
-                continue
-            counts = Counter(labels)
-            top = max(counts.values())
-            answers.labels[clip] = next(x for x in labels if counts[x] == top)
-            answers.votes[clip] = dict(counts)
+    def taken(self, clip_ids: Sequence[str]) -> set[str]:
+        """The clips among `clip_ids` that the loop has taken (their answers are final)."""
+        with self._connect() as db:
+            return _taken(db, clip_ids)
+
+    def take(self, clip_ids: Sequence[str], min_votes: int = 1) -> Answers:
+        """The decided clips among `clip_ids` (their label and votes, or dropped), recorded as
+        taken in the same transaction: an answer is either in what the loop takes, or refused."""
+        with self._write() as db:
+            answers = _resolve(_annotations(db, clip_ids), clip_ids, min_votes)
+            now = time.time()
+            db.executemany(
+                "INSERT OR IGNORE INTO taken VALUES (?, ?)",
+                [(clip, now) for clip in [*answers.labels, *answers.dropped]],
+            )
         return answers
+
+
+def _annotations(
+    db: sqlite3.Connection, clip_ids: Sequence[str] | None = None, round: int | None = None
+) -> list[Annotation]:
+    sql, args = "SELECT * FROM annotations", []
+    if round is not None:
+        sql += " WHERE round=?"
+        args.append(round)
+    rows = db.execute(sql + " ORDER BY seq", args).fetchall()
+    wanted = set(clip_ids) if clip_ids is not None else None
+    return [
+        Annotation(r[0], r[1], r[2], int(r[3]), r[4], float(r[5]))
+        for r in rows
+        if wanted is None or r[0] in wanted
+    ]
+
+
+def _taken(db: sqlite3.Connection, clip_ids: Iterable[str]) -> set[str]:
+    wanted = set(clip_ids)
+    return {r[0] for r in db.execute("SELECT clip_id FROM taken") if r[0] in wanted}
+
+
+def _claim(db: sqlite3.Connection, annotator: str, key: str) -> None:
+    """Give `annotator` to `key` if the name is free; refuse it if another key has it."""
+    digest = hashlib.sha256(key.encode()).hexdigest()
+    db.execute("INSERT OR IGNORE INTO names VALUES (?, ?)", (annotator, digest))
+    (owner,) = db.execute("SELECT key_digest FROM names WHERE annotator=?", (annotator,)).fetchone()
+    if owner != digest:
+        raise NameInUse(
+            f"the name {quoted(annotator)} is in use in another browser; choose another name"
+        )
+
+
+def _resolve(given: Sequence[Annotation], clip_ids: Sequence[str], min_votes: int) -> Answers:
+    """The decided clips among `clip_ids`, from their current answers `given` (oldest first)."""
+    by_clip: dict[str, list[Annotation]] = {}
+    for a in given:
+        by_clip.setdefault(a.clip_id, []).append(a)
+    answers = Answers()
+    for clip in clip_ids:
+        mine = by_clip.get(clip, [])
+        if len(mine) < min_votes:
+            continue
+        labels = [a.label for a in mine if a.label is not None]  # oldest first
+        if not labels:
+            answers.dropped.append(clip)
+            continue
+        counts = Counter(labels)
+        top = max(counts.values())
+        answers.labels[clip] = next(x for x in labels if counts[x] == top)
+        answers.votes[clip] = dict(counts)
+    return answers
 
 
 def fleiss_kappa(counts: np.ndarray) -> float:

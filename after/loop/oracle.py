@@ -55,7 +55,8 @@ class SimulatedOracle:
 
 class HumanOracle:
     """Answers from the run's label store (`after label serve`, `after label import`): a clip
-    counts once `min_votes` annotators answered it (see `after.label.store`)."""
+    counts once `min_votes` annotators answered it (see `after.label.store`). The clips it
+    answers are taken: the store refuses later changes to them, which the loop would not see."""
 
     def __init__(self, run_dir: str | os.PathLike[str], min_votes: int = 1) -> None:
         from after.label.store import LabelStore
@@ -64,4 +65,4 @@ class HumanOracle:
         self.min_votes = min_votes
 
     def label(self, ids: Sequence[str]) -> Answers:
-        return self.store.resolve(ids, self.min_votes)
+        return self.store.take(ids, self.min_votes)

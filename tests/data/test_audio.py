@@ -34,7 +34,7 @@ def test_good_file_is_measured(tmp_path: Path) -> None:
     info = inspect_audio(write_tone(tmp_path / "a.wav", duration_s=1.5))
     assert info.sample_rate == SAMPLE_RATE and info.channels == 1
     assert info.duration_s == pytest.approx(1.5)
-    assert -20 < info.rms_dbfs < -5
+    assert -20 < info.level_dbfs < -5
 
 
 def test_missing_and_folder(tmp_path: Path) -> None:
@@ -91,7 +91,7 @@ def test_silent_and_nonfinite(tmp_path: Path) -> None:
     quiet = tmp_path / "quiet.wav"
     sf.write(quiet, tone(amplitude=1e-4), SAMPLE_RATE, subtype="FLOAT")
     assert _reason(quiet) == "silent"
-    assert inspect_audio(quiet, silence_dbfs=-100).rms_dbfs < -60
+    assert inspect_audio(quiet, silence_dbfs=-100).level_dbfs < -60
     for bad in (np.nan, np.inf):
         x = tone()
         x[100] = bad

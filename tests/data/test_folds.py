@@ -134,3 +134,20 @@ def test_emodb_loso_is_speaker_independent(emodb_dir: Path) -> None:
     for f in folds.folds:
         _assert_speaker_independent(m, f)
         assert len(f.train) + len(f.dev) + len(f.test) == 535
+
+
+def test_a_speaker_id_in_two_corpora_is_not_merged_silently() -> None:
+    """Two corpora numbering their speakers alike ("spk0") would become one person in the folds;
+    that is refused unless the caller says they are the same person."""
+    a = _corpus(num_speakers=4)
+    b = [
+        Utterance(f"d_{u.id}", u.path, u.label, u.speaker, "other", u.session)
+        for u in _corpus(num_speakers=2)
+    ]
+    both = Manifest([*a, *b])
+    with pytest.raises(FoldError, match=r"2 speaker id\(s\) appear in several corpora.*'spk0'"):
+        make_folds(both, "loso")
+    with pytest.raises(FoldError, match="session"):
+        make_folds(both, "loso-session")
+    folds = make_folds(both, "loso", shared_speakers=True)
+    assert len(folds) == 4  # spk0 and spk1 each one person across both corpora

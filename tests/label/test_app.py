@@ -48,11 +48,12 @@ def test_clips_come_in_strategy_order_and_answers_are_stored(
     for k in range(6):
         got = client.get("/api/next", params={"annotator": "ann"}).json()
         clip = got["clip"]
-        assert "guess" not in clip  # off by default: no anchoring
-        seen.append(clip["clip_id"])
+        assert "guess" not in clip and clip["clip"] == f"0.{k + 1}"  # no anchoring, no id
+        assert not any(i in json.dumps(got) for i in state.pending)  # ids spell labels
+        seen.append(state.pending[clip["position"] - 1])
         label = None if k == 5 else run.manifest.labels[k % 4]
         r = _post(
-            client, "/api/answers", {"annotator": "ann", "clip_id": clip["clip_id"], "label": label}
+            client, "/api/answers", {"annotator": "ann", "clip": clip["clip"], "label": label}
         )
         assert r.status_code == 200 and r.json()["progress"]["decided"] == k + 1
     assert seen == state.pending  # the strategy's order
@@ -63,7 +64,7 @@ def test_clips_come_in_strategy_order_and_answers_are_stored(
         (c, None if k == 5 else run.manifest.labels[k % 4]) for k, c in enumerate(seen)
     ]
     undone = _post(client, "/api/undo", {"annotator": "ann"}).json()
-    assert undone["clip"]["clip_id"] == seen[-1] and undone["progress"]["decided"] == 5
+    assert undone["clip"]["position"] == 6 and undone["progress"]["decided"] == 5
 
 
 def test_audio_is_served_by_clip_id_as_wav(labeling: tuple[Run, LoopState]) -> None:
@@ -77,11 +78,11 @@ def test_audio_is_served_by_clip_id_as_wav(labeling: tuple[Run, LoopState]) -> N
 
 
 def test_two_annotators_get_different_clips_first(labeling: tuple[Run, LoopState]) -> None:
-    run, state = labeling
+    run, _state = labeling
     client = _client(run)
-    a = client.get("/api/next", params={"annotator": "ann"}).json()["clip"]["clip_id"]
-    b = client.get("/api/next", params={"annotator": "bob"}).json()["clip"]["clip_id"]
-    assert (a, b) == (state.pending[0], state.pending[1])
+    a = client.get("/api/next", params={"annotator": "ann"}).json()["clip"]["position"]
+    b = client.get("/api/next", params={"annotator": "bob"}).json()["clip"]["position"]
+    assert (a, b) == (1, 2)
 
 
 def test_min_votes_needs_that_many_people(make_run: Any, tmp_path: Path) -> None:
@@ -91,7 +92,7 @@ def test_min_votes_needs_that_many_people(make_run: Any, tmp_path: Path) -> None
     for who in ("ann", "bob"):
         _post(client, "/api/answers", {"annotator": who, "clip_id": first, "label": "anger"})
         got = client.get("/api/next", params={"annotator": "cy"}).json()
-        assert (got["clip"]["clip_id"] == first) == (who == "ann")
+        assert (got["clip"]["position"] == 1) == (who == "ann")
     assert got["progress"]["decided"] == 1
 
 
@@ -188,14 +189,17 @@ def test_a_non_local_bind_needs_a_token(labeling: tuple[Run, LoopState]) -> None
         create_app(run.run_dir, host="0.0.0.0")
     with pytest.raises(AfterError, match="token"):
         create_app(run.run_dir, host="192.168.1.20", token="")
+    token = "s3cret-0123456789"
     client = TestClient(
-        create_app(run.run_dir, host="0.0.0.0", token="s3cret"), base_url="http://lab.example"
+        create_app(run.run_dir, host="0.0.0.0", token=token), base_url="http://lab.example"
     )
     assert client.get("/api/session").status_code == 401
     assert client.get("/api/session", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert client.get("/api/session", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-    assert client.get("/api/session?token=s3cret").status_code == 401  # only the page takes it
-    page = client.get("/?token=s3cret")
+    assert (
+        client.get("/api/session", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+    )
+    assert client.get(f"/api/session?token={token}").status_code == 401  # only the page takes it
+    page = client.get(f"/?token={token}")
     assert page.status_code == 200 and "after_token" in page.headers["set-cookie"]
     assert "httponly" in page.headers["set-cookie"].lower()
     assert client.get("/api/session").status_code == 200  # the cookie now carries it

@@ -12,7 +12,7 @@ import pytest
 
 from after.errors import AfterError
 from after.label.files import export, import_labels
-from after.label.store import LabelStore
+from after.label.store import ClipTaken, LabelStore
 from after.loop.runner import Run, queries_path, run_loop
 from after.loop.state import LoopState
 
@@ -174,3 +174,178 @@ def test_label_commands(labeling: tuple[Run, LoopState], tmp_path: Path) -> None
     result = cli.invoke(app, ["label", "export", str(run.run_dir), "--out", str(tmp_path / "x")])
     assert result.exit_code == 0 and "labels.csv (8 answers)" in result.output
     assert (tmp_path / "x" / "label_studio_config.xml").is_file()
+
+
+def test_csv_cells_that_look_like_formulas_are_neutralised(
+    labeling: tuple[Run, LoopState], tmp_path: Path, tally: dict[str, int]
+) -> None:
+    run, state = labeling
+    store = LabelStore(run.run_dir)
+    names = [
+        '=HYPERLINK("http://evil.example","x")',
+        "+1+1",
+        "-2+3",
+        "@SUM(A1:A9)",
+        "=1|' /C x'!A0",
+    ]
+    for clip, name in zip(state.pending, names, strict=False):
+        store.put(clip, name, "anger", 0)
+    export(run.run_dir, tmp_path / "out")
+    with open(tmp_path / "out" / "labels.csv", newline="") as f:
+        cells = [cell for row in csv.reader(f) for cell in row]
+    assert not [c for c in cells if c.startswith(("=", "+", "-", "@", "\t", "\r"))]
+    assert {"'" + n for n in names} <= set(cells)
+    before = {(a.clip_id, a.annotator) for a in store.annotations()}
+    import_labels(run.run_dir, tmp_path / "out" / "labels.csv")  # read back: names as they were
+    assert {(a.clip_id, a.annotator) for a in store.annotations()} == before
+    tally["hostile_inputs"] = tally.get("hostile_inputs", 0) + len(names)
+    tally["clear_messages"] = tally.get("clear_messages", 0) + len(names)
+
+
+def _ls_task(clip: str, **annotation: Any) -> dict[str, Any]:
+    base = {"completed_by": 3, "was_cancelled": False, "result": []}
+    return {"data": {"clip_id": clip}, "annotations": [{**base, **annotation}]}
+
+
+def _choices(value: Any) -> list[dict[str, Any]]:
+    return [{"type": "choices", "from_name": "emotion", "value": {"choices": value}}]
+
+
+CSV_HEAD = "clip_id,label,annotator\n"
+
+# name -> (file name, its content given the first queried clip, what the message must say)
+BAD_IMPORTS: dict[str, tuple[str, Any, str]] = {
+    "annotations a string": (
+        "a.json",
+        lambda c: [{"data": {"clip_id": c}, "annotations": "x"}],
+        "'annotations' is not a list",
+    ),
+    "result null": ("a.json", lambda c: [_ls_task(c, result=None)], "no result list"),
+    "nested choices": (
+        "a.json",
+        lambda c: [_ls_task(c, result=_choices([["anger"]]))],
+        "malformed choices",
+    ),
+    "choices a dict": (
+        "a.json",
+        lambda c: [_ls_task(c, result=_choices({"anger": 1}))],
+        "malformed choices",
+    ),
+    "choices a string": (
+        "a.json",
+        lambda c: [_ls_task(c, result=_choices("anger"))],
+        "malformed choices",
+    ),
+    "no choice": ("a.json", lambda c: [_ls_task(c)], "0 choices"),
+    "two choices": (
+        "a.json",
+        lambda c: [_ls_task(c, result=_choices(["anger", "sadness"]))],
+        "2 choices",
+    ),
+    "json-min object": (
+        "a.json",
+        lambda c: [{"clip_id": c, "emotion": {"x": 1}}],
+        "not one label",
+    ),
+    "huge email": (
+        "a.json",
+        lambda c: [_ls_task(c, completed_by={"email": "x" * 200_000}, result=_choices(["anger"]))],
+        "annotator name",
+    ),
+    "utf-16": ("a.json", lambda c: json.dumps([]).encode("utf-16"), "UTF-16"),
+    "deep": ("a.json", lambda c: "[" * 100_000, "nested too deeply"),
+    "5000 digits": ("a.json", lambda c: "[" + "9" * 5000 + "]", "4300 digits"),
+    "latin-1 csv": (
+        "a.csv",
+        lambda c: f"{CSV_HEAD}{c},anger,Jos\xe9\n".encode("latin-1"),
+        "not UTF-8",
+    ),
+    "cell over 128 KiB": (
+        "a.csv",
+        lambda c: f"{CSV_HEAD}{c},anger,{'x' * 200_000}\n",
+        "field larger than",
+    ),
+    "100 KB name": ("a.csv", lambda c: f"{CSV_HEAD}{c},anger,{'x' * 100_000}\n", "annotator name"),
+    "NUL in a name": ("a.csv", lambda c: f"{CSV_HEAD}{c},anger,a\x00b\n", "annotator name"),
+    "newline in a name": ("a.csv", lambda c: f'{CSV_HEAD}{c},anger,"a\nb"\n', "annotator name"),
+    "two labels for one answer": (
+        "a.csv",
+        lambda c: f"{CSV_HEAD}{c},anger,ann\n{c},sadness,ann\n",
+        "again with another label",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_IMPORTS))
+def test_bad_imports_store_nothing_and_say_why(
+    case: str, labeling: tuple[Run, LoopState], tmp_path: Path, tally: dict[str, int]
+) -> None:
+    run, state = labeling
+    name, make, expected = BAD_IMPORTS[case]
+    content = make(state.pending[0])
+    path = tmp_path / name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif isinstance(content, str):
+        path.write_text(content)
+    else:
+        path.write_text(json.dumps(content))
+    with pytest.raises(AfterError) as e:
+        import_labels(run.run_dir, path)
+    assert expected in str(e.value) and name in str(e.value) and len(str(e.value)) < 2000
+    assert LabelStore(run.run_dir).history() == []
+    tally["hostile_inputs"] = tally.get("hostile_inputs", 0) + 1
+    tally["clear_messages"] = tally.get("clear_messages", 0) + 1
+
+
+def test_an_import_stores_a_repeated_row_once(
+    labeling: tuple[Run, LoopState], tmp_path: Path
+) -> None:
+    run, state = labeling
+    a = state.pending[0]
+    row = [a, "anger", "ann"]
+    path = _write_csv(tmp_path / "twice.csv", [["clip_id", "label", "annotator"], row, row])
+    assert import_labels(run.run_dir, path)["stored"] == 1
+    assert len(LabelStore(run.run_dir).history()) == 1
+
+
+def test_answers_to_clips_the_loop_took_are_refused(
+    labeling: tuple[Run, LoopState], tmp_path: Path, tally: dict[str, int]
+) -> None:
+    """The loop takes a clip's label once it is decided; a later change would be stored but
+    never reach state.json, so it is refused, and nothing is half-imported."""
+    run, state = labeling
+    a, b = state.pending[:2]
+    import_labels(
+        run.run_dir,
+        _write_csv(tmp_path / "1.csv", [["clip_id", "label"], [a, "anger"]]),
+        annotator="ann",
+    )
+    state = run_loop(run, LoopState.load(run.run_dir))  # takes a, waits for the rest
+    assert state.labels == {a: "anger"} and state.phase == "label"
+    late = _write_csv(tmp_path / "2.csv", [["clip_id", "label"], [b, "anger"], [a, "sadness"]])
+    with pytest.raises(AfterError, match="taken by the loop already"):
+        import_labels(run.run_dir, late, annotator="ann")
+    store = LabelStore(run.run_dir)
+    assert [(x.clip_id, x.label) for x in store.annotations()] == [(a, "anger")]
+    with pytest.raises(ClipTaken):
+        store.undo("ann", 0)  # her latest answer is the one the loop took
+    assert LoopState.load(run.run_dir).labels == {a: "anger"}
+    tally["late_changes_refused"] = tally.get("late_changes_refused", 0) + 2
+
+
+def test_audio_urls_for_label_studio(labeling: tuple[Run, LoopState], tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from after.label.app import create_app
+
+    run, _ = labeling
+    export(run.run_dir, tmp_path / "out", audio_url="http://127.0.0.1:8765/api/audio/{handle}")
+    tasks = json.loads((tmp_path / "out" / "label_studio_tasks.json").read_text())
+    urls = [t["data"]["audio"] for t in tasks]
+    assert urls == [f"http://127.0.0.1:8765/api/audio/0.{k + 1}" for k in range(6)]
+    client = TestClient(create_app(run.run_dir), base_url="http://127.0.0.1")
+    assert client.get(urls[0].removeprefix("http://127.0.0.1:8765")).status_code == 200
+    for bad in ("http://x/{id}", "{0}", "{clip_id.__class__}", "http://x/{"):
+        with pytest.raises(AfterError, match="--audio-url"):
+            export(run.run_dir, tmp_path / "bad", audio_url=bad)

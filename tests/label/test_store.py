@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 
 from after.errors import AfterError
-from after.label.store import STORE_FILE, Annotation, LabelStore, agreement, fleiss_kappa
+from after.label.store import (
+    STORE_FILE,
+    Annotation,
+    ClipTaken,
+    LabelStore,
+    NameInUse,
+    StoreBusy,
+    agreement,
+    fleiss_kappa,
+)
 
 
 def test_answers_decide_clips_by_plurality_with_first_vote_tie_break(tmp_path: Path) -> None:
@@ -26,11 +35,11 @@ def test_answers_decide_clips_by_plurality_with_first_vote_tie_break(tmp_path: P
     store.put("d", "ann", "joy", 0)  # one answer: not decided at min_votes=2
     store.put("e", "ann", None, 0)
     store.put("e", "bob", "sad", 0)  # a skip and a label: the label
-    got = store.resolve(["a", "b", "c", "d", "e", "f"], min_votes=2)
+    got = store.take(["a", "b", "c", "d", "e", "f"], min_votes=2)
     assert got.labels == {"a": "joy", "b": "sad", "e": "sad"}
     assert got.votes == {"a": {"anger": 1, "joy": 2}, "b": {"sad": 1, "anger": 1}, "e": {"sad": 1}}
     assert got.dropped == ["c"]
-    assert store.resolve(["d", "f"], min_votes=1).labels == {"d": "joy"}
+    assert store.take(["d", "f"], min_votes=1).labels == {"d": "joy"}
 
 
 def test_relabel_replaces_and_undo_withdraws_but_history_keeps_all(tmp_path: Path) -> None:
@@ -52,6 +61,63 @@ def test_relabel_replaces_and_undo_withdraws_but_history_keeps_all(tmp_path: Pat
         ("undo", "b", "sad"),
         ("undo", "a", "joy"),
     ]
+
+
+def test_taken_clips_are_final(tmp_path: Path) -> None:
+    """What the loop takes (in the same transaction that decides it) can no longer change: a
+    later answer or undo is refused instead of stored and ignored."""
+    store = LabelStore(tmp_path)
+    store.put("a", "ann", "anger", 0)
+    store.put("b", "ann", None, 0)
+    store.put("c", "bob", "joy", 0)
+    got = store.take(["a", "b", "c"], min_votes=2)  # c: one vote of two, stays open
+    assert got.labels == {} and got.dropped == []
+    store.put("c", "cy", "joy", 0)
+    got = store.take(["a", "b", "c"], min_votes=1)
+    assert got.labels == {"a": "anger", "c": "joy"} and got.dropped == ["b"]
+    assert store.taken(["a", "b", "c", "d"]) == {"a", "b", "c"}
+    for late in (lambda: store.put("a", "ann", "joy", 0), lambda: store.put("b", "dan", "joy", 0)):
+        with pytest.raises(ClipTaken, match="taken by the active-learning loop"):
+            late()
+    with pytest.raises(ClipTaken):
+        store.put_many([("d", "ann", "joy"), ("a", "ann", "joy")], 0, "csv")  # all or nothing
+    with pytest.raises(ClipTaken):
+        store.undo("cy", 0)
+    assert store.take(["a", "b", "c"], min_votes=1) == got  # a resumed loop takes the same
+    assert [(h["clip_id"], h["annotator"]) for h in store.history()] == [
+        ("a", "ann"),
+        ("b", "ann"),
+        ("c", "bob"),
+        ("c", "cy"),
+    ]
+
+
+def test_a_name_belongs_to_the_browser_that_used_it_first(tmp_path: Path) -> None:
+    store = LabelStore(tmp_path)
+    store.put("a", "ann", "anger", 0, key="ann's browser")
+    store.put("b", "ann", "joy", 0, key="ann's browser")
+    with pytest.raises(NameInUse, match="'ann' is in use in another browser"):
+        store.put("a", "ann", "sad", 0, key="bob's browser")
+    with pytest.raises(NameInUse):
+        store.undo("ann", 0, key="bob's browser")
+    assert store.undo("ann", 0, key="ann's browser") == "b"
+    assert [(a.clip_id, a.label) for a in store.annotations()] == [("a", "anger")]
+
+
+def test_a_locked_store_says_so_after_a_bounded_wait(tmp_path: Path) -> None:
+    store = LabelStore(tmp_path, wait_s=0.2)
+    store.put("a", "ann", "anger", 0)
+    other = sqlite3.connect(tmp_path / STORE_FILE, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # e.g. a sqlite3 shell, or a backup, holding the lock
+    try:
+        with pytest.raises(StoreBusy) as e:
+            store.put("b", "ann", "joy", 0)
+        assert "another process" in str(e.value) and "damaged" not in str(e.value)
+        assert [a.clip_id for a in store.annotations()] == ["a"]  # reads go on
+    finally:
+        other.execute("ROLLBACK")
+    store.put("b", "ann", "joy", 0)
+    assert [a.clip_id for a in store.annotations()] == ["a", "b"]
 
 
 def test_the_store_is_wal_durable_and_schema_checked(tmp_path: Path) -> None:

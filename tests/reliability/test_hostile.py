@@ -3,6 +3,7 @@ a corpus with bad files keeps going; nothing ends in a raw traceback."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -17,7 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from after.cli import main
-from after.data.audio import REASONS, inspect_audio, load_audio
+from after.data import audio
+from after.data.audio import DECODE_LIMIT_S, REASONS, audio_windows, inspect_audio, load_audio
 from after.data.manifest import Manifest
 from after.errors import AfterError, AudioError, ManifestError
 
@@ -75,6 +77,44 @@ def _symlink_loop(path: Path) -> None:
     other.symlink_to(path)
 
 
+def _one_hertz(fmt: str) -> Callable[[Path], None]:
+    """A 42 KB file whose header claims 1 Hz: 21,000 "seconds" that would decode to 1.3 GB."""
+
+    def make(path: Path) -> None:
+        sf.write(path, _speech(21_000 / SR), 1, format=fmt, subtype="PCM_16")
+
+    return make
+
+
+def _streaming_sizes(path: Path) -> None:
+    """A WAV as streaming writers leave it: RIFF and data sizes unknown (0xFFFFFFFF)."""
+    sf.write(path, _speech(), SR, subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    at = data.index(b"data")
+    data[4:8] = data[at + 4 : at + 8] = b"\xff\xff\xff\xff"
+    path.write_bytes(bytes(data))
+
+
+def _quiet_speech(path: Path) -> None:
+    """Like RAVDESS's quiet calm and sad clips: 3.5 s, 1.5 s of voiced speech (glottal pulses
+    through a formant) peaking at -44 dBFS between silences; whole-clip RMS -62 dBFS."""
+    t = np.arange(int(1.5 * SR)) / SR
+    pulses = np.zeros_like(t)
+    pulses[:: SR // 120] = 1.0  # 120 Hz voicing
+    formant = np.exp(-np.arange(200) / SR / 0.002) * np.sin(2 * np.pi * 700 * np.arange(200) / SR)
+    voiced = np.convolve(pulses, formant)[: len(t)] * (0.6 + 0.4 * np.sin(2 * np.pi * 4 * t))
+    voiced *= 10 ** (-44 / 20) / np.abs(voiced).max()
+    x = np.concatenate([np.zeros(SR), voiced, np.zeros(SR)])
+    assert 10 * np.log10(np.mean(x**2)) < -60  # whole-clip RMS calls it silent
+    sf.write(path, x, SR, subtype="PCM_16")
+
+
+def _noise_floor(path: Path) -> None:
+    """A microphone that recorded nothing: noise at -75 dBFS."""
+    noise = np.random.default_rng(0).standard_normal(2 * SR) * 10 ** (-75 / 20)
+    sf.write(path, noise, SR, subtype="FLOAT")
+
+
 # name -> (how to make it, the reason it must be rejected for, or None: it must load)
 HOSTILE_AUDIO: dict[str, tuple[Callable[[Path], None], str | None]] = {
     "truncated_flac.flac": (_truncated("FLAC"), "corrupt"),
@@ -86,12 +126,18 @@ HOSTILE_AUDIO: dict[str, tuple[Callable[[Path], None], str | None]] = {
     "six_channels.wav": (lambda p: sf.write(p, _speech(1.0, SR, 6), SR), None),
     "nan.wav": (_floats(math.nan), "nonfinite"),
     "inf.wav": (_floats(math.inf), "nonfinite"),
-    "hours_long.wav": (_hours_long, None),
+    "hours_long.wav": (_hours_long, "too_long"),  # over --max-duration (600 s)
     "text.wav": (lambda p: p.write_text("id,label\nthis is not audio\n"), "not_audio"),
     "silence.wav": (lambda p: sf.write(p, np.zeros(SR), SR), "silent"),
     "folder.wav": (lambda p: p.mkdir(), "not_audio"),
     "loop.wav": (_symlink_loop, "missing"),
     "dangling.wav": (lambda p: p.symlink_to(p.with_name("nowhere.wav")), "missing"),
+    "one_hertz.wav": (_one_hertz("WAV"), "corrupt"),
+    "one_hertz_flac.flac": (_one_hertz("FLAC"), "corrupt"),
+    "huge_samples.wav": (_floats(1e29), "out_of_range"),
+    "streaming_sizes.wav": (_streaming_sizes, None),
+    "quiet_speech.wav": (_quiet_speech, None),
+    "noise_floor.wav": (_noise_floor, "silent"),
 }
 
 
@@ -130,6 +176,22 @@ def test_every_hostile_file_gets_its_reason_and_a_fix(hostile: Path, tally: dict
         assert str(path) in message and REASONS[reason] in message, message
         tally["clear_messages"] = tally.get("clear_messages", 0) + 1
     tally["hostile_inputs"] = tally.get("hostile_inputs", 0) + len(HOSTILE_AUDIO)
+
+
+def test_long_files_are_read_in_bounded_pieces(
+    hostile: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = hostile / "hours_long.wav"
+    assert inspect_audio(path, max_duration_s=DECODE_LIMIT_S).duration_s == 3600
+    assert load_audio(path, max_duration_s=8.0, crop="center").shape == (8 * SR,)
+    windows = audio_windows(path, 30.0)
+    assert [(a, b, len(x)) for a, b, x in itertools.islice(windows, 2)] == [
+        (0.0, 30.0, 30 * SR),
+        (30.0, 60.0, 30 * SR),
+    ]
+    monkeypatch.setattr(audio, "DECODE_LIMIT_S", 1800.0)
+    with pytest.raises(AudioError, match="too_long"):
+        load_audio(path)  # whole: refused rather than decoded into memory
 
 
 def test_symlink_loops_say_so(hostile: Path) -> None:

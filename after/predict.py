@@ -1,0 +1,92 @@
+"""`after predict`: classify audio files of any length, each on its own.
+
+Every file is checked first as `after prepare` checks clips (in constant memory), so a bad file is
+reported and skipped while the others are classified, `FILES_PER_PASS` at a time. A file longer
+than the model's evaluation window (`TrainConfig.max_eval_seconds`) is cut into equal consecutive
+windows of at most that length, classified `WINDOWS_PER_PASS` at a time: memory does not grow with
+the file.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import soundfile as sf
+
+from after.config import TrainConfig
+from after.data.audio import SAMPLE_RATE, audio_windows, inspect_audio
+from after.data.manifest import Manifest, Utterance
+from after.errors import AudioError
+from after.models.classifier import Classifier
+
+FILES_PER_PASS = 16
+WINDOWS_PER_PASS = 4  # 30 s each: a pass of them costs what evaluating 4 long clips does
+
+
+def predict_files(
+    clf: Classifier,
+    files: list[Path],
+    *,
+    on_error: Callable[[AudioError], None],
+    config: TrainConfig | None = None,
+) -> Iterator[dict[str, Any]]:
+    """One record per file, or per window of a long file: `file`, `label`, `scores` (label ->
+    probability) and, for windows, `start_s` and `end_s`. A file that cannot be used goes to
+    `on_error` and yields nothing."""
+    config = config or TrainConfig(cache_cnn=False)
+    short: list[Path] = []  # checked, waiting to be classified together
+
+    def classify_short() -> Iterator[dict[str, Any]]:
+        probs = _classify(clf, [str(p) for p in short], config) if short else []
+        yield from (_record(clf, p, x) for p, x in zip(short, probs, strict=True))
+        short.clear()
+
+    for path in files:
+        try:
+            info = inspect_audio(path, max_duration_s=None)
+        except AudioError as e:
+            on_error(e)
+            continue
+        if info.duration_s <= config.max_eval_seconds:
+            short.append(path)
+            if len(short) == FILES_PER_PASS:
+                yield from classify_short()
+            continue
+        yield from classify_short()
+        try:
+            yield from _windows(clf, path, config)
+        except AudioError as e:  # changed since it was checked
+            on_error(e)
+    yield from classify_short()
+
+
+def _windows(clf: Classifier, path: Path, config: TrainConfig) -> Iterator[dict[str, Any]]:
+    windows = audio_windows(path, config.max_eval_seconds)
+    with tempfile.TemporaryDirectory(prefix="after-predict-") as tmp:
+        while True:
+            group = []
+            for k, (start, end, wave) in zip(range(WINDOWS_PER_PASS), windows, strict=False):
+                clip = os.path.join(tmp, f"{k}.wav")
+                sf.write(clip, wave, SAMPLE_RATE, subtype="FLOAT")  # exact: no requantising
+                group.append((start, end, clip))
+            if not group:
+                return
+            probs = _classify(clf, [clip for _, _, clip in group], config)
+            for (start, end, _), p in zip(group, probs, strict=True):
+                yield {**_record(clf, path, p), "start_s": round(start, 3), "end_s": round(end, 3)}
+
+
+def _classify(clf: Classifier, paths: list[str], config: TrainConfig) -> Any:
+    from after.train import predict
+
+    m = Manifest(Utterance(f"clip{k}", p, None, "unknown", "predict") for k, p in enumerate(paths))
+    return predict(clf, m, m.ids, config=config)
+
+
+def _record(clf: Classifier, path: Path, probs: Any) -> dict[str, Any]:
+    scores = {label: round(float(x), 6) for label, x in zip(clf.labels, probs, strict=True)}
+    return {"file": str(path), "label": clf.labels[int(probs.argmax())], "scores": scores}
