@@ -61,7 +61,15 @@ def test_report_of_a_run(run_dir: Path) -> None:
     page = files["html"].read_text()
     assert len(_images(page)) == len(pngs)
     assert "http://" not in page and "https://" not in page and "<script" not in page
-    for fact in ("synth", "synth_f1", "egemaps", "entropy", "4,8,12", "random", "logistic regression"):
+    for fact in (
+        "synth",
+        "synth_f1",
+        "egemaps",
+        "entropy",
+        "4,8,12",
+        "random",
+        "logistic regression",
+    ):
         assert f"{fact}" in page
     assert "run &lt;1&gt; &amp; more" in page and "<1>" not in page
 
