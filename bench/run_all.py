@@ -46,6 +46,14 @@ class Bench:
 
 BENCHES = (
     Bench(
+        "whisper_features",
+        "Frozen Whisper features on EmoDB: layer, pooling, window; the learner against scikit-learn",
+        ("bench/whisper_features.py",),
+        "Which layer, pooling and input window of a frozen Whisper encoder to use (UA of the "
+        "project's learner on each), extraction speed, and that learner side by side with a "
+        "tuned scikit-learn logistic regression on the same features and folds.",
+    ),
+    Bench(
         "label_efficiency",
         "Label efficiency on EmoDB: eGeMAPS features, every strategy",
         ("bench/label_efficiency.py", "--out", "runs/bench/label_efficiency"),
@@ -475,7 +483,46 @@ def render_gpu(r: dict[str, Any]) -> list[str]:
     return lines + [f"Note: {n}" for n in r["notes"]]
 
 
+def render_whisper_features(r: dict[str, Any]) -> list[str]:
+    lines = [f"{r['corpus']}; {r['protocol']}.", "", "**Choice** (test UA %):", ""]
+    choice = r["choice"]
+    configs = list(choice)
+    rows_names = list(dict.fromkeys(name for rows in choice.values() for name in rows))
+    rows = [
+        [name, *(choice[c].get(name, {}).get("ua", "-") for c in configs)] for name in rows_names
+    ]
+    lines += [*table(["features", *configs], rows), ""]
+    speed = r["clips_per_second"]
+    lines += [
+        "Extraction, clips per second (all layers, one clip at a time): "
+        + "; ".join(f"{k}: {v}" for k, v in speed.items())
+        + ".",
+        "",
+        "**The learner against scikit-learn** (test UA %, same features and folds):",
+        "",
+        *table(
+            ["features", "after (L-BFGS, C by CV)", "scikit-learn (C by CV)", "after - sklearn"],
+            [
+                [f"`{b}`", x["after"]["ua"], x["sklearn"]["ua"], x["difference"]]
+                for b, x in r["learner_vs_sklearn"].items()
+            ],
+        ),
+        "",
+        "**Through `after cv`'s path** (`fit_and_test`, one dev speaker left out of training):",
+        "",
+        *table(
+            ["features", "UA %", "folds x seeds", "seeds agree exactly"],
+            [
+                [f"`{b}`", x["ua"], x["folds_x_seeds"], x["seeds_agree_exactly"]]
+                for b, x in r["through_cv"].items()
+            ],
+        ),
+    ]
+    return lines
+
+
 RENDER: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "whisper_features": render_whisper_features,
     "label_efficiency": render_label_efficiency,
     "label_efficiency_tapt": render_label_efficiency_tapt,
     "time_ratio": render_time_ratio,
