@@ -76,6 +76,19 @@ def mean_std(values: Sequence[float]) -> dict[str, float]:
     return {"mean": float(x.mean()), "std": std, "n": int(x.size)}
 
 
+def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float]:
+    """`a - b` paired element by element (the same fold and seed): mean, sample std, n, and the
+    two-sided Wilcoxon signed-rank p-value (1.0 when every difference is zero; pairs with no
+    difference are dropped, as Wilcoxon's test does)."""
+    from scipy.stats import wilcoxon
+
+    if len(a) != len(b):
+        raise AfterError(f"paired values: {len(a)} against {len(b)}")
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    p = float(wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
+    return {**mean_std(list(d)), "wilcoxon_p": p}
+
+
 def summarize(
     results: Sequence[dict[str, Any]], keys: Sequence[str] = ("ua", "wa", "macro_f1")
 ) -> dict[str, Any]:

@@ -1,15 +1,16 @@
 """Label efficiency on EmoDB: test UA at each label budget for every strategy, random sampling,
 and all labels; leave-one-speaker-out, several seeds, a frozen feature backbone.
 
-    .venv/bin/python bench/label_efficiency.py [--backbone egemaps] [--seeds 0,1,2]
-        [--strategies all] [--schedule 0.05,0.1,0.15,0.2] [--folds 10] [--fold-step 1]
-        [--out runs/bench-le]
+    .venv/bin/python bench/label_efficiency.py [--backbone frozen:whisper-tiny.en]
+        [--seeds 0,1,2] [--strategies all] [--schedule 0.02,0.05,0.1,0.15,0.2] [--folds 10]
+        [--fold-step 1] [--out runs/bench-le]
 
 Every fold x seed x strategy is a real `after run` (k-means cold start on resemblyzer speaker
 embeddings, the same seed set for every strategy of a seed), through `after.loop.compare`, so the
 output folder also holds every run and resumes if stopped. Prints one JSON object: per strategy
-the mean ± std test UA at each budget and the area under the UA curve, whether it beats random
-at the last budget, and the time of an active-learning run relative to fine-tuning on all labels.
+the mean ± std test UA at each budget and the area under the UA curve, its difference from random
+at each budget paired by fold and seed (Wilcoxon signed-rank p), and the time of an
+active-learning run relative to fine-tuning on all labels.
 
 `alps` is left out by default: its surprisal embeddings need a wav2vec 2.0 pre-training model
 (a TAPT output), which a feature-backbone benchmark does not have.
@@ -44,17 +45,17 @@ EMODB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emodb"
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--backbone", default="egemaps")
+    p.add_argument("--backbone", default="frozen:whisper-tiny.en")
     p.add_argument(
         "--strategies",
         default="all",
         help="comma-separated; all: every strategy but alps (with --tapt-steps: entropy,random)",
     )
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--schedule", default="0.05,0.1,0.15,0.2")
+    p.add_argument("--schedule", default="0.02,0.05,0.1,0.15,0.2")
     p.add_argument("--folds", type=int, default=10, help="first N of the 10 LOSO folds")
     p.add_argument("--fold-step", type=int, default=1, help="take every K-th fold (before --folds)")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=30, help="fine-tuned backbones only")
     p.add_argument(
         "--tapt-steps",
         type=int,
@@ -175,6 +176,14 @@ def main() -> None:
                 },
                 "auc_ua": round(100 * c["auc_ua"]["mean"], 2),
                 "beats_random_at_last_budget": c["points"][-1]["test_ua"]["mean"] > random_last,
+                "vs_random": {
+                    pt["budget"]: {
+                        "points": round(100 * pt["mean"], 2),
+                        "std": round(100 * pt["std"], 2),
+                        "wilcoxon_p": round(pt["wilcoxon_p"], 4),
+                    }
+                    for pt in c.get("vs_random", [])
+                },
                 "time_vs_all_labels": round(c["time_vs_full"], 3),
             }
             for name, c in summary["strategies"].items()

@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -47,11 +48,26 @@ class Bench:
 BENCHES = (
     Bench(
         "whisper_features",
-        "Frozen Whisper features on EmoDB: layer, pooling, window; the learner against scikit-learn",
+        "Frozen Whisper features on EmoDB: layer, pooling, window; the learner vs scikit-learn",
         ("bench/whisper_features.py",),
         "Which layer, pooling and input window of a frozen Whisper encoder to use (UA of the "
         "project's learner on each), extraction speed, and that learner side by side with a "
         "tuned scikit-learn logistic regression on the same features and folds.",
+    ),
+    Bench(
+        "whisper_finetune",
+        "Fine-tuned Whisper tiny.en against its frozen features on EmoDB",
+        ("bench/whisper_finetune.py",),
+        "Whisper tiny.en fine-tuned (every layer, or the bottom two frozen and cached) against "
+        "the frozen-feature learner on the same folds, paired per fold and seed; scoring speed "
+        "with the frozen bottom's cache empty and filled.",
+    ),
+    Bench(
+        "demo",
+        "The demo",
+        ("bench/demo.py", "--out", "runs/bench/demo"),
+        "`make demo` from scratch: its table, its fine-tuning check and its wall time. The "
+        "README's demo section is rendered from this result.",
     ),
     Bench(
         "label_efficiency",
@@ -96,13 +112,6 @@ BENCHES = (
         ("bench/strategies.py",),
         "Seconds for each strategy to pick 2% of a synthetic pool; growth exponent between "
         "10k and 100k (1.0 = linear).",
-    ),
-    Bench(
-        "finetune",
-        "Fine-tuning on EmoDB and what the cache saves",
-        ("bench/finetune.py", "--backbones=resemblyzer,egemaps", "--epochs=30"),
-        "All-labels LOSO accuracy per feature backbone and seconds per epoch with and without "
-        "the cache.",
     ),
     Bench(
         "tapt",
@@ -238,10 +247,11 @@ def render_label_efficiency(r: dict[str, Any]) -> list[str]:
         ]
         for name, s in r["strategies"].items()
     ]
-    return [
+    lines = [
         f"{r['corpus']}; {r['protocol']}; backbone `{r['backbone']}`. Test UA % (mean ± sample "
-        "std over fold x seed runs); AUC: area under the UA curve; time: one AL run over one "
-        "all-labels fine-tuning.",
+        "std over fold x seed runs); AUC: the area under the UA curve over the labeled fraction "
+        "divided by its span (a mean UA over the budgets); time: one AL run over one all-labels "
+        "fine-tuning.",
         "",
         *table(
             ["strategy", *(f"{100 * float(b):g}%" for b in budgets), "AUC", "time"],
@@ -250,6 +260,28 @@ def render_label_efficiency(r: dict[str, Any]) -> list[str]:
         "",
         f"All labels: UA {pct(r['all_labels_test_ua'])}.",
     ]
+    paired = {n: s["vs_random"] for n, s in r["strategies"].items() if s.get("vs_random")}
+    if paired:
+        lines += [
+            "",
+            "Against random, paired by fold and seed: mean difference in UA points (two-sided "
+            "Wilcoxon signed-rank p):",
+            "",
+            *table(
+                ["strategy", *(f"{100 * float(b):g}%" for b in budgets)],
+                [
+                    [
+                        n,
+                        *(
+                            f"{v[b]['points']:+.1f} (p={v[b]['wilcoxon_p']:.2g})" if b in v else "-"
+                            for b in budgets
+                        ),
+                    ]
+                    for n, v in paired.items()
+                ],
+            ),
+        ]
+    return lines
 
 
 def render_label_efficiency_tapt(r: dict[str, Any]) -> list[str]:
@@ -406,35 +438,6 @@ def render_strategies(r: dict[str, Any]) -> list[str]:
     ]
 
 
-def speeds(c: dict[str, Any]) -> list[Any]:
-    return [c["with_cache"], c["without_cache"], f"{c['speedup']}x"]
-
-
-def render_finetune(r: dict[str, Any]) -> list[str]:
-    cache = r["epoch_seconds"]
-    rows = [
-        [f"`{b}`", a["ua"], a["wa"], a["macro_f1"], a["seconds"], *speeds(cache[b])]
-        for b, a in r["accuracy"].items()
-    ]
-    return [
-        f"{r['corpus']}; {r['protocol']}; at most {r['epochs_max']} epochs (best dev UA kept).",
-        "",
-        *table(
-            [
-                "backbone",
-                "UA %",
-                "WA %",
-                "macro-F1 %",
-                "all folds (s)",
-                "s/epoch cached",
-                "s/epoch uncached",
-                "speed-up",
-            ],
-            rows,
-        ),
-    ]
-
-
 def render_tapt(r: dict[str, Any]) -> list[str]:
     rows = [
         [
@@ -521,14 +524,68 @@ def render_whisper_features(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def render_whisper_finetune(r: dict[str, Any]) -> list[str]:
+    s = r["summary"]
+    variants = [
+        k for k in s if k not in ("frozen:whisper-tiny.en", "all layers minus bottom-2-frozen")
+    ]
+    rows = [
+        [
+            "`frozen:whisper-tiny.en` (learner on frozen features)",
+            s["frozen:whisper-tiny.en"]["ua"],
+            "-",
+            "-",
+            "-",
+        ]
+    ]
+    rows += [
+        [
+            f"`whisper-tiny.en` fine-tuned, {v}",
+            s[v]["ua"],
+            s[v]["minus_frozen"]["difference"],
+            s[v]["minus_frozen"]["wilcoxon_p"],
+            s[v]["train_seconds"],
+        ]
+        for v in variants
+    ]
+    both = s["all layers minus bottom-2-frozen"]
+    speed = r["scoring_clips_per_second"]
+    return [
+        f"{r['corpus']}; {r['protocol']}. Fine-tuning: {r['training']}.",
+        "",
+        *table(["model", "test UA %", "minus frozen (points)", "Wilcoxon p", "train s/run"], rows),
+        "",
+        f"All layers trained minus bottom two frozen: {both['difference']} points "
+        f"(Wilcoxon p = {both['wilcoxon_p']}). Per-pair differences are in "
+        "`bench/results/whisper_finetune.json`.",
+        "",
+        f"Scoring 535 clips with a fine-tuned model (bottom two layers frozen): "
+        f"{speed['cache empty']} clips/s with the cache empty, {speed['cache filled']} filled "
+        f"({speed['speed_up']}x).",
+    ]
+
+
+def render_demo(r: dict[str, Any]) -> list[str]:
+    f = r["finetune"]
+    return [
+        *table(r["table"]["header"], r["table"]["rows"]),
+        "",
+        f"Fine-tuning check (fold {f['fold']}, {f['epochs']} epochs, bottom "
+        f"{f['frozen_layers']} layers frozen): `{f['backbone']}` test UA "
+        f"{100 * f['finetuned_ua']:.1f}% in {f['seconds']:.0f} s; `{f['frozen_backbone']}` on "
+        f"the same clips {100 * f['frozen_ua']:.1f}%. Wall time: {r['minutes']} min.",
+    ]
+
+
 RENDER: dict[str, Callable[[dict[str, Any]], list[str]]] = {
+    "whisper_finetune": render_whisper_finetune,
+    "demo": render_demo,
     "whisper_features": render_whisper_features,
     "label_efficiency": render_label_efficiency,
     "label_efficiency_tapt": render_label_efficiency_tapt,
     "time_ratio": render_time_ratio,
     "scoring": render_scoring,
     "strategies": render_strategies,
-    "finetune": render_finetune,
     "tapt": render_tapt,
     "processes": render_processes,
     "gpu": render_gpu,
@@ -580,10 +637,115 @@ def render() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+# ---- README.md's generated blocks ------------------------------------------------------------
+
+README = ROOT / "README.md"
+_BLOCK = re.compile(r"(<!-- generated: ([\w-]+) -->\n).*?(<!-- end generated -->)", re.S)
+
+
+def _result(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return dict(json.loads(path.read_text())["result"]) if path.is_file() else None
+
+
+def readme_demo() -> list[str]:
+    r = _result("demo")
+    if r is None:
+        return ["Not recorded yet: `.venv/bin/python bench/run_all.py --only demo`."]
+    f = r["finetune"]
+    s = r["settings"]
+    lines = [
+        f"Recorded by `bench/run_all.py --only demo` ({r['minutes']} min on the 2-core CPU machine "
+        "this was built on). Test UA %, mean ± sample std over "
+        f"{s['num_folds']} folds x {len(s['seeds'])} seeds; chance is 25%:",
+        "",
+        *table(r["table"]["header"], r["table"]["rows"]),
+        "",
+    ]
+    if r["vs_random"]:
+        last = r["vs_random"][-1]
+        lines += [
+            f"Entropy minus random at {100 * float(last['budget']):g}% of the pool, paired by fold "
+            f"and seed: {100 * last['mean']:+.1f} ± {100 * last['std']:.1f} points (n={last['n']}, "
+            f"Wilcoxon p = {last['wilcoxon_p']:.2g}).",
+            "",
+        ]
+    lines.append(
+        f"Fine-tuning check (fold {f['fold']}): `{f['backbone']}` fine-tuned for {f['epochs']} "
+        f"epochs with its bottom {f['frozen_layers']} layers frozen reaches test UA "
+        f"{100 * f['finetuned_ua']:.1f}% ({f['seconds']:.0f} s of training); the frozen-feature "
+        f"learner on the same clips {100 * f['frozen_ua']:.1f}%."
+    )
+    return lines
+
+
+def readme_headlines() -> list[str]:
+    lines = []
+    wf = _result("whisper_features")
+    if wf is not None:
+        tiny = wf["choice"]["whisper-tiny.en, window cut"]
+        base = wf["choice"]["whisper-base, window cut"]
+        lines.append(
+            "- **Frozen Whisper features, the project's learner, 10 folds:** tiny.en's middle "
+            f"layer {tiny['layer 2, mean']['ua']} (its last layer {tiny['layer 4, mean']['ua']}); "
+            f"base's middle layer {base['layer 3, mean']['ua']} "
+            f"(last {base['layer 6, mean']['ua']}). Against a tuned scikit-learn logistic "
+            "regression on the same features: "
+            + ", ".join(
+                f"`{b}` {x['difference'].split(' ')[0]} points"
+                for b, x in wf["learner_vs_sklearn"].items()
+            )
+            + "."
+        )
+    ft = _result("whisper_finetune")
+    if ft is not None:
+        s = ft["summary"]
+        every = s["all layers trained"]
+        lines.append(
+            f"- **Fine-tuned `whisper-tiny.en`** ({ft['protocol']}): {every['ua']} UA, "
+            f"{every['minus_frozen']['difference']} points against its frozen features "
+            f"(Wilcoxon p = {every['minus_frozen']['wilcoxon_p']:.2g})."
+        )
+    le = _result("label_efficiency")
+    if le is not None and any(s.get("vs_random") for s in le["strategies"].values()):
+        last = le["schedule"][-1]
+        best = max(
+            (n for n in le["strategies"] if le["strategies"][n].get("vs_random")),
+            key=lambda n: le["strategies"][n]["vs_random"][last]["points"],
+        )
+        gain = le["strategies"][best]["vs_random"][last]
+        lines.append(
+            f"- **Label efficiency, `{le['backbone']}`** ({le['protocol']}): at "
+            f"{100 * float(last):g}% of the pool random sampling reaches "
+            f"{le['strategies']['random']['test_ua_by_budget'][last]}, the best strategy "
+            f"({best}) {le['strategies'][best]['test_ua_by_budget'][last]}: {gain['points']:+.1f} "
+            f"points (Wilcoxon p = {gain['wilcoxon_p']:.2g}); all labels "
+            f"{pct(le['all_labels_test_ua'])}."
+        )
+    return lines or ["Not run yet: `make bench`."]
+
+
+README_BLOCKS: dict[str, Callable[[], list[str]]] = {
+    "demo": readme_demo,
+    "headlines": readme_headlines,
+}
+
+
+def render_readme(text: str) -> str:
+    """`text` (README.md) with every generated block rewritten from the saved results."""
+
+    def fill(m: re.Match[str]) -> str:
+        return m.group(1) + "\n".join(README_BLOCKS[m.group(2)]()) + "\n" + m.group(3)
+
+    return _BLOCK.sub(fill, text)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--only", help="comma-separated names: " + ", ".join(b.name for b in BENCHES))
-    p.add_argument("--render", action="store_true", help="only rewrite BENCHMARKS.md")
+    p.add_argument(
+        "--render", action="store_true", help="only rewrite BENCHMARKS.md and README's blocks"
+    )
     args = p.parse_args()
     names = {b.name for b in BENCHES}
     chosen = set(args.only.split(",")) if args.only else names
@@ -601,7 +763,8 @@ def main() -> None:
             elif not run(bench):
                 failed.append(bench.name)
     OUT.write_text(render())
-    print(f"wrote {OUT}", file=sys.stderr)
+    README.write_text(render_readme(README.read_text()))
+    print(f"wrote {OUT} and README.md's generated blocks", file=sys.stderr)
     if failed:
         sys.exit(f"failed: {', '.join(failed)}")
 

@@ -33,6 +33,18 @@ def test_benchmarks_md_is_rendered_from_every_saved_result() -> None:
     )
 
 
+def test_the_readmes_figures_are_rendered_from_the_saved_results() -> None:
+    run_all = _run_all()
+    readme = (ROOT / "README.md").read_text()
+    assert set(run_all._BLOCK.findall(readme)) == {  # every block is there, once
+        ("<!-- generated: demo -->\n", "demo", "<!-- end generated -->"),
+        ("<!-- generated: headlines -->\n", "headlines", "<!-- end generated -->"),
+    }
+    assert readme == run_all.render_readme(readme), (
+        "README.md's generated blocks are stale: run `.venv/bin/python bench/run_all.py --render`"
+    )
+
+
 def test_the_last_json_object_of_a_benchmark_output_is_its_result() -> None:
     run_all = _run_all()
     out = '{"fold": 1}\nprogress\n{\n  "benchmark": "x",\n  "cases": [{"a": 1}]\n}\n'

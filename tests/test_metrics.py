@@ -14,6 +14,7 @@ from after.metrics import (
     confusion_matrix,
     format_mean_std,
     mean_std,
+    paired_difference,
     summarize,
 )
 
@@ -59,6 +60,18 @@ def test_bad_inputs_are_clear_errors() -> None:
         confusion_matrix([0, 2], [0, 1], 2)
     with pytest.raises(AfterError, match="no clips"):
         confusion_matrix([], [], 2)
+
+
+def test_paired_difference_is_wilcoxons_test() -> None:
+    from scipy.stats import wilcoxon
+
+    a, b = [0.6, 0.7, 0.65, 0.8, 0.75, 0.9], [0.5, 0.72, 0.6, 0.7, 0.7, 0.8]
+    d = paired_difference(a, b)
+    assert d["n"] == 6 and d["mean"] == pytest.approx(np.mean(np.subtract(a, b)))
+    assert d["wilcoxon_p"] == pytest.approx(wilcoxon(np.subtract(a, b)).pvalue)
+    assert paired_difference([0.5, 0.5], [0.5, 0.5])["wilcoxon_p"] == 1.0
+    with pytest.raises(AfterError):
+        paired_difference([0.1], [0.1, 0.2])
 
 
 def test_mean_std_across_folds() -> None:

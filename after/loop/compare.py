@@ -25,7 +25,7 @@ from after.errors import AfterError
 from after.io import atomic_write_json, atomic_write_text, read_json
 from after.loop.runner import CONFIG_FILE, Run, run_loop, start_run
 from after.loop.state import LoopState
-from after.metrics import mean_std
+from after.metrics import mean_std, paired_difference
 from after.progress import progress_bar
 from after.report import curve_points
 
@@ -230,7 +230,24 @@ def _summarise(
             "seconds": mean_std(run_seconds[strategy]),
             "time_vs_full": float(np.mean(run_seconds[strategy])) / full_s,
         }
+        if "random" in runs and strategy != "random":
+            curves[strategy]["vs_random"] = _vs(per_run, runs["random"], schedule)
     return {"full": {"test_ua": full_ua, "seconds": full_s}, "strategies": curves}
+
+
+def _vs(
+    runs: list[list[dict[str, Any]]], base: list[list[dict[str, Any]]], schedule: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Per budget, test UA of `runs` minus `base`, paired by (fold, seed): both lists are in the
+    loop's (fold, seed) order. A budget that some run did not reach is left out."""
+    out = []
+    for k, budget in enumerate(schedule):
+        if any(len(r) <= k or len(b) <= k for r, b in zip(runs, base, strict=True)):
+            break
+        ours = [r[k]["test_ua"] for r in runs]
+        theirs = [b[k]["test_ua"] for b in base]
+        out.append({"budget": budget, **paired_difference(ours, theirs)})
+    return out
 
 
 def _auc(rounds: list[dict[str, Any]]) -> float:
@@ -274,7 +291,9 @@ def _markdown(summary: dict[str, Any]) -> str:
         f"# Label efficiency: {p['backbone']} on {p['corpus']}",
         "",
         f"Folds {', '.join(p['folds'])}; seeds {', '.join(map(str, p['seeds']))}; cold start "
-        f"{p['cold_start']}. Test UA in %, mean ± sample std over folds x seeds.",
+        f"{p['cold_start']}. Test UA in %, mean ± sample std over folds x seeds. AUC: the area "
+        "under the UA curve over the labeled fraction, divided by the fraction's span (a mean UA "
+        "over the budgets).",
         "",
         "| strategy | " + " | ".join(budgets) + " | AUC | time vs all labels |",
         "| --- | " + " | ".join("---:" for _ in budgets) + " | ---: | ---: |",
@@ -296,4 +315,19 @@ def _markdown(summary: dict[str, Any]) -> str:
         f"All labels: {100 * full['mean']:.1f} ± {100 * full['std']:.1f} (n={full['n']}).",
         "",
     ]
+    paired = {n: c["vs_random"] for n, c in summary["strategies"].items() if c.get("vs_random")}
+    if paired:
+        lines += [
+            "Against random, paired by fold and seed: mean difference in points (two-sided "
+            "Wilcoxon signed-rank p).",
+            "",
+            "| strategy | " + " | ".join(budgets) + " |",
+            "| --- | " + " | ".join("---:" for _ in budgets) + " |",
+        ]
+        for name, points in paired.items():
+            by_budget = {
+                pt["budget"]: f"{100 * pt['mean']:+.1f} (p={pt['wilcoxon_p']:.2g})" for pt in points
+            }
+            lines.append(f"| {name} | " + " | ".join(by_budget.get(b, "-") for b in budgets) + " |")
+        lines.append("")
     return "\n".join(lines)

@@ -172,6 +172,23 @@ def test_compare_writes_curves_and_resumes(
     assert 0 <= curve["auc_ua"]["mean"] <= 1 and curve["time_vs_full"] > 0
     assert (tmp_path / "curve.csv").read_text().count("\n") == 2 * 2 + 2
     assert "All labels" in (tmp_path / "summary.md").read_text()
+    # Margin against random, paired by (fold, seed): the differences of the runs' own rounds.
+    margin, rand = (
+        [
+            LoopState.load(tmp_path / "runs" / folds.get(0).name / f"{s}_seed{k}").rounds
+            for k in (0, 1)
+        ]
+        for s in ("margin", "random")
+    )
+    expected = [
+        [m_[r]["test_ua"] - r_[r]["test_ua"] for m_, r_ in zip(margin, rand, strict=True)]
+        for r in (0, 1)
+    ]
+    vs = curve["vs_random"]
+    assert [p["budget"] for p in vs] == ["4", "8"] and [p["n"] for p in vs] == [2, 2]
+    assert [p["mean"] for p in vs] == pytest.approx([np.mean(e) for e in expected])
+    assert all(0 <= p["wilcoxon_p"] <= 1 for p in vs)
+    assert "Wilcoxon" in (tmp_path / "summary.md").read_text()
     lines.clear()
     compare(*args, cache_dir=str(tmp_path / "cache"), log=lines.append)
     assert lines == []  # everything was already done
