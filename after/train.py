@@ -256,8 +256,10 @@ def _infer(
     mc_passes: int = 0,
 ) -> dict[str, np.ndarray]:
     """Class probabilities (N, C) with dropout off; with `embeddings`, the pooled input of the
-    output layer (N, D); with `mc_passes` S > 0, S more passes with only the dropout layers
-    active (MC dropout; SpecAugment and layer drop stay off), as (N, C, S)."""
+    output layer (N, D); with `mc_passes` S > 0, probabilities under S draws of the weights, as
+    (N, C, S): for a fine-tuned encoder S more passes with only the dropout layers active (MC
+    dropout; SpecAugment and layer drop stay off), for frozen features S draws from the logistic
+    regression's Laplace posterior."""
     was_training = model.training
     model.eval()
     captured: list[torch.Tensor] = []
@@ -281,7 +283,10 @@ def _infer(
             out["probs"][chunk] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
             if embeddings:
                 out["embeddings"][chunk] = captured[0].float().cpu().numpy()
-            for s in range(mc_passes):
+            if mc_passes and clf.kind == "features":
+                draws = model.posterior_probs(inputs["features"], mc_passes)  # type: ignore[operator]
+                out["mc_probs"][chunk] = draws.cpu().numpy()
+            for s in range(mc_passes if clf.kind == "transformers" else 0):
                 for m in dropouts:
                     m.train()
                 mc = torch.softmax(_forward(clf, model, inputs).float(), dim=-1)

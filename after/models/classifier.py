@@ -39,25 +39,28 @@ Kind = Literal["transformers", "features"]
 
 class FeatureHead(nn.Module):
     """Standardise (with statistics of the training vectors; scale 1 where a dimension is
-    constant on them), dropout, then a linear layer. Fitted by `after.models.linear` (a convex
-    problem, no dropout); the dropout is what MC-dropout strategies (BALD, DBAL) sample."""
+    constant on them), then a linear layer: a logistic regression fitted by
+    `after.models.linear`, with its Laplace posterior for BALD and DBAL (`posterior_probs`)."""
 
-    def __init__(self, dim: int, num_labels: int, dropout: float = 0.2) -> None:
+    def __init__(self, dim: int, num_labels: int) -> None:
         super().__init__()
         self.mean: torch.Tensor
         self.scale: torch.Tensor
+        self.precision_tril: torch.Tensor
         self.register_buffer("mean", torch.zeros(dim))
         self.register_buffer("scale", torch.ones(dim))
-        self.dropout = nn.Dropout(dropout)
+        size = num_labels * (dim + 1)
+        self.register_buffer("precision_tril", torch.zeros(size, size))
         self.linear = nn.Linear(dim, num_labels)
 
     def set_fit(self, fit: LinearFit) -> None:
-        """Take a fitted standardiser and linear layer (`after.models.linear.fit_head`)."""
+        """Take a fitted standardiser, linear layer and posterior (`after.models.linear`)."""
         pairs = (
             (self.mean, fit.mean),
             (self.scale, fit.scale),
             (self.linear.weight, fit.weight),
             (self.linear.bias, fit.bias),
+            (self.precision_tril, fit.precision_tril),
         )
         with torch.no_grad():
             for target, value in pairs:
@@ -67,7 +70,25 @@ class FeatureHead(nn.Module):
         return (features - self.mean) / self.scale
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.dropout(self.standardise(features)))
+        return self.linear(self.standardise(features))
+
+    def posterior_probs(self, features: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """Class probabilities (B, C, S) under `num_samples` weight draws from the Laplace
+        posterior N(fitted weights, H^-1), drawn with torch's global generator."""
+        if not torch.any(self.precision_tril.diagonal()):
+            raise AfterError(
+                "this model has no posterior over its weights (it was trained by an earlier "
+                "version of after); retrain it to use bald or dbal_* on frozen features"
+            )
+        num_labels, dim = self.linear.weight.shape
+        mode = torch.cat([self.linear.weight, self.linear.bias[:, None]], dim=1).reshape(-1)
+        noise = torch.randn(len(mode), num_samples, dtype=mode.dtype, device=mode.device)
+        # H = L L^T, so L^-T e with e ~ N(0, I) has covariance H^-1.
+        spread = torch.linalg.solve_triangular(self.precision_tril.T, noise, upper=True)
+        draws = (mode[:, None] + spread).reshape(num_labels, dim + 1, num_samples)
+        z = self.standardise(features)
+        logits = torch.einsum("bd,kds->bks", z, draws[:, :dim]) + draws[:, dim][None]
+        return torch.softmax(logits.float(), dim=1)
 
 
 @dataclass
@@ -192,7 +213,12 @@ def load_classifier(model_dir: str | os.PathLike[str]) -> Classifier:
                 "retrain it, or install the package versions it was trained with"
             )
         head = FeatureHead(features.dim, len(info["labels"]))
-        head.load_state_dict(load_file(str(folder / "model.safetensors")))
+        # A model of an earlier version has no posterior: it predicts, BALD refuses it.
+        missing, unexpected = head.load_state_dict(
+            load_file(str(folder / "model.safetensors")), strict=False
+        )
+        if set(missing) - {"precision_tril"} or unexpected:
+            raise AfterError(f"{folder}: not a frozen-features model of this version; retrain it")
         return Classifier("features", info["backbone"], info["labels"], head, None, features, info)
     if not (folder / "config.json").is_file():
         raise AfterError(f"{folder}: not a model folder (no {INFO_FILE} or config.json)")

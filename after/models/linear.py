@@ -13,6 +13,18 @@ The strength C is chosen by cross-validation inside the labeled training clips o
 (`choose_c`): grouped by speaker when there are at least three speakers (so that the choice
 rewards what generalises to a new speaker, as the test does), else stratified by label; while a
 class has a single labeled clip, the default C is kept. No dev or test clip is used.
+
+Uncertainty over the weights, for BALD and DBAL (`laplace_precision_tril`): the Laplace
+approximation of the posterior (MacKay 1992). With the L2 penalty read as a Gaussian prior, the
+objective is a negative log posterior; around its minimum it is approximated by a Gaussian with
+mean the fitted weights and precision the objective's Hessian,
+
+    H = C * sum_i s_i (diag(p_i) - p_i p_i^T) (x) [x_i; 1][x_i; 1]^T + I,
+
+(the I is the prior's precision on the weights; the bias, unpenalised in the fit, gets the same
+unit precision here so that H is invertible: adding one constant to every class's bias changes no
+probability, so this costs nothing). The head keeps H's Cholesky factor and draws weight samples
+from it when the pool is scored (`FeatureHead.posterior_probs`).
 """
 
 from __future__ import annotations
@@ -39,6 +51,7 @@ class LinearFit:
     bias: np.ndarray  # (C,)
     c: float
     iterations: int
+    precision_tril: np.ndarray  # (C * (D + 1), C * (D + 1)): Cholesky factor of the Laplace H
     cv: list[dict[str, float]] = field(default_factory=list)  # per C: mean UA of the inner CV
     cv_scheme: str = "none"
 
@@ -166,5 +179,36 @@ def fit_head(
         if c is None:
             c, cv, scheme = choose_c(x, targets, sample_weight, groups)
         mean, scale = standardiser(x)
-        w, b, iterations = fit_logistic((x - mean) / scale, targets, sample_weight, c)
-    return LinearFit(mean, scale, w, b, c, iterations, cv, scheme)
+        z = (x - mean) / scale
+        w, b, iterations = fit_logistic(z, targets, sample_weight, c)
+        tril = laplace_precision_tril(z, targets, sample_weight, c, w, b)
+    return LinearFit(mean, scale, w, b, c, iterations, tril, cv, scheme)
+
+
+def laplace_precision_tril(
+    x: np.ndarray,
+    targets: np.ndarray,
+    sample_weight: np.ndarray,
+    c: float,
+    weight: np.ndarray,
+    bias: np.ndarray,
+) -> np.ndarray:
+    """Lower Cholesky factor of the Laplace posterior precision H (module docstring) at the
+    fitted `weight` (K, D) and `bias` (K,), parameters ordered class by class, each class's
+    D weights then its bias: shape (K * (D + 1), K * (D + 1))."""
+    n, d = x.shape
+    k = weight.shape[0]
+    xa = np.hstack([np.asarray(x, dtype=np.float64), np.ones((n, 1))])  # (N, D + 1)
+    z = xa @ np.vstack([weight.T, bias[None, :]])
+    p = np.exp(z - logsumexp(z, axis=1, keepdims=True))
+    w = c * np.asarray(sample_weight, dtype=np.float64) * targets.sum(axis=1)
+    h = np.zeros((k, d + 1, k, d + 1))
+    for a in range(k):
+        for b_ in range(a, k):
+            curvature = w * (p[:, a] * ((a == b_) - p[:, b_]))  # (N,)
+            block = (xa * curvature[:, None]).T @ xa
+            h[a, :, b_, :] = block
+            h[b_, :, a, :] = block.T
+    size = k * (d + 1)
+    h = h.reshape(size, size) + np.eye(size)
+    return np.linalg.cholesky(h)

@@ -15,7 +15,13 @@ from after.config import TrainConfig
 from after.data.folds import Fold, make_folds
 from after.data.manifest import Manifest
 from after.models.classifier import FeatureHead
-from after.models.linear import choose_c, fit_head, fit_logistic, standardiser
+from after.models.linear import (
+    choose_c,
+    fit_head,
+    fit_logistic,
+    laplace_precision_tril,
+    standardiser,
+)
 from after.testing.dummies import tone_corpus
 
 
@@ -81,3 +87,45 @@ def test_the_learner_is_the_same_for_every_seed(
     assert train.evaluate(runs[0].classifier, m, fold.test, cache_dir=tmp_path)["ua"] >= 0.75
     record = runs[0].history[0]
     assert record["cv"] == "2-fold by speaker" or record["cv"].endswith("stratified")
+
+
+def test_the_laplace_precision_is_the_objectives_hessian() -> None:
+    x, y = _blobs(n=30, d=3)
+    q = np.eye(3)[y]
+    s = np.linspace(0.5, 1.5, 30)
+    c = 0.7
+    w, b, _ = fit_logistic(x, q, s, c)
+    tril = laplace_precision_tril(x, q, s, c, w, b)
+
+    def objective(theta: torch.Tensor) -> torch.Tensor:
+        wb = theta.reshape(3, 4)  # class by class: 3 weights, then the bias
+        z = torch.as_tensor(x) @ wb[:, :3].T + wb[:, 3]
+        ce = -(torch.as_tensor(q) * torch.log_softmax(z, dim=1)).sum(dim=1)
+        # the fit's objective, plus the unit prior on the bias that makes H invertible
+        return c * (torch.as_tensor(s) * ce).sum() + 0.5 * (wb**2).sum()
+
+    theta = torch.as_tensor(np.hstack([w, b[:, None]]).reshape(-1))
+    hessian = torch.autograd.functional.hessian(objective, theta).numpy()
+    np.testing.assert_allclose(tril @ tril.T, hessian, atol=1e-8)
+
+
+def test_bald_on_frozen_features_sees_less_uncertainty_with_more_labels() -> None:
+    x, y = _blobs(n=400, d=10, seed=1)
+    pool = torch.as_tensor(_blobs(n=200, d=10, seed=2)[0], dtype=torch.float32)
+    mutual_information = []
+    for n in (15, 300):
+        q = np.eye(3)[y[:n]]
+        head = FeatureHead(10, 3)
+        head.set_fit(fit_head(x[:n], q, np.ones(n), None, c=1.0))
+        torch.manual_seed(0)
+        mc = head.posterior_probs(pool, 64).double()
+        mean = mc.mean(dim=2)
+        entropy = -(mean * mean.log()).sum(dim=1)
+        expected = -(mc * mc.log()).sum(dim=1).mean(dim=1)
+        mi = entropy - expected
+        assert torch.all(mi > -1e-9) and mi.max() > 1e-3  # BALD has something to rank
+        # The draws scatter around the fitted model: widely with few labels, then closely.
+        fitted = torch.softmax(head(pool), dim=1).double()
+        assert (mean - fitted).abs().mean() < (0.3 if n == 15 else 0.05)
+        mutual_information.append(float(mi.mean()))
+    assert mutual_information[1] < 0.5 * mutual_information[0]
