@@ -621,13 +621,17 @@ def cv(
 
 STRATEGY_HELP = (
     "random, entropy, least_confidence, margin, bald, dbal_variation_ratios, dbal_max_entropy, "
-    "badge, coreset, alps, cluster_margin"
+    "badge, coreset, alps, cluster_margin, typiclust, probcover"
 )
 SCHEDULE = typer.Option(
     "0.02,0.05,0.1,0.15,0.2",
     help="Labeled-set size after each round: pool fractions (0.1), counts (40) or minutes (5min).",
 )
-COLD_START = typer.Option("kmeans", help="Seed set: kmeans (resemblyzer embeddings), random, alps.")
+COLD_START = typer.Option(
+    "kmeans",
+    help="Seed set: kmeans, typiclust or probcover on clip embeddings (a frozen feature "
+    "backbone's own, else Resemblyzer's), random, or alps.",
+)
 
 
 @app.command()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Precision = Literal["auto", "no", "fp16", "bf16"]
+COLD_STARTS = ("kmeans", "typiclust", "probcover", "random", "alps")
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,9 @@ class ALConfig:
 
     strategy: str = "entropy"
     schedule: tuple[str, ...] = ("0.02", "0.05", "0.1", "0.15", "0.2")
-    cold_start: str = "kmeans"  # kmeans (on resemblyzer speaker embeddings), random, or alps
+    # kmeans, typiclust or probcover on clip embeddings (the run's frozen features when its
+    # backbone is a feature backbone, else Resemblyzer's speaker embeddings), random, or alps
+    cold_start: str = "kmeans"
     warm_start: bool = False  # False: every round trains from the backbone, as in AFTER
     mc_passes: int = 10  # MC-dropout passes for bald / dbal_*
     target_ua: float | None = None  # stop once dev UA reaches this
@@ -184,8 +187,10 @@ class ALConfig:
 
         if not self.schedule:
             raise AfterError("the schedule is empty; give label budgets like 0.05,0.1,0.2")
-        if self.cold_start not in ("kmeans", "random", "alps"):
-            raise AfterError(f"cold_start={self.cold_start!r}: choose kmeans, random or alps")
+        if self.cold_start not in COLD_STARTS:
+            raise AfterError(
+                f"cold_start={self.cold_start!r}: choose one of {', '.join(COLD_STARTS)}"
+            )
         if self.mc_passes < 2:
             raise AfterError(f"mc_passes={self.mc_passes}: MC dropout needs at least 2 passes")
         if self.oracle not in ("simulated", "human"):

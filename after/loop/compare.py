@@ -23,7 +23,7 @@ from after.data.folds import Fold
 from after.data.manifest import Manifest
 from after.errors import AfterError
 from after.io import atomic_write_json, atomic_write_text, read_json
-from after.loop.runner import CONFIG_FILE, Run, run_loop, start_run
+from after.loop.runner import CONFIG_FILE, Run, cold_start_features, run_loop, start_run
 from after.loop.state import LoopState
 from after.metrics import mean_std, paired_difference
 from after.progress import progress_bar
@@ -197,11 +197,16 @@ def _warm_caches(
             on_item=lambda: bar.advance(task),
         )
 
-    if al.cold_start == "kmeans":
-        embed("resemblyzer")
-    if is_feature_backbone(backbone):
-        embed(backbone)
-    elif train.freeze_cnn and train.cache_cnn:
+    wanted = {backbone} if is_feature_backbone(backbone) else set()
+    if al.cold_start not in ("random", "alps"):
+        wanted.add(cold_start_features(backbone))
+    for name in sorted(wanted):
+        embed(name)
+    if (
+        not is_feature_backbone(backbone)
+        and (train.freeze_cnn or train.freeze_layers)
+        and train.cache_cnn
+    ):
         predict(
             new_classifier(backbone, manifest.labels),
             manifest,

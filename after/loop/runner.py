@@ -470,21 +470,30 @@ class _Loop:
             queries = self._strategy_select("alps", unlabeled, n, rng)
             self.state.cold_start = {"method": "alps"}
             return queries
-        embeddings = None
-        if al.cold_start == "kmeans":
+        embeddings, source = None, None
+        if al.cold_start != "random":
             from after.models.features import embed_manifest, load_feature_backbone
 
-            embeddings = embed_manifest(
-                load_feature_backbone("resemblyzer"),
+            source = cold_start_features(self.run.backbone)
+            raw = embed_manifest(
+                load_feature_backbone(source),
                 self.run.manifest.subset(unlabeled),
                 cache_dir=self.run.cache_dir,
                 num_workers=min(4, os.cpu_count() or 1),
             )
-        queries, info = cold_start(unlabeled, embeddings, n, method=al.cold_start, rng=rng)  # type: ignore[arg-type]
-        self.state.cold_start = {
-            **info,
-            "embedding": "resemblyzer" if embeddings is not None else None,
-        }
+            # Standardised over the pool (no labels involved), so that no dimension's scale
+            # (eGeMAPS mixes Hz, dB and ratios) decides the clusters.
+            std = raw.std(axis=0)
+            embeddings = (raw - raw.mean(axis=0)) / np.where(std > 0, std, 1.0)
+        queries, info = cold_start(
+            unlabeled,
+            embeddings,
+            n,
+            method=al.cold_start,  # type: ignore[arg-type]
+            rng=rng,
+            num_classes=len(self.run.manifest.labels),
+        )
+        self.state.cold_start = {**info, "embedding": source}
         return queries
 
     def _query(self, unlabeled: list[str], n: int) -> list[str]:
@@ -573,6 +582,15 @@ class _Loop:
         if not ids:
             return np.zeros((0, 16), dtype=np.float32)
         return np.stack([known[i] for i in ids])
+
+
+def cold_start_features(backbone: str) -> str:
+    """The feature backbone whose vectors a clustering cold start reads: the run's own when it
+    is a frozen feature backbone (what the learner will see), else Resemblyzer's speaker
+    embeddings (no fine-tuned model exists yet)."""
+    from after.models.features import is_feature_backbone
+
+    return backbone if is_feature_backbone(backbone) else "resemblyzer"
 
 
 def grad_embeddings(probs: np.ndarray, embeddings: np.ndarray) -> np.ndarray:

@@ -6,7 +6,8 @@
 
 Names: random; uncertainty sampling (entropy, least_confidence, margin); MC-dropout Bayesian
 (bald, dbal_variation_ratios, dbal_max_entropy); diversity and hybrids (badge, coreset, alps,
-cluster_margin). `cold_start` picks the seed set before any model exists.
+cluster_margin); typical clips for small budgets (typiclust, probcover). `cold_start` picks the
+seed set before any model exists.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from after.strategies.base import REQUIREMENTS, PoolOutputs, QueryStrategy
 from after.strategies.bayesian import BALD, DBALMaxEntropy, DBALVariationRatios
 from after.strategies.cold_start import cold_start, elbow_k
 from after.strategies.diversity import ALPS, BADGE, ClusterMargin, CoreSet
+from after.strategies.typicality import ProbCover, TypiClust
 from after.strategies.uncertainty import (
     EntropySampling,
     LeastConfidence,
@@ -37,6 +39,8 @@ STRATEGIES: dict[str, type[QueryStrategy]] = {
         CoreSet,
         ALPS,
         ClusterMargin,
+        TypiClust,
+        ProbCover,
     )
 }
 """Every strategy by name, in the order of the docs."""
@@ -67,8 +71,10 @@ __all__ = [
     "LeastConfidence",
     "MarginSampling",
     "PoolOutputs",
+    "ProbCover",
     "QueryStrategy",
     "RandomSampling",
+    "TypiClust",
     "cold_start",
     "elbow_k",
     "get_strategy",

@@ -96,9 +96,10 @@ def cold_start(
     embeddings: np.ndarray | None,
     num: int,
     *,
-    method: Literal["random", "kmeans"],
+    method: Literal["random", "kmeans", "typiclust", "probcover"],
     rng: np.random.Generator,
     k_values: Sequence[int] | None = None,
+    num_classes: int | None = None,
 ) -> tuple[list[str], dict[str, Any]]:
     """The first `num` clips to label, and how they were chosen.
 
@@ -110,8 +111,11 @@ def cold_start(
     nearest, and so on (a cluster that runs out is skipped) until `num` ids; with num < k this is
     the nearest clip of each of the `num` largest clusters.
 
+    "typiclust" and "probcover": those strategies (`after.strategies.typicality`) with nothing
+    labeled yet, on `embeddings`; probcover's pseudo-labels need `num_classes`.
+
     Returns (ids, info), info = {"method", "k", "inertias", "k_values"}; k, inertias and k_values
-    are None, [] and [] for "random".
+    are None, [] and [] for every method but "kmeans".
     """
     n = len(ids)
     if len(set(ids)) != n:
@@ -126,8 +130,10 @@ def cold_start(
         rows = rng.choice(n, size=num, replace=False)
         info: dict[str, Any] = {"method": "random", "k": None, "inertias": [], "k_values": []}
         return [ids[i] for i in rows], info
-    if method != "kmeans":
-        raise AfterError(f"cold_start: unknown method {method!r}; use 'random' or 'kmeans'")
+    if method not in ("kmeans", "typiclust", "probcover"):
+        raise AfterError(
+            f"cold_start: unknown method {method!r}; use random, kmeans, typiclust or probcover"
+        )
     if embeddings is None:
         raise AfterError("cold_start: method 'kmeans' needs embeddings; compute them or use random")
     x = as_float(np.asarray(embeddings))
@@ -137,6 +143,13 @@ def cold_start(
         )
     if not np.isfinite(x).all():
         raise AfterError("cold_start: embeddings hold NaN or infinity; check the feature extractor")
+    if method in ("typiclust", "probcover"):
+        return [ids[i] for i in _typical(x, num, method, rng, num_classes)], {
+            "method": method,
+            "k": None,
+            "inertias": [],
+            "k_values": [],
+        }
     if k_values is None:
         k_values = list(range(2, min(21, n))) or [1]
     k, inertias, ks, models = _elbow(x, k_values, rng)
@@ -147,6 +160,21 @@ def cold_start(
     rows = spread_order(labels, to_centre)[:num]
     info = {"method": "kmeans", "k": int(k), "inertias": inertias, "k_values": ks}
     return [ids[i] for i in rows], info
+
+
+def _typical(
+    x: np.ndarray, num: int, method: str, rng: np.random.Generator, num_classes: int | None
+) -> np.ndarray:
+    from after.strategies.base import PoolOutputs
+    from after.strategies.typicality import TypiClust, _unit, cover, pure_radius
+
+    if method == "typiclust":
+        pool = PoolOutputs([str(i) for i in range(len(x))], embeddings=x)
+        return TypiClust()._choose(pool, num, labeled=PoolOutputs([]), rng=rng, memo={})
+    if num_classes is None or num_classes < 2:
+        raise AfterError("cold_start: probcover needs num_classes (at least 2)")
+    unit = _unit(x)
+    return cover(unit, len(unit), pure_radius(unit, num_classes, 0.95, rng), num)
 
 
 def spread_order(labels: np.ndarray, to_centre: np.ndarray) -> np.ndarray:

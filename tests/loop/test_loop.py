@@ -218,3 +218,21 @@ def test_compare_command(corpus: tuple[Manifest, Path, Path], tmp_path: Path) ->
     with pytest.raises(SystemExit) as e:
         main([*args[:-2], "--strategies", "nosuch", "--out", str(tmp_path / "x")])
     assert e.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("start", "strategy"), [("typiclust", "probcover"), ("probcover", "typiclust")]
+)
+def test_typical_cold_starts_and_strategies_run(
+    corpus: tuple[Manifest, Path, Path], tmp_path: Path, start: str, strategy: str
+) -> None:
+    m, manifest, folds = corpus
+    fold = Folds.from_json(folds, m).get(0)
+    al = ALConfig(strategy=strategy, schedule=("4", "8"), cold_start=start)
+    run = Run(
+        m, str(manifest), str(folds), fold, "egemaps", al, FAST, tmp_path, str(tmp_path / "c")
+    )
+    state = run_loop(run, start_run(run))
+    assert [r["num_labeled"] for r in state.rounds] == [4, 8]
+    # The seed set was chosen on the run's own features, standardised over the pool.
+    assert state.cold_start["method"] == start and state.cold_start["embedding"] == "egemaps"

@@ -73,6 +73,8 @@ def test_registry_has_every_name_and_unknown_names_list_them() -> None:
         "coreset",
         "alps",
         "cluster_margin",
+        "typiclust",
+        "probcover",
     ]
     for name, cls in STRATEGIES.items():
         assert isinstance(get_strategy(name), cls)
