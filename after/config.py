@@ -102,6 +102,9 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
+    # Keep the epoch with the best dev UA and stop after `patience` epochs without a gain; off,
+    # the last epoch is kept and dev labels pick nothing (active learning: see after.loop).
+    select_on_dev: bool = True
     patience: int = 5  # epochs without a better dev UA before stopping; 0: never stop early
     max_seconds: float = 8.0  # training clips are cropped at random to this length
     max_eval_seconds: float = 30.0  # evaluation sees the centre of longer clips

@@ -574,7 +574,9 @@ def fit(
                 )
                 record.update(dev_ua=dev_scores["ua"], dev_wa=dev_scores["wa"])
             history.append(record)
-            score = dev_scores["ua"] if dev_scores else float(epoch)
+            # Without dev selection every epoch beats the last: the last one is kept.
+            selecting = dev_scores is not None and config.select_on_dev
+            score = dev_scores["ua"] if dev_scores is not None and selecting else float(epoch)
             if score > best[0]:
                 now = accelerator.unwrap_model(model).state_dict()
                 best = (
@@ -583,7 +585,7 @@ def fit(
                     {k: v.detach().clone() for k, v in now.items()},
                     dev_scores,
                 )
-            elif config.patience and epoch + 1 - best[1] >= config.patience:
+            elif selecting and config.patience and epoch + 1 - best[1] >= config.patience:
                 break
         assert best[2] is not None  # keys saved while the frames were taken: load here
         accelerator.unwrap_model(model).load_state_dict(best[2])
@@ -641,10 +643,14 @@ def describe_training(backbone: str, config: dict[str, Any]) -> str:
         return f"logistic regression (L-BFGS to convergence), C {c}, {weighting}, {labels} labels"
     front = "frozen" if t["freeze_cnn"] else "trained"
     layers = "all layers" if t["num_layers"] is None else f"bottom {t['num_layers']} layers"
+    epochs = (
+        f"{t['epochs']} epochs max, the best dev-UA epoch kept (patience {t['patience']})"
+        if t["select_on_dev"]
+        else f"{t['epochs']} epochs, the last kept (dev labels not used)"
+    )
     return (
-        f"{t['epochs']} epochs max, patience {t['patience']}, lr {t['lr']}, head lr "
-        f"{t['head_lr']}, batch {t['batch_size']}, {layers}, front end {front}, "
-        f"{t['freeze_layers']} layers frozen, {weighting}, {labels} labels"
+        f"{epochs}, lr {t['lr']}, head lr {t['head_lr']}, batch {t['batch_size']}, {layers}, "
+        f"front end {front}, {t['freeze_layers']} layers frozen, {weighting}, {labels} labels"
     )
 
 

@@ -63,7 +63,8 @@ def compare(
             for seed in seeds:
                 path = out / "full" / f"{fold.name}_seed{seed}.json"
                 bar.update(task, info=f"{fold.name} seed {seed} all labels")
-                config = TrainConfig(**{**train.to_dict(), "seed": seed})
+                # Trained as the active-learning rounds are: no epoch picked on dev labels.
+                config = TrainConfig(**{**train.to_dict(), "seed": seed, "select_on_dev": False})
                 settings = {"backbone": backbone, "train": config.to_dict()}
                 if path.is_file():
                     _same_settings(path, read_json(path, "delete it"), settings)

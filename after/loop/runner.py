@@ -3,9 +3,11 @@ select -> label, until the schedule is spent or a stopping criterion fires.
 
 Honest by construction: the pool is the fold's training clips only; the classifier sees a view of
 the manifest in which pool clips carry only the labels the oracle gave; dev and test clips are
-never scored, selected or used for the cold start. Every step ends with `state.json` written
-atomically, and every random draw is seeded by (seed, round, purpose), so `resume` continues a
-killed run with the same result as an uninterrupted one.
+never scored, selected or used for the cold start. Dev labels are not part of the budget, so no
+round uses them to pick an epoch (`TrainConfig.select_on_dev` is off): dev UA is recorded, and
+read only by the `--target-ua` stopping rule, which a user turns on knowingly. Every step ends
+with `state.json` written atomically, and every random draw is seeded by (seed, round, purpose),
+so `resume` continues a killed run with the same result as an uninterrupted one.
 
 Run folder: `config.json` (everything needed to resume), `state.json` (see `LoopState`),
 `rounds.csv` (one row per round: labeled count, fraction and minutes; dev and test UA / WA /
@@ -124,6 +126,11 @@ class Run:
     train: TrainConfig
     run_dir: Path
     cache_dir: str | None
+
+    def __post_init__(self) -> None:
+        # Dev labels are not part of the budget, so they pick nothing: every round keeps its
+        # last epoch (a frozen-features learner has no epochs to pick anyway).
+        self.train = dataclasses.replace(self.train, select_on_dev=False)
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -236,3 +236,14 @@ def test_typical_cold_starts_and_strategies_run(
     assert [r["num_labeled"] for r in state.rounds] == [4, 8]
     # The seed set was chosen on the run's own features, standardised over the pool.
     assert state.cold_start["method"] == start and state.cold_start["embedding"] == "egemaps"
+
+
+def test_no_round_picks_an_epoch_on_dev_labels(
+    corpus: tuple[Manifest, Path, Path], tmp_path: Path
+) -> None:
+    run = _run(corpus, tmp_path / "run", strategy="entropy")
+    assert run.train.select_on_dev is False
+    state = run_loop(run, start_run(run))
+    assert all(r["best_epoch"] == FAST.epochs for r in state.rounds)  # the last epoch, always
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train"]["select_on_dev"] is False
