@@ -31,8 +31,11 @@ class TaptConfig:
     mask_prob: float = 0.65
     mask_length: int = 10
     min_masks: int = 2
-    # wav2vec 2.0 only: Gumbel-softmax temperature max(end, start * decay**step).
-    gumbel_start: float = 2.0
+    # wav2vec 2.0 only: Gumbel-softmax temperature max(end, start * decay**step). None: 2.0 for a
+    # random-init model (wav2vec 2.0's own start), `gumbel_end` for a pretrained one, whose
+    # quantizer finished pre-training there: restarting at 2.0 would blur the codebook choices
+    # that pre-training sharpened (over a few thousand steps it only falls to about 1.98).
+    gumbel_start: float | None = None
     gumbel_end: float = 0.5
     gumbel_decay: float = 0.999995
     # HuBERT / WavLM only: k-means targets from a hidden layer of the starting model.

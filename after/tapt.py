@@ -52,6 +52,7 @@ from after.faults import fault_point
 from after.io import atomic_write_json
 from after.models.backbones import (
     FAMILIES,
+    SCRATCH_PREFIX,
     freeze_feature_encoder,
     load_backbone,
     load_config,
@@ -394,6 +395,9 @@ def run_tapt(
     checkpoint resumes only on the same number of processes (the stream depends on it).
     """
     config = config or TaptConfig()
+    if config.gumbel_start is None:
+        start = 2.0 if backbone.startswith(SCRATCH_PREFIX) else config.gumbel_end
+        config = dataclasses.replace(config, gumbel_start=start)
     out = Path(out_dir)
     ids = tapt_ids(manifest, fold)
     model_config = load_config(backbone)
@@ -583,6 +587,7 @@ def _wav2vec2_loss(
     config: TaptConfig,
     rng: np.random.Generator,
 ) -> tuple[torch.Tensor, dict[str, float]]:
+    assert config.gumbel_start is not None  # resolved by run_tapt
     temperature = max(config.gumbel_end, config.gumbel_start * config.gumbel_decay**step)
     unwrapped.set_gumbel_temperature(temperature)
     negatives = sample_negatives(mask, unwrapped.config.num_negatives, rng)

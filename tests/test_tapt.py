@@ -166,6 +166,11 @@ def test_frozen_cnn_stays_put(
     for name, p in AutoModel.from_pretrained(out).state_dict().items():
         if name.startswith("feature_extractor."):
             assert torch.equal(p, start[name]), name
+    # A saved (pretrained) model's quantizer continues at the temperature pre-training ended at;
+    # a random-init one anneals from 2.0, as wav2vec 2.0's pre-training does.
+    assert {r["gumbel_temperature"] for r in _log(out)} == {0.5}
+    scratch = tapt.run_tapt(m, fold, "scratch:tiny", tmp_path / "s", config, progress=False)
+    assert _log(scratch)[0]["gumbel_temperature"] == pytest.approx(2.0, abs=1e-3)
 
 
 def test_resume_after_a_kill_gives_the_uninterrupted_result(

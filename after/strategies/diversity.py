@@ -171,9 +171,9 @@ class ClusterMargin(QueryStrategy):
     as {"clusters": {id: cluster}, "centroids": [[...], ...], "clustering": {...}}; an id first
     seen later joins the cluster of its nearest centroid. Each round: the m = min(N,
     `candidates_per_query` * num_queries) clips of smallest margin p_(1) - p_(2) are grouped by
-    cluster; clusters are visited in ascending order of how many candidates they hold (ties: the
-    cluster with the lower-margin candidate first), one clip per cluster per pass, lowest margin
-    first within a cluster, until num_queries.
+    cluster; clusters are visited in ascending order of how many candidates they hold, one clip
+    per cluster per pass, drawn at random within the cluster as in the paper's Algorithm 1 (the
+    margin only decides who is a candidate), until num_queries.
 
     Clustering adapts to the pool size. Up to `hac_max` clips (5,000): agglomerative clustering
     with average linkage (scikit-learn), as in the paper, cut at `distance_threshold` when given,
@@ -184,6 +184,7 @@ class ClusterMargin(QueryStrategy):
 
     name: ClassVar[str] = "cluster_margin"
     requires: ClassVar[frozenset[str]] = frozenset({"probs", "embeddings"})
+    deterministic: ClassVar[bool] = False  # the pick within a cluster is random
 
     def __init__(
         self,
@@ -211,7 +212,8 @@ class ClusterMargin(QueryStrategy):
         if "clusters" not in memo:
             memo.update(self.build_clusters(pool.ids, x, rng))
         m = min(len(pool), self.candidates_per_query * num_queries)
-        cand = top_k(-top2_margin(probs), m, rng)  # lowest margin first
+        cand = top_k(-top2_margin(probs), m, rng)
+        cand = cand[rng.permutation(len(cand))]  # a random order within every cluster
         clusters = self._clusters_of([pool.ids[i] for i in cand], x[cand], memo)
         return cand[round_robin(clusters)[:num_queries]]
 
