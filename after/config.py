@@ -116,8 +116,10 @@ class TrainConfig:
     num_layers: int | None = None  # keep only the encoder's bottom N layers (None: all)
     # Cache the frozen bottom's outputs per clip (the CNN; for Whisper also the frozen layers).
     cache_cnn: bool = True
-    # Frozen features: the logistic regression's C (None: chosen by CV within the labeled clips).
+    # Frozen features: the logistic regression's C (None: chosen by CV within the labeled clips),
+    # and whether to also fit the Laplace posterior over its weights (what BALD and DBAL sample).
     l2_c: float | None = None
+    weight_posterior: bool = False
     class_weighted: bool = True  # loss weighted by inverse class frequency of the labeled set
     soft_labels: bool = False  # train on annotator vote distributions where `votes` exist
     spec_time_prob: float = 0.05  # SpecAugment on the encoder's input frames during training

@@ -616,7 +616,10 @@ def _fit_linear(
     targets = label_targets([manifest[i] for i in train_ids], labels, config.soft_labels)
     weights = class_weights(targets) if config.class_weighted else np.ones(len(labels))
     groups = [manifest[i].speaker for i in train_ids]
-    fit = fit_head(data.vectors_of(train_ids), targets, targets @ weights, groups, config.l2_c)
+    vectors = data.vectors_of(train_ids)
+    fit = fit_head(
+        vectors, targets, targets @ weights, groups, config.l2_c, posterior=config.weight_posterior
+    )
     head: Any = clf.module
     head.set_fit(fit)
     dev = None

@@ -128,9 +128,13 @@ class Run:
     cache_dir: str | None
 
     def __post_init__(self) -> None:
+        from after.strategies import get_strategy
+
         # Dev labels are not part of the budget, so they pick nothing: every round keeps its
-        # last epoch (a frozen-features learner has no epochs to pick anyway).
-        self.train = dataclasses.replace(self.train, select_on_dev=False)
+        # last epoch (a frozen-features learner has no epochs to pick anyway). A strategy that
+        # samples weights gets a frozen-features learner with a posterior to sample.
+        sampled = "mc_probs" in get_strategy(self.al.strategy).requires
+        self.train = dataclasses.replace(self.train, select_on_dev=False, weight_posterior=sampled)
 
     def to_json(self) -> dict[str, Any]:
         return {

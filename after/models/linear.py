@@ -166,9 +166,11 @@ def fit_head(
     sample_weight: np.ndarray,
     groups: Sequence[str] | None,
     c: float | None = None,
+    *,
+    posterior: bool = True,
 ) -> LinearFit:
     """Standardise `x` (N, D), choose C (unless given) by inner cross-validation, then fit on all
-    of it."""
+    of it; with `posterior`, also the Laplace posterior's Cholesky factor (else zeros)."""
     from threadpoolctl import threadpool_limits
 
     cv: list[dict[str, float]] = []
@@ -181,7 +183,12 @@ def fit_head(
         mean, scale = standardiser(x)
         z = (x - mean) / scale
         w, b, iterations = fit_logistic(z, targets, sample_weight, c)
-        tril = laplace_precision_tril(z, targets, sample_weight, c, w, b)
+        size = w.shape[0] * (w.shape[1] + 1)
+        tril = (
+            laplace_precision_tril(z, targets, sample_weight, c, w, b)
+            if posterior
+            else np.zeros((size, size))
+        )
     return LinearFit(mean, scale, w, b, c, iterations, tril, cv, scheme)
 
 

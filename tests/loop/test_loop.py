@@ -243,6 +243,9 @@ def test_no_round_picks_an_epoch_on_dev_labels(
 ) -> None:
     run = _run(corpus, tmp_path / "run", strategy="entropy")
     assert run.train.select_on_dev is False
+    # Only a strategy that samples weights makes a frozen-features learner fit a posterior.
+    assert not run.train.weight_posterior
+    assert _run(corpus, tmp_path / "bald", strategy="bald").train.weight_posterior
     state = run_loop(run, start_run(run))
     assert all(r["best_epoch"] == FAST.epochs for r in state.rounds)  # the last epoch, always
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
