@@ -627,6 +627,11 @@ SCHEDULE = typer.Option(
     "0.02,0.05,0.1,0.15,0.2",
     help="Labeled-set size after each round: pool fractions (0.1), counts (40) or minutes (5min).",
 )
+SPREAD = typer.Option(
+    False,
+    help="Spread each round's queries over speakers and predicted classes (round-robin over "
+    "the strategy's top 4x picks).",
+)
 COLD_START = typer.Option(
     "kmeans",
     help="Seed set: kmeans, typiclust or probcover on clip embeddings (a frozen feature "
@@ -644,6 +649,7 @@ def run(
     schedule: str = SCHEDULE,
     cold_start: str = COLD_START,
     warm_start: bool = typer.Option(False, help="Train each round from the last round's model."),
+    spread: bool = SPREAD,
     target_ua: float | None = typer.Option(None, help="Stop once dev UA reaches this (0-1)."),
     stabilize: float | None = typer.Option(
         None, help="Stop once successive rounds agree (Cohen's kappa) this much on a stop set."
@@ -706,6 +712,7 @@ def run(
             schedule=tuple(x.strip() for x in schedule.split(",") if x.strip()),
             cold_start=cold_start,
             warm_start=warm_start,
+            spread=spread,
             mc_passes=mc_passes,
             target_ua=target_ua,
             stabilize_kappa=stabilize,
@@ -896,6 +903,7 @@ def compare(
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds."),
     schedule: str = SCHEDULE,
     cold_start: str = COLD_START,
+    spread: bool = SPREAD,
     out: Path = typer.Option(..., help="Output folder (resumable).", show_default=False),
     epochs: int = EPOCHS,
     batch_size: int = BATCH,
@@ -921,7 +929,11 @@ def compare(
     names = [x.strip() for x in strategies.split(",") if x.strip()]
     for name in names:
         get_strategy(name)
-    al = ALConfig(schedule=tuple(x.strip() for x in schedule.split(",")), cold_start=cold_start)
+    al = ALConfig(
+        schedule=tuple(x.strip() for x in schedule.split(",")),
+        cold_start=cold_start,
+        spread=spread,
+    )
     config = TrainConfig(
         epochs=epochs,
         batch_size=batch_size,

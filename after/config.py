@@ -181,6 +181,8 @@ class ALConfig:
     # backbone is a feature backbone, else Resemblyzer's speaker embeddings), random, or alps
     cold_start: str = "kmeans"
     warm_start: bool = False  # False: every round trains from the backbone, as in AFTER
+    # Spread each round's queries over speakers and predicted classes (`after.loop.runner.spread`)
+    spread: bool = False
     mc_passes: int = 10  # MC-dropout passes for bald / dbal_*
     target_ua: float | None = None  # stop once dev UA reaches this
     stabilize_kappa: float | None = None  # stop once successive rounds agree this much

@@ -508,8 +508,15 @@ class _Loop:
         return queries
 
     def _query(self, unlabeled: list[str], n: int) -> list[str]:
-        rng = derived_rng(self.run.al.seed, "select", self.state.round)
-        return self._strategy_select(self.run.al.strategy, unlabeled, n, rng)
+        al = self.run.al
+        rng = derived_rng(al.seed, "select", self.state.round)
+        if not al.spread:
+            return self._strategy_select(al.strategy, unlabeled, n, rng)
+        wanted = self._strategy_select(al.strategy, unlabeled, min(len(unlabeled), 4 * n), rng)
+        probs = self._outputs(wanted, frozenset({"probs"})).probs
+        predicted = [self.run.manifest.labels[k] for k in probs.argmax(axis=1)]
+        groups = [(self.run.manifest[i].speaker, c) for i, c in zip(wanted, predicted, strict=True)]
+        return spread(wanted, groups, n)
 
     def _strategy_select(
         self, name: str, unlabeled: list[str], n: int, rng: np.random.Generator
@@ -593,6 +600,20 @@ class _Loop:
         if not ids:
             return np.zeros((0, 16), dtype=np.float32)
         return np.stack([known[i] for i in ids])
+
+
+def spread(ranked: Sequence[str], groups: Sequence[Any], n: int) -> list[str]:
+    """The first `n` of `ranked` (a strategy's picks, best first) taken round-robin over their
+    `groups` (e.g. (speaker, predicted class)): every group's best pick, groups in the order of
+    those picks, then every group's second best, and so on. A strategy's top picks often
+    cluster on one voice or one confusable class; this keeps its ranking within each group
+    while no group takes the whole round."""
+    turn: dict[Any, int] = {}
+    rank = []
+    for position, group in enumerate(groups):
+        rank.append((turn.get(group, 0), position))
+        turn[group] = turn.get(group, 0) + 1
+    return [ranked[p] for _, p in sorted(rank)[:n]]
 
 
 def cold_start_features(backbone: str) -> str:

@@ -26,6 +26,7 @@ from after.loop.runner import (
     grad_embeddings,
     parse_schedule,
     run_loop,
+    spread,
     start_run,
 )
 from after.loop.state import LoopState
@@ -250,3 +251,26 @@ def test_no_round_picks_an_epoch_on_dev_labels(
     assert all(r["best_epoch"] == FAST.epochs for r in state.rounds)  # the last epoch, always
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["train"]["select_on_dev"] is False
+
+
+def test_spread_takes_every_groups_best_pick_before_any_seconds() -> None:
+    ranked = ["a1", "a2", "a3", "b1", "c1", "b2"]
+    groups = ["A", "A", "A", "B", "C", "B"]
+    assert spread(ranked, groups, 4) == ["a1", "b1", "c1", "a2"]
+    assert spread(ranked, groups, 6) == ["a1", "b1", "c1", "a2", "b2", "a3"]
+
+
+def test_a_spread_run_queries_more_voices_and_classes(
+    corpus: tuple[Manifest, Path, Path], tmp_path: Path
+) -> None:
+    m, manifest, folds_path = corpus
+    fold = Folds.from_json(folds_path, m).get(0)
+    picked = []
+    for flag in (False, True):
+        al = ALConfig(strategy="margin", schedule=("4", "12"), cold_start="random", spread=flag)
+        out = tmp_path / str(flag)
+        run = Run(m, str(manifest), str(folds_path), fold, "egemaps", al, FAST, out, None)
+        state = run_loop(run, start_run(run))
+        picked.append([i for i, r in state.labeled.items() if r == 1])
+    plain, spread_ = ({(m[i].speaker, m[i].label) for i in ids} for ids in picked)
+    assert len(spread_) >= len(plain) and len(picked[1]) == 8
