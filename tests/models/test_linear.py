@@ -116,7 +116,7 @@ def test_bald_on_frozen_features_sees_less_uncertainty_with_more_labels() -> Non
     for n in (15, 300):
         q = np.eye(3)[y[:n]]
         head = FeatureHead(10, 3)
-        head.set_fit(fit_head(x[:n], q, np.ones(n), None, c=1.0))
+        head.set_fit(fit_head(x[:n], q, np.ones(n), None, c=1.0, posterior=True))
         torch.manual_seed(0)
         mc = head.posterior_probs(pool, 64).double()
         mean = mc.mean(dim=2)
