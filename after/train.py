@@ -40,7 +40,7 @@ from after.dist import accelerator as make_accelerator
 from after.dist import job_folder, launch, mixed_precision, must_launch, state
 from after.errors import AfterError
 from after.faults import fault_point
-from after.io import atomic_write_json
+from after.io import apply_umask, atomic_write_json
 from after.metrics import classification_scores
 from after.models.classifier import Classifier, new_classifier
 from after.progress import progress_bar
@@ -180,12 +180,17 @@ class _Inputs:
         assert self.clf.features is not None
         missing = [i for i in dict.fromkeys(ids) if i not in self.memory]
         if missing:
-            rows = embed_manifest(
-                self.clf.features,
-                self.manifest.subset(missing),
-                cache_dir=self.cache_dir,
-                num_workers=min(4, os.cpu_count() or 1),
-            )
+            with progress_bar(state().is_main_process, transient=True) as bar:
+                task = bar.add_task(
+                    f"features ({self.clf.features.name})", total=len(missing), info=""
+                )
+                rows = embed_manifest(
+                    self.clf.features,
+                    self.manifest.subset(missing),
+                    cache_dir=self.cache_dir,
+                    num_workers=min(4, os.cpu_count() or 1),
+                    on_item=lambda: bar.advance(task),
+                )
             self.memory.update(zip(missing, rows, strict=True))
         return np.stack([self.memory[i] for i in ids])
 
@@ -258,6 +263,8 @@ def _infer(
     """Class probabilities (N, C) with dropout off; with `embeddings`, the pooled input of the
     output layer (N, D); with `mc_passes` S > 0, S more passes with only the dropout layers
     active (MC dropout; SpecAugment and layer drop stay off), as (N, C, S)."""
+    if clf.kind == "features":
+        data.vectors_of(ids)  # every clip's features first, with progress, not batch by batch
     was_training = model.training
     model.eval()
     captured: list[torch.Tensor] = []
@@ -788,10 +795,12 @@ def fit_and_test(
 
 def save_result(out_dir: str | os.PathLike[str], result: FitResult, **extra: Any) -> Path:
     """Save the model to `out_dir/model` with its training provenance."""
-    return result.classifier.save(
+    folder = result.classifier.save(
         Path(out_dir) / "model",
         best_epoch=result.best_epoch,
         history=result.history,
         num_processes=result.num_processes,
         **extra,
     )
+    apply_umask(folder)
+    return folder

@@ -134,13 +134,20 @@ def test_tapt_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     m, f = corpus / "manifest.jsonl", tmp_path / "folds.json"
     assert run("folds", str(m), "--out", str(f)) == 0
     args = ["tapt", "--manifest", str(m), "--folds", str(f), "--fold", "1"]
-    args += ["--backbone", "scratch:tiny", "--out", str(tmp_path / "t"), "--steps", "3"]
+    args += ["--backbone", "scratch:tiny", "--out", str(tmp_path / "t"), "--steps", "4"]
+    args += ["--save-every", "2"]
     assert run(*args) == 0
-    info = json.loads((tmp_path / "t" / "tapt.json").read_text())
-    assert info["fold"] == Folds.from_json(f).get(1).name and info["steps"] == 3
+    done = tmp_path / "t" / "tapt.json"
+    info = json.loads(done.read_text())
+    assert info["fold"] == Folds.from_json(f).get(1).name and info["steps"] == 4
     capsys.readouterr()
     assert run(*args) == 2  # the folder holds a finished run: nothing is overwritten
-    assert "--resume" in capsys.readouterr().err
+    assert "finished TAPT run" in capsys.readouterr().err
+    # A run stopped after its checkpoint at step 2: the same command continues it (no --resume).
+    done.unlink()
+    assert run(*args) == 0
+    assert json.loads(done.read_text())["resumed_from_step"] == 2
+    assert "continuing TAPT" in capsys.readouterr().err
     bad = [*args[:6], "nosuchfold", *args[7:]]
     assert run(*bad) == 2 and "nosuchfold" in capsys.readouterr().err
 
@@ -158,20 +165,29 @@ def test_train_evaluate_predict_and_cv(tmp_path: Path, capsys: pytest.CaptureFix
     assert result["num_train"] == 16 and result["test"]["num_clips"] == 8
     assert (out / "confusion.png").stat().st_size > 1000
 
-    scores = tmp_path / "eval.json"
     model = str(out / "model")
-    assert run("evaluate", "--model", model, *common, "--fold", "0", "--out", str(scores)) == 0
+    assert run("evaluate", "--model", model, *common, "--fold", "0") == 0
+    scores = out / f"evaluation_{result['fold']}_test.json"  # beside the model, not in the cwd
     assert json.loads(scores.read_text())["confusion"] == result["test"]["confusion"]
     assert scores.with_suffix(".png").is_file()
 
     clip = next(iter(Manifest.from_jsonl(m))).path
     capsys.readouterr()
-    assert run("predict", clip, str(tmp_path / "missing.wav"), "--model", model) == 1
+    # Input errors exit 2, as everywhere; the usable files are classified all the same.
+    assert run("predict", clip, str(tmp_path / "missing.wav"), "--model", model) == 2
     captured = capsys.readouterr()
     (line,) = captured.out.splitlines()
     assert json.loads(line)["file"] == clip and "missing.wav: missing" in captured.err
+    assert "check the path" in captured.err and "prepare" not in captured.err
+    # A folder stands for the audio files in it; one without any is reported.
+    assert run("predict", str(Path(clip).parent), str(tmp_path), "--model", model) == 2
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == len(list(Path(clip).parent.glob("*.flac")))
+    assert "a folder with no audio file" in captured.err
 
     cv_out = tmp_path / "cv"
+    assert run("cv", *common, *fast[:4], "--out", str(cv_out), "--fold", "0", "--fold", "1") == 0
+    assert len(json.loads((cv_out / "cv.json").read_text())["runs"]) == 2  # the folds asked for
     assert run("cv", *common, *fast[:4], "--out", str(cv_out), "--seeds", "0,1") == 0
     runs = json.loads((cv_out / "cv.json").read_text())["runs"]
     assert len(runs) == 8  # 4 folds x 2 seeds
