@@ -101,8 +101,8 @@ class LineProgress:
     `fine-tuning: 120/500 (24%) epoch 3 loss 1.234; 1:02 elapsed, ETA 3:17`. Thread-safe (feature
     extraction advances from worker threads)."""
 
-    def __init__(self, stream: TextIO, *, first_s: float = FIRST_S, every_s: float = EVERY_S):
-        self.stream, self.first_s, self.every_s = stream, first_s, every_s
+    def __init__(self, stream: TextIO) -> None:
+        self.stream, self.first_s, self.every_s = stream, FIRST_S, EVERY_S
         self._tasks: dict[int, dict[str, Any]] = {}
         self._ids = itertools.count()
         self._lock = threading.Lock()
