@@ -154,7 +154,9 @@ WORKERS = typer.Option(4, min=1, help="Threads reading audio.")
 @app.command()
 def prepare(
     corpus: str = typer.Argument(
-        ..., help="iemocap, msp-podcast, crema-d, ravdess, emodb, savee, tess, meld, csv, folder."
+        ...,
+        metavar="CORPUS",
+        help="iemocap, msp-podcast, crema-d, ravdess, emodb, savee, tess, meld, csv, folder.",
     ),
     data_dir: Path = typer.Option(
         ..., help="The corpus folder (for csv: the CSV file).", show_default=False
@@ -203,7 +205,7 @@ def prepare(
 
 @app.command()
 def validate(
-    manifest: Path = typer.Argument(..., help="Manifest (JSONL) to check."),
+    manifest: Path = typer.Argument(..., metavar="MANIFEST", help="Manifest (JSONL) to check."),
     labels: str | None = typer.Option(
         None, help="Comma-separated allowed labels; others are reported as unknown_label."
     ),
@@ -234,7 +236,7 @@ def validate(
 
 @app.command()
 def folds(
-    manifest: Path = typer.Argument(..., help="Manifest (JSONL)."),
+    manifest: Path = typer.Argument(..., metavar="MANIFEST", help="Manifest (JSONL)."),
     out: Path = typer.Option(Path("folds.json"), help="Folds file to write."),
     protocol: str = typer.Option(
         "loso", help=f"One of {', '.join(PROTOCOLS)} (loso-session: IEMOCAP)."
@@ -292,7 +294,7 @@ def _print_folds(info: dict[str, Any]) -> None:
 
 @app.command()
 def stats(
-    manifest: Path = typer.Argument(..., help="Manifest (JSONL)."),
+    manifest: Path = typer.Argument(..., metavar="MANIFEST", help="Manifest (JSONL)."),
     folds_file: Path | None = typer.Option(None, "--folds", help="Also count clips per fold."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
@@ -695,7 +697,9 @@ def evaluate(
 @app.command()
 def predict(
     files: list[Path] = typer.Argument(
-        ..., help="Audio files (any format soundfile reads), or folders of them."
+        ...,
+        metavar="FILES_OR_FOLDERS",
+        help="Audio files (any format soundfile reads), or folders of them.",
     ),
     model: Path = typer.Option(..., help="Model folder.", show_default=False),
     threads: int | None = THREADS,
@@ -1013,7 +1017,7 @@ label_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(label_app, name="label")
-RUN_DIR = typer.Argument(..., help="Run folder of after run --oracle human.")
+RUN_DIR = typer.Argument(..., metavar="RUN_DIR", help="Run folder of after run --oracle human.")
 
 
 @label_app.command("serve")
@@ -1124,7 +1128,9 @@ def label_export(
 @label_app.command("import")
 def label_import(
     run_dir: Path = RUN_DIR,
-    file: Path = typer.Argument(..., help="CSV (clip_id,label[,annotator]) or Label Studio JSON."),
+    file: Path = typer.Argument(
+        ..., metavar="FILE", help="CSV (clip_id,label[,annotator]) or Label Studio JSON."
+    ),
     annotator: str | None = typer.Option(None, help="Annotator, for a CSV without that column."),
 ) -> None:
     """Store answers made elsewhere (all rows, or none if any is wrong)."""
@@ -1207,6 +1213,7 @@ def compare(
 def rerun(
     folder: Path = typer.Argument(
         ...,
+        metavar="FOLDER",
         help="A run folder of after run (config.json) or an output folder of after train "
         "(result.json).",
     ),
@@ -1251,7 +1258,7 @@ def rerun(
 @app.command()
 def report(
     dirs: list[Path] = typer.Argument(
-        ..., help="Run folders of after run and/or folders of after compare."
+        ..., metavar="DIRS", help="Run folders of after run and/or folders of after compare."
     ),
     out: Path | None = typer.Option(None, help="Output folder (default: FIRST_DIR/report)."),
     markdown: bool = typer.Option(
