@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zlib
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import numpy as np
 
 from after.data.manifest import Utterance
 from after.errors import AfterError
+from after.io import temp_file_for
 
 _MAGIC = b"AFTER-FEATURES 2\n"
 _DTYPES = ("<f4", "<f2")
@@ -102,7 +102,7 @@ class ArrayCache:
         path = self.path(utt.id)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            fd, tmp = temp_file_for(path)
         except OSError as e:
             raise AfterError(
                 f"{path.parent}: cannot write the feature cache here ({e.strerror}); "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sys
@@ -19,7 +20,7 @@ from after.data.folds import PROTOCOLS, Folds, make_folds
 from after.data.manifest import Manifest
 from after.data.stats import summarize
 from after.errors import AfterError
-from after.io import atomic_write_json, atomic_write_text
+from after.io import atomic_write_json, atomic_write_text, read_json
 from after.progress import progress_bar
 
 app = typer.Typer(
@@ -27,12 +28,54 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,
+    # Plain help: readable when piped and at any width; flags listed without a value.
+    rich_markup_mode=None,
 )
 # What these print quotes the user's paths, ids and labels: never read it as rich markup (a path
 # with "[/]" would crash, a label "[laughter]" would vanish) or as emoji codes.
 console = Console(soft_wrap=True, markup=False, emoji=False)
 err = Console(stderr=True, soft_wrap=True, markup=False, emoji=False)
 MAX_LINE = 1000  # characters of one line of an error message
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"after {version('after')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print the version and exit.",
+        is_eager=True,
+        callback=_print_version,
+    ),
+) -> None:
+    """Label-efficient speech emotion recognition with task adaptation and active learning."""
+
+
+def _table(*columns: str, title: str | None = None, right: tuple[str, ...] = ()) -> Table:
+    """A table whose cells fold onto more lines where the terminal is narrow (rich would cut
+    them to "emod…")."""
+    table = Table(title=title, title_justify="left")
+    for name in columns:
+        table.add_column(name, justify="right" if name in right else "left", overflow="fold")
+    return table
+
+
+def _print_table(table: Table, to: Console) -> None:
+    """Print `table` whole: in a terminal at its width; piped or in a file at the table's own
+    width (a console there is 80 columns, which would fold every wide table)."""
+    if to.is_terminal:
+        to.print(table)
+        return
+    width = to.measure(table, options=to.options.update_width(100_000)).maximum
+    Console(file=to.file, width=width, soft_wrap=True, markup=False, emoji=False).print(table)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -87,12 +130,10 @@ def _validate(
 
 
 def _print_rejections(rejected: list[Any], limit: int = 50) -> None:
-    table = Table(title=f"{len(rejected)} unusable clip(s)", title_justify="left")
-    for col in ("id", "reason", "detail", "fix"):
-        table.add_column(col, overflow="fold")
+    table = _table("id", "reason", "detail", "fix", title=f"{len(rejected)} unusable clip(s)")
     for r in rejected[:limit]:
         table.add_row(r.id, r.reason, r.detail, r.fix)
-    err.print(table)
+    _print_table(table, err)
     if len(rejected) > limit:
         err.print(f"... and {len(rejected) - limit} more")
 
@@ -113,7 +154,9 @@ WORKERS = typer.Option(4, min=1, help="Threads reading audio.")
 @app.command()
 def prepare(
     corpus: str = typer.Argument(
-        ..., help="iemocap, msp-podcast, crema-d, ravdess, emodb, savee, tess, meld, csv, folder."
+        ...,
+        metavar="CORPUS",
+        help="iemocap, msp-podcast, crema-d, ravdess, emodb, savee, tess, meld, csv, folder.",
     ),
     data_dir: Path = typer.Option(
         ..., help="The corpus folder (for csv: the CSV file).", show_default=False
@@ -162,7 +205,7 @@ def prepare(
 
 @app.command()
 def validate(
-    manifest: Path = typer.Argument(..., help="Manifest (JSONL) to check."),
+    manifest: Path = typer.Argument(..., metavar="MANIFEST", help="Manifest (JSONL) to check."),
     labels: str | None = typer.Option(
         None, help="Comma-separated allowed labels; others are reported as unknown_label."
     ),
@@ -193,7 +236,7 @@ def validate(
 
 @app.command()
 def folds(
-    manifest: Path = typer.Argument(..., help="Manifest (JSONL)."),
+    manifest: Path = typer.Argument(..., metavar="MANIFEST", help="Manifest (JSONL)."),
     out: Path = typer.Option(Path("folds.json"), help="Folds file to write."),
     protocol: str = typer.Option(
         "loso", help=f"One of {', '.join(PROTOCOLS)} (loso-session: IEMOCAP)."
@@ -227,9 +270,16 @@ def folds(
 
 
 def _print_folds(info: dict[str, Any]) -> None:
-    table = Table(title=f"folds ({info['protocol']}, seed {info['seed']})", title_justify="left")
-    for col in ("fold", "test", "dev", "train", "dev", "test"):
-        table.add_column(col, justify="right" if col in ("train",) else "left")
+    table = _table(
+        "fold",
+        "test speakers",
+        "dev speakers",
+        "train clips",
+        "dev clips",
+        "test clips",
+        title=f"folds ({info['protocol']}, seed {info['seed']})",
+        right=("train clips", "dev clips", "test clips"),
+    )
     for f in info["folds"]:
         table.add_row(
             f["name"],
@@ -239,12 +289,12 @@ def _print_folds(info: dict[str, Any]) -> None:
             str(f["dev"]["total"]),
             str(f["test"]["total"]),
         )
-    console.print(table)
+    _print_table(table, console)
 
 
 @app.command()
 def stats(
-    manifest: Path = typer.Argument(..., help="Manifest (JSONL)."),
+    manifest: Path = typer.Argument(..., metavar="MANIFEST", help="Manifest (JSONL)."),
     folds_file: Path | None = typer.Option(None, "--folds", help="Also count clips per fold."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
 ) -> None:
@@ -264,25 +314,20 @@ def _print_summary(s: dict[str, Any]) -> None:
         f"corpora: {', '.join(f'{k} ({v})' for k, v in s['corpora'].items())}",
         highlight=False,
     )
-    labels = Table(title="clips per label", title_justify="left")
-    labels.add_column("label")
-    labels.add_column("clips", justify="right")
-    labels.add_column("share", justify="right")
+    labels = _table("label", "clips", "share", title="clips per label", right=("clips", "share"))
     total = max(1, s["num_labeled"])
     for lab, n in s["labels"].items():
         labels.add_row(lab, str(n), f"{100 * n / total:.1f}%")
-    console.print(labels)
+    _print_table(labels, console)
     names = [*s["labels"], "(unlabeled)"]
-    speakers = Table(title="clips per speaker", title_justify="left")
-    speakers.add_column("speaker")
-    for lab in names:
-        speakers.add_column(lab, justify="right")
-    speakers.add_column("total", justify="right")
+    speakers = _table(
+        "speaker", *names, "total", title="clips per speaker", right=(*names, "total")
+    )
     for spk, counts in s["speakers"].items():
         speakers.add_row(
             spk, *(str(counts.get(lab, 0)) for lab in names), str(sum(counts.values()))
         )
-    console.print(speakers)
+    _print_table(speakers, console)
     d = s["durations"]
     if d["num_known"]:
         console.print(
@@ -327,6 +372,22 @@ NUM_PROCESSES = typer.Option(
     "torchrun, whose processes are used.",
 )
 GRAD_ACCUM = typer.Option(1, min=1, help="Batches per device accumulated into one step.")
+THREADS = typer.Option(
+    None,
+    min=1,
+    show_default=False,
+    help="Torch CPU threads per process (default: half this machine's cores, at least 1; "
+    "torch's own default, every core, stalls on a busy machine).",
+)
+DEVICE = typer.Option(
+    "auto", help="Where models run: auto (a GPU where torch sees one), cpu, cuda or cuda:N."
+)
+LOG_WITH = typer.Option(
+    None,
+    help="Also log settings and metrics to an Accelerate tracker: tensorboard (pip install "
+    "tensorboard), wandb, mlflow, aim, comet_ml, clearml, dvclive, swanlab, trackio.",
+)
+LOG_DIR = typer.Option(None, help="The tracker's folder (default: OUT/logs).")
 
 
 @app.command()
@@ -345,18 +406,33 @@ def tapt(
     max_seconds: float = typer.Option(TaptConfig.max_seconds, help="Random crop length (s)."),
     lr: float = typer.Option(TaptConfig.lr, help="Peak learning rate."),
     freeze_cnn: bool = typer.Option(
-        TaptConfig.freeze_cnn, "--freeze-cnn/--train-cnn", help="Freeze the CNN feature encoder."
+        TaptConfig.freeze_cnn,
+        "--freeze-cnn/--train-cnn",
+        help="Freeze the CNN feature encoder. TAPT trains it by default, as wav2vec 2.0's "
+        "pre-training does; fine-tuning (train, run) freezes it by default, as its fine-tuning "
+        "does.",
     ),
     seed: int = typer.Option(TaptConfig.seed, help="Seed for batches, crops, masks and init."),
     precision: str = typer.Option(TaptConfig.precision, help="auto, no, fp16 or bf16."),
     save_every: int = typer.Option(TaptConfig.save_every, min=1, help="Checkpoint every N steps."),
-    resume: bool = typer.Option(False, help="Continue the run in --out from its last checkpoint."),
+    resume: bool = typer.Option(
+        False, hidden=True, help="Old spelling: a stopped run in --out continues by itself."
+    ),
     grad_accum: int = GRAD_ACCUM,
     num_processes: int = NUM_PROCESSES,
+    threads: int | None = THREADS,
+    device: str = DEVICE,
+    log_with: str | None = LOG_WITH,
+    log_dir: Path | None = LOG_DIR,
 ) -> None:
-    """Task-adaptive pre-training on one fold's training audio (never its dev or test audio)."""
-    from after.tapt import run_tapt
+    """Task-adaptive pre-training on one fold's training audio (never its dev or test audio).
+    The same command again continues a stopped run from its last checkpoint."""
+    from after.dist import use_compute
+    from after.io import apply_umask
+    from after.tapt import CHECKPOINTS, DONE_FILE, LOG_FILE, STATE_FILE, run_tapt
+    from after.tracking import open_tracker
 
+    use_compute(device, threads)
     m = Manifest.from_jsonl(manifest)
     chosen = Folds.from_json(folds_file, m).get(int(fold) if fold.isdigit() else fold)
     config = TaptConfig(
@@ -371,8 +447,21 @@ def tapt(
         grad_accum=grad_accum,
         num_processes=num_processes,
     )
-    err.print(f"TAPT of {backbone} on fold {chosen.name}: {len(chosen.train)} training clips")
-    run_tapt(m, chosen, backbone, out, config, resume=resume)
+    if (out / DONE_FILE).exists():
+        raise AfterError(
+            f"{out}: holds a finished TAPT run ({DONE_FILE}); choose another --out, or use it: "
+            f"--backbone {out}"
+        )
+    stopped = any((out / CHECKPOINTS).glob(f"step_*/{STATE_FILE}"))
+    what = "continuing TAPT" if stopped else "TAPT"
+    err.print(f"{what} of {backbone} on fold {chosen.name}: {len(chosen.train)} training clips")
+    settings = {"backbone": backbone, "fold": chosen.name, "tapt": config.to_dict()}
+    tracker = open_tracker(log_with, f"tapt_{chosen.name}", log_dir or out / "logs", settings)
+    with tracker.following(out / LOG_FILE, "tapt/") if tracker else contextlib.nullcontext():
+        run_tapt(m, chosen, backbone, out, config, resume=resume or stopped)
+    if tracker:
+        tracker.finish()
+    apply_umask(out)  # safetensors writes the weights 0600 whatever the umask
     console.print(f"{out}: TAPT model (load with from_pretrained); log in {out}/tapt_log.jsonl")
 
 
@@ -404,6 +493,30 @@ CACHE = typer.Option(
     None, "--cache-dir", help="Feature cache (default $AFTER_CACHE_DIR or ~/.cache/after)."
 )
 SEED = typer.Option(0, help="Seed of the head init, batches and crops.")
+
+
+FOLD_LIST = typer.Option(
+    [],
+    "--fold",
+    help="A fold name or index; give --fold once per fold (or a comma-separated list). Default: "
+    "every fold.",
+    show_default=False,
+)
+
+
+def _chosen_folds(all_folds: Folds, given: list[str]) -> list[Any]:
+    """The folds `--fold` names (repeated, or comma-separated), or all of them."""
+    names = [x.strip() for item in given for x in item.split(",") if x.strip()]
+    if not names or names == ["all"]:
+        return list(all_folds.folds)
+    return [all_folds.get(int(x) if x.isdigit() else x) for x in dict.fromkeys(names)]
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise AfterError(f"--seeds {text!r}: give whole numbers separated by commas") from None
 
 
 def _load_fold(manifest: Path, folds_file: Path, fold: str) -> tuple[Manifest, Any]:
@@ -441,13 +554,17 @@ def train(
     seed: int = SEED,
     grad_accum: int = GRAD_ACCUM,
     num_processes: int = NUM_PROCESSES,
+    threads: int | None = THREADS,
+    device: str = DEVICE,
+    log_with: str | None = LOG_WITH,
+    log_dir: Path | None = LOG_DIR,
 ) -> None:
     """Fine-tune on all labeled training clips of a fold (the V-FT baseline), test once."""
-    from after.cache import default_cache_dir
-    from after.dist import state
-    from after.report import plot_confusion
-    from after.train import fit_and_test, save_result
+    from after.checks import check_backbone
+    from after.dist import use_compute
 
+    use_compute(device, threads)
+    check_backbone(backbone)
     m, chosen = _load_fold(manifest, folds_file, fold)
     config = TrainConfig(
         epochs=epochs,
@@ -464,6 +581,28 @@ def train(
         grad_accum=grad_accum,
         num_processes=num_processes,
     )
+    paths = {"manifest": str(manifest.resolve()), "folds": str(folds_file.resolve())}
+    _train_and_save(m, chosen, backbone, config, out, cache_dir, paths, log_with, log_dir)
+
+
+def _train_and_save(
+    m: Manifest,
+    chosen: Any,
+    backbone: str,
+    config: TrainConfig,
+    out: Path,
+    cache_dir: Path | None,
+    paths: dict[str, str],
+    log_with: str | None,
+    log_dir: Path | None,
+) -> None:
+    """`after train`'s work (also `after rerun`'s): fit, test, write the model and result.json
+    (with what a rerun needs: manifest and folds paths, settings)."""
+    from after.cache import default_cache_dir
+    from after.dist import state
+    from after.report import plot_confusion
+    from after.train import fit_and_test, save_result
+
     cache = cache_dir or default_cache_dir()
     err.print(f"fine-tuning {backbone} on fold {chosen.name}: {len(chosen.train)} training clips")
     result, run = fit_and_test(m, chosen, backbone, config, cache_dir=cache)
@@ -471,15 +610,44 @@ def train(
         return  # under accelerate launch / torchrun, the main process writes the results
     test = run["test"]
     settings = {**config.to_dict(), "num_processes": result.num_processes}
-    record = {"corpus": _corpus_name(m), "backbone": backbone, **run, "config": settings}
+    record = {
+        "corpus": _corpus_name(m),
+        "backbone": backbone,
+        **paths,
+        "cache_dir": str(cache_dir.resolve()) if cache_dir else None,
+        **run,
+        "config": settings,
+    }
     save_result(out, result, fold=chosen.name, corpus=record["corpus"])
     atomic_write_json(out / "result.json", record)
     plot_confusion(test, out / "confusion.png", f"{backbone}, fold {chosen.name} (test)")
+    _log_fit(log_with, log_dir or out / "logs", out.name, record, result.history)
     console.print(
         f"fold {chosen.name} test: UA {100 * test['ua']:.2f}%, WA {100 * test['wa']:.2f}% "
         f"({test['num_clips']} clips); model in {out / 'model'}",
         highlight=False,
     )
+
+
+def _log_fit(
+    kind: str | None,
+    log_dir: Path,
+    name: str,
+    record: dict[str, Any],
+    history: list[dict[str, Any]],
+) -> None:
+    """A finished fine-tuning to the tracker of `--log-with`: settings, each epoch, the test."""
+    from after.tracking import open_tracker
+
+    settings = {k: v for k, v in record.items() if k in ("corpus", "backbone", "fold", "config")}
+    tracker = open_tracker(kind, name, log_dir, settings)
+    if tracker is None:
+        return
+    for epoch in history:
+        tracker.log(epoch, int(epoch.get("epoch", 1)))
+    test = {f"test_{k}": record["test"][k] for k in ("ua", "wa", "macro_f1")}
+    tracker.log(test, len(history))
+    tracker.finish()
 
 
 @app.command()
@@ -491,20 +659,28 @@ def evaluate(
     folds_file: Path = typer.Option(Path("folds.json"), "--folds", help="Folds of this manifest."),
     fold: str = typer.Option(..., help="Fold name or index."),
     split: str = typer.Option("test", help="test or dev."),
-    out: Path = typer.Option(
-        Path("evaluation.json"), help="Scores (JSON); the PNG goes beside it."
+    out: Path | None = typer.Option(
+        None,
+        help="Scores (JSON); the PNG goes beside it. Default: evaluation_FOLD_SPLIT.json beside "
+        "the model folder.",
+        show_default=False,
     ),
     cache_dir: Path | None = CACHE,
+    threads: int | None = THREADS,
+    device: str = DEVICE,
 ) -> None:
     """Score a model on a fold's test (or dev) split: metrics and a confusion-matrix PNG."""
     from after.cache import default_cache_dir
+    from after.dist import use_compute
     from after.models.classifier import load_classifier
     from after.report import plot_confusion
     from after.train import evaluate as score
 
+    use_compute(device, threads)
     if split not in ("test", "dev"):
         raise AfterError(f"--split {split!r}: choose test or dev")
     m, chosen = _load_fold(manifest, folds_file, fold)
+    out = out or model.resolve().parent / f"evaluation_{chosen.name}_{split}.json"
     clf = load_classifier(model)
     scores = score(clf, m, getattr(chosen, split), cache_dir=cache_dir or default_cache_dir())
     atomic_write_json(out, {"model": str(model), "fold": chosen.name, "split": split, **scores})
@@ -520,33 +696,47 @@ def evaluate(
 
 @app.command()
 def predict(
-    files: list[Path] = typer.Argument(..., help="Audio files (any format soundfile reads)."),
+    files: list[Path] = typer.Argument(
+        ...,
+        metavar="FILES_OR_FOLDERS",
+        help="Audio files (any format soundfile reads), or folders of them.",
+    ),
     model: Path = typer.Option(..., help="Model folder.", show_default=False),
+    threads: int | None = THREADS,
+    device: str = DEVICE,
 ) -> None:
     """Classify audio files: one JSON line each (file, label, per-class scores); a file longer
     than 30 s gets one line per window of at most 30 s, with its start and end (start_s, end_s).
-    A file that cannot be used is reported and skipped; the exit status is then 1."""
+    A folder stands for the audio files directly inside it. A file that cannot be used is
+    reported and skipped, the others classified; the exit status is then 2."""
+    import os
+
+    from after.dist import use_compute
     from after.errors import AudioError
     from after.models.classifier import load_classifier
-    from after.predict import predict_files
+    from after.predict import audio_files, predict_files
 
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no bar for loading weights
+    use_compute(device, threads)
     bad: list[AudioError] = []
 
     def report(e: AudioError) -> None:
         bad.append(e)
         _print_error(e)
 
-    for record in predict_files(load_classifier(model), files, on_error=report):
+    found = audio_files(files, on_error=report)
+    for record in predict_files(load_classifier(model), found, on_error=report):
         sys.stdout.write(json.dumps(record) + "\n")
         sys.stdout.flush()
     if bad:
-        raise typer.Exit(1)
+        raise typer.Exit(2)
 
 
 @app.command()
 def cv(
     manifest: Path = typer.Option(..., help="Manifest (JSONL).", show_default=False),
     folds_file: Path = typer.Option(Path("folds.json"), "--folds", help="Folds of this manifest."),
+    fold: list[str] = FOLD_LIST,
     backbone: str = typer.Option("whisper-tiny.en", help="As for after train."),
     out: Path = typer.Option(..., help="Output folder.", show_default=False),
     seeds: str = typer.Option("0", help="Comma-separated seeds; every fold runs with each."),
@@ -561,16 +751,25 @@ def cv(
     freeze_layers: int = FREEZE_LAYERS,
     num_layers: int | None = NUM_LAYERS,
     cache_dir: Path | None = CACHE,
+    threads: int | None = THREADS,
+    device: str = DEVICE,
+    log_with: str | None = LOG_WITH,
+    log_dir: Path | None = LOG_DIR,
 ) -> None:
-    """Fine-tune and test on every fold (x seeds); write a table with mean ± std. Runs already
-    done in --out are kept, so a stopped cv resumes."""
+    """Fine-tune and test on every fold (x seeds); write a table with mean ± std. The same
+    command again keeps the runs done in --out and does the rest."""
     from after.cache import default_cache_dir
+    from after.checks import check_backbone
+    from after.dist import use_compute
     from after.report import cv_table
     from after.train import describe_training, fit_and_test
 
+    use_compute(device, threads)
+    check_backbone(backbone)
     m = Manifest.from_jsonl(manifest)
     all_folds = Folds.from_json(folds_file, m)
-    seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    chosen = _chosen_folds(all_folds, fold)
+    seed_list = _seeds(seeds)
     cache = cache_dir or default_cache_dir()
     config = TrainConfig(
         epochs=epochs,
@@ -585,19 +784,22 @@ def cv(
         num_layers=num_layers,
     )
     runs = []
-    for f in all_folds.folds:
+    for f in chosen:
         for seed in seed_list:
             done = out / "runs" / f"{f.name}_seed{seed}.json"
             if done.is_file():
                 runs.append(json.loads(done.read_text()))
                 continue
             err.print(f"fold {f.name}, seed {seed}")
-            _, run = fit_and_test(
+            fit, run = fit_and_test(
                 m, f, backbone, dataclasses.replace(config, seed=seed), cache_dir=cache
             )
             test = run["test"]
             atomic_write_json(done, run)
             runs.append(run)
+            record = {"backbone": backbone, "corpus": _corpus_name(m), **run}
+            record["config"] = {**config.to_dict(), "seed": seed}
+            _log_fit(log_with, log_dir or out / "logs", done.stem, record, fit.history)
             console.print(
                 f"fold {f.name} seed {seed}: UA {100 * test['ua']:.2f}%, "
                 f"WA {100 * test['wa']:.2f}%",
@@ -607,7 +809,7 @@ def cv(
         "backbone": backbone,
         "corpus": _corpus_name(m),
         "protocol": all_folds.protocol,
-        "num_folds": len(all_folds),
+        "num_folds": len(chosen),
         "seeds": seed_list,
         "training": describe_training(backbone, config.to_dict()),
     }
@@ -620,12 +822,13 @@ def cv(
 # ---- active learning ---------------------------------------------------------------------------
 
 STRATEGY_HELP = (
-    "random, entropy, least_confidence, margin, bald, dbal_variation_ratios, dbal_max_entropy, "
-    "badge, coreset, alps, cluster_margin, typiclust, probcover"
+    "random, entropy, least-confidence, margin, bald, dbal-variation-ratios, dbal-max-entropy, "
+    "badge, coreset, alps, cluster-margin, typiclust, probcover (underscores work too)"
 )
 SCHEDULE = typer.Option(
     "0.02,0.05,0.1,0.15,0.2",
-    help="Labeled-set size after each round: pool fractions (0.1), counts (40) or minutes (5min).",
+    help="Labeled-set size after each round: shares of the pool (5% or 0.05; 100% or 1.0 is the "
+    "whole pool), clip counts (a whole number: 40), or minutes of audio (5min).",
 )
 SPREAD = typer.Option(
     False,
@@ -654,16 +857,22 @@ def run(
     stabilize: float | None = typer.Option(
         None, help="Stop once successive rounds agree (Cohen's kappa) this much on a stop set."
     ),
-    mc_passes: int = typer.Option(10, min=2, help="MC-dropout passes (bald, dbal_*)."),
-    surprisal_model: str | None = typer.Option(None, help="alps: the TAPT wav2vec 2.0 model."),
+    mc_passes: int = typer.Option(10, min=2, help="MC-dropout passes (bald, dbal-*)."),
+    surprisal_model: str | None = typer.Option(
+        None, help="alps: a wav2vec 2.0 model with its pre-training head (an after tapt output)."
+    ),
     oracle: str = typer.Option(
         "simulated",
         help="Who labels: simulated (the manifest's labels) or human (after label serve/import).",
     ),
     min_votes: int = typer.Option(1, min=1, help="human: answers a clip needs to count."),
     seed: int = SEED,
-    out: Path | None = typer.Option(None, help="Run folder (new)."),
-    resume: Path | None = typer.Option(None, help="Continue the run in this folder."),
+    out: Path | None = typer.Option(
+        None, help="Run folder; the same command again continues the run in it."
+    ),
+    resume: Path | None = typer.Option(
+        None, help="Continue the run in this folder (its settings are in its config.json)."
+    ),
     epochs: int = EPOCHS,
     batch_size: int = BATCH,
     lr: float = LR,
@@ -682,17 +891,23 @@ def run(
         help="Processes (DDP: one per GPU, or gloo on CPUs) that each round's fine-tuning and "
         "pool scoring run on; the loop itself stays one process.",
     ),
+    threads: int | None = THREADS,
+    device: str = DEVICE,
+    log_with: str | None = LOG_WITH,
+    log_dir: Path | None = LOG_DIR,
 ) -> None:
     """Active learning: cold start, then rounds of fine-tune, evaluate, query, label."""
     from after.cache import default_cache_dir
-    from after.dist import world_size
-    from after.loop.runner import Run, load_state, run_loop, start_run
+    from after.checks import strategy_name
+    from after.dist import use_compute, world_size
+    from after.loop.runner import CONFIG_FILE, RUN_SETTINGS, Run, check_same_settings
 
     if world_size() > 1:
         raise AfterError(
             "after run starts its own worker processes: run it as one process (not under "
             "accelerate launch or torchrun) and pass --num-processes N"
         )
+    use_compute(device, threads)
     if resume is not None:
         the_run = Run.from_dir(resume)
         if num_processes not in (1, the_run.train.num_processes):
@@ -701,59 +916,86 @@ def run(
                 "which is part of its settings (a step's batch spans the processes); resume "
                 "it without --num-processes"
             )
-        state = load_state(the_run)
-        err.print(f"resuming {resume} at round {state.round} ({state.phase})")
-    else:
-        if manifest is None or fold is None or out is None:
-            raise AfterError("give --manifest, --fold and --out for a new run, or --resume RUN_DIR")
-        m, chosen = _load_fold(manifest, folds_file, fold)
-        al = ALConfig(
-            strategy=strategy,
-            schedule=tuple(x.strip() for x in schedule.split(",") if x.strip()),
-            cold_start=cold_start,
-            warm_start=warm_start,
-            spread=spread,
-            mc_passes=mc_passes,
-            target_ua=target_ua,
-            stabilize_kappa=stabilize,
-            surprisal_model=surprisal_model,
-            oracle=oracle,
-            min_votes=min_votes,
-            seed=seed,
-        )
-        from after.strategies import get_strategy
+        _continue_run(the_run, log_with, log_dir)
+        return
+    if manifest is None or fold is None or out is None:
+        raise AfterError("give --manifest, --fold and --out for a new run, or --resume RUN_DIR")
+    m, chosen = _load_fold(manifest, folds_file, fold)
+    al = ALConfig(
+        strategy=strategy_name(strategy),
+        schedule=tuple(x.strip() for x in schedule.split(",") if x.strip()),
+        cold_start=cold_start,
+        warm_start=warm_start,
+        spread=spread,
+        mc_passes=mc_passes,
+        target_ua=target_ua,
+        stabilize_kappa=stabilize,
+        surprisal_model=surprisal_model,
+        oracle=oracle,
+        min_votes=min_votes,
+        seed=seed,
+    )
+    config = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        head_lr=head_lr,
+        patience=patience,
+        soft_labels=soft_labels,
+        class_weighted=class_weighted,
+        freeze_cnn=freeze_cnn,
+        freeze_layers=freeze_layers,
+        num_layers=num_layers,
+        seed=seed,
+        grad_accum=grad_accum,
+        num_processes=num_processes,
+    )
+    cache = str((cache_dir or default_cache_dir()).resolve())
+    the_run = Run(
+        m,
+        str(manifest.resolve()),
+        str(folds_file.resolve()),
+        chosen,
+        backbone,
+        al,
+        config,
+        out,
+        cache,
+    )
+    if (out / CONFIG_FILE).is_file():  # the same command again: continue, if it is the same run
+        found = read_json(out / CONFIG_FILE, "delete the folder, or choose another --out")
+        wanted = {k: the_run.to_json()[k] for k in RUN_SETTINGS}
+        check_same_settings(out, found, wanted)
+        the_run = Run.from_dir(out)
+    _continue_run(the_run, log_with, log_dir)
 
-        get_strategy(strategy)  # an unknown name fails now, not after the first round
-        config = TrainConfig(
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            head_lr=head_lr,
-            patience=patience,
-            soft_labels=soft_labels,
-            class_weighted=class_weighted,
-            freeze_cnn=freeze_cnn,
-            freeze_layers=freeze_layers,
-            num_layers=num_layers,
-            seed=seed,
-            grad_accum=grad_accum,
-            num_processes=num_processes,
-        )
-        cache = str((cache_dir or default_cache_dir()).resolve())
-        the_run = Run(
-            m,
-            str(manifest.resolve()),
-            str(folds_file.resolve()),
-            chosen,
-            backbone,
-            al,
-            config,
-            out,
-            cache,
-        )
-        state = start_run(the_run)
+
+def _continue_run(the_run: Any, log_with: str | None, log_dir: Path | None) -> None:
+    """Start (or continue) an active-learning run and report its rounds."""
+    from after.loop.runner import check_run, load_state, run_loop
+    from after.tracking import open_tracker
+
+    try:
+        warnings = check_run(the_run)
+    except AfterError as e:
+        if not (the_run.run_dir / "state.json").is_file():
+            raise
+        raise AfterError(
+            f"{the_run.run_dir} cannot continue: {e}. Its settings are fixed; start a new run "
+            "(another --out) with the fix"
+        ) from None
+    for warning in warnings:
+        err.print(f"warning: {warning}", highlight=False)
+    state = load_state(the_run)
+    if state.rounds or state.phase != "select":
+        err.print(f"continuing {the_run.run_dir} at round {state.round} ({state.phase})")
+    settings = {k: v for k, v in the_run.to_json().items() if k != "manifest_digest"}
+    log_folder = log_dir or the_run.run_dir / "logs"
+    tracker = open_tracker(log_with, the_run.run_dir.name, log_folder, settings)
 
     def show(r: dict[str, Any]) -> None:
+        if tracker:
+            tracker.log(r, r["round"])
         console.print(
             f"round {r['round']}: {r['num_labeled']} labeled ({100 * r['fraction']:.1f}%, "
             f"{r['minutes']:.1f} min), test UA {100 * r['test_ua']:.2f}%, dev UA "
@@ -761,7 +1003,11 @@ def run(
             highlight=False,
         )
 
-    state = run_loop(the_run, state, on_round=show)
+    try:
+        state = run_loop(the_run, state, on_round=show, progress=True)
+    finally:
+        if tracker:
+            tracker.finish()
     if state.phase == "done":
         console.print(f"{the_run.run_dir}: done ({state.stopped_because}); rounds.csv, model/")
     elif the_run.al.oracle == "human":
@@ -782,7 +1028,7 @@ label_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(label_app, name="label")
-RUN_DIR = typer.Argument(..., help="Run folder of after run --oracle human.")
+RUN_DIR = typer.Argument(..., metavar="RUN_DIR", help="Run folder of after run --oracle human.")
 
 
 @label_app.command("serve")
@@ -798,20 +1044,35 @@ def label_serve(
     show_guess: bool = typer.Option(
         False, help="Show the model's guess for each clip (off: it anchors annotators)."
     ),
+    guidelines: Path | None = typer.Option(
+        None,
+        help="Annotation guidelines (text or Markdown: what each label means, what to do when "
+        "unsure), shown on the page.",
+    ),
 ) -> None:
-    """A local web page to label the current round: keyboard-driven, several annotators."""
+    """A local web page to label the current round: keyboard-driven, several annotators. It
+    prints two addresses: one for annotators, and one for the run's owner, who alone may start
+    training the next round from the page."""
     import secrets
 
-    from after.label.app import create_app, is_loopback, url_host
+    from after.label.app import create_app, is_loopback, read_guidelines, url_host
 
     if token is None and not is_loopback(host):
         token = secrets.token_urlsafe(24)
-    create_app(run_dir, host=host, token=token, show_guess=show_guess)  # fail before printing
+    owner_key = secrets.token_urlsafe(18)
+    text = read_guidelines(guidelines) if guidelines else ""
+    options = {"token": token, "show_guess": show_guess, "owner_key": owner_key}
+    create_app(run_dir, host=host, guidelines=text, **options)  # type: ignore[arg-type]
     url = f"http://{url_host(host)}:{port}/" + (f"?token={token}" if token else "")
-    console.print(f"labeling {run_dir} at {url}  (Ctrl+C to stop)", highlight=False)
+    owner = url + ("&" if token else "?") + f"owner={owner_key}"
+    console.print(f"labeling {run_dir}  (Ctrl+C to stop)", highlight=False)
+    console.print(f"  annotators: {url}", highlight=False)
+    console.print(
+        f"  owner (may train the next round; keep it to yourself): {owner}", highlight=False
+    )
     from after.label.app import serve
 
-    serve(run_dir, host=host, port=port, token=token, show_guess=show_guess)
+    serve(run_dir, host=host, port=port, guidelines=text, **options)  # type: ignore[arg-type]
 
 
 @label_app.command("status")
@@ -827,9 +1088,8 @@ def label_status(run_dir: Path = RUN_DIR) -> None:
         highlight=False,
     )
     answers = session.store.annotations()
-    table = Table(
-        "round", "answers", "skips", "annotators", "clips rated ≥ 2", "Fleiss κ", "pairs agree"
-    )
+    columns = ("round", "answers", "skips", "annotators", "clips rated ≥ 2", "Fleiss κ")
+    table = _table(*columns, "pairs agree", right=(*columns, "pairs agree"))
     for r in sorted({a.round for a in answers}):
         in_round = [a for a in answers if a.round == r]
         agree = agreement(in_round, session.labels)
@@ -844,7 +1104,7 @@ def label_status(run_dir: Path = RUN_DIR) -> None:
                 for v in (agree["fleiss_kappa"], agree["pairwise_agreement"])
             ),
         )
-    console.print(table)
+    _print_table(table, console)
 
 
 @label_app.command("export")
@@ -879,7 +1139,9 @@ def label_export(
 @label_app.command("import")
 def label_import(
     run_dir: Path = RUN_DIR,
-    file: Path = typer.Argument(..., help="CSV (clip_id,label[,annotator]) or Label Studio JSON."),
+    file: Path = typer.Argument(
+        ..., metavar="FILE", help="CSV (clip_id,label[,annotator]) or Label Studio JSON."
+    ),
     annotator: str | None = typer.Option(None, help="Annotator, for a CSV without that column."),
 ) -> None:
     """Store answers made elsewhere (all rows, or none if any is wrong)."""
@@ -897,14 +1159,16 @@ def label_import(
 def compare(
     manifest: Path = typer.Option(..., help="Manifest (JSONL).", show_default=False),
     folds_file: Path = typer.Option(Path("folds.json"), "--folds", help="Folds of this manifest."),
-    fold: str = typer.Option("all", help="Comma-separated fold names or indices, or all."),
+    fold: list[str] = FOLD_LIST,
     backbone: str = typer.Option("whisper-tiny.en", help="As for after train."),
     strategies: str = typer.Option("random,entropy,margin,badge", help=STRATEGY_HELP),
     seeds: str = typer.Option("0,1,2", help="Comma-separated seeds."),
     schedule: str = SCHEDULE,
     cold_start: str = COLD_START,
     spread: bool = SPREAD,
-    out: Path = typer.Option(..., help="Output folder (resumable).", show_default=False),
+    out: Path = typer.Option(
+        ..., help="Output folder; the same command again continues in it.", show_default=False
+    ),
     epochs: int = EPOCHS,
     batch_size: int = BATCH,
     lr: float = LR,
@@ -914,21 +1178,20 @@ def compare(
     freeze_layers: int = FREEZE_LAYERS,
     num_layers: int | None = NUM_LAYERS,
     cache_dir: Path | None = CACHE,
+    threads: int | None = THREADS,
+    device: str = DEVICE,
 ) -> None:
-    """Run strategies x seeds (+ all labels) on the same folds; learning curves with mean ± std."""
+    """Run strategies x seeds (+ all labels) on the same folds; learning curves with mean ± std
+    and per-class recall."""
     from after.cache import default_cache_dir
+    from after.checks import strategy_name
+    from after.dist import use_compute
     from after.loop.compare import compare as run_compare
-    from after.strategies import get_strategy
 
+    use_compute(device, threads)
     m = Manifest.from_jsonl(manifest)
-    all_folds = Folds.from_json(folds_file, m)
-    if fold == "all":
-        chosen = list(all_folds.folds)
-    else:
-        chosen = [all_folds.get(int(x) if x.isdigit() else x) for x in fold.split(",")]
-    names = [x.strip() for x in strategies.split(",") if x.strip()]
-    for name in names:
-        get_strategy(name)
+    chosen = _chosen_folds(Folds.from_json(folds_file, m), fold)
+    names = list(dict.fromkeys(strategy_name(x) for x in strategies.split(",") if x.strip()))
     al = ALConfig(
         schedule=tuple(x.strip() for x in schedule.split(",")),
         cold_start=cold_start,
@@ -951,7 +1214,7 @@ def compare(
         chosen,
         backbone,
         names,
-        [int(x) for x in seeds.split(",")],
+        _seeds(seeds),
         al,
         config,
         out,
@@ -963,9 +1226,55 @@ def compare(
 
 
 @app.command()
+def rerun(
+    folder: Path = typer.Argument(
+        ...,
+        metavar="FOLDER",
+        help="A run folder of after run (config.json) or an output folder of after train "
+        "(result.json).",
+    ),
+    out: Path = typer.Option(..., help="New output folder.", show_default=False),
+    seed: int | None = typer.Option(None, help="Another seed (default: the saved one)."),
+    threads: int | None = THREADS,
+    device: str = DEVICE,
+) -> None:
+    """Run an experiment again from its saved settings, into a new folder: the same manifest,
+    folds, fold, backbone and options (and seed, unless --seed)."""
+    from after.dist import use_compute
+    from after.loop.runner import CONFIG_FILE, Run
+
+    use_compute(device, threads)
+    if (folder / CONFIG_FILE).is_file():
+        old = Run.from_dir(folder)
+        s = old.al.seed if seed is None else seed
+        new = dataclasses.replace(
+            old,
+            run_dir=out,
+            al=dataclasses.replace(old.al, seed=s),
+            train=dataclasses.replace(old.train, seed=s),
+        )
+        if (out / CONFIG_FILE).exists():
+            raise AfterError(f"{out}: holds a run already; choose another --out")
+        _continue_run(new, None, None)
+        return
+    record = read_json(folder / "result.json", "give a run folder of after run or after train")
+    if "manifest" not in record:
+        raise AfterError(
+            f"{folder / 'result.json'}: made before results named their manifest and folds; run "
+            "after train again with the options in its config"
+        )
+    m, chosen = _load_fold(Path(record["manifest"]), Path(record["folds"]), record["fold"])
+    saved = {k: v for k, v in record["config"].items() if k in TrainConfig.__dataclass_fields__}
+    config = TrainConfig(**{**saved, **({} if seed is None else {"seed": seed})})
+    paths = {"manifest": record["manifest"], "folds": record["folds"]}
+    cache = Path(record["cache_dir"]) if record.get("cache_dir") else None
+    _train_and_save(m, chosen, record["backbone"], config, out, cache, paths, None, None)
+
+
+@app.command()
 def report(
     dirs: list[Path] = typer.Argument(
-        ..., help="Run folders of after run and/or folders of after compare."
+        ..., metavar="DIRS", help="Run folders of after run and/or folders of after compare."
     ),
     out: Path | None = typer.Option(None, help="Output folder (default: FIRST_DIR/report)."),
     markdown: bool = typer.Option(

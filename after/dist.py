@@ -17,6 +17,7 @@ import ctypes
 import importlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -68,6 +69,51 @@ def accelerator(precision: str) -> Any:
         step_scheduler_with_optimizer=False,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+
+
+DEVICES = "auto, cpu, cuda or cuda:N"
+
+
+def default_threads() -> int:
+    """Torch's CPU threads in one process unless told otherwise: half the cores this process may
+    run on, at least 1. Torch's own default (every core) stalls on shared machines: its threads
+    spin waiting for each other while other jobs hold the cores (30 TAPT steps on 2 busy cores:
+    37 s on 2 threads, 6.3 s on 1)."""
+    return max(1, len(os.sched_getaffinity(0)) // 2)
+
+
+def use_compute(device: str = "auto", threads: int | None = None) -> None:
+    """Apply `--device` and `--threads` to this process and to the workers it starts, before any
+    model is built.
+
+    device: "auto" (a GPU where torch sees one, else the CPU), "cpu" (hide the GPUs), "cuda"
+    (require a GPU), "cuda:N" (only the N-th GPU visible). threads: torch's CPU threads per
+    process (None: `default_threads()` here; workers started with `launch` share the cores).
+    """
+    if device not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", device):
+        raise AfterError(f"--device {device!r}: give one of {DEVICES}")
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # read when CUDA starts: the GPUs are hidden
+    elif device.startswith("cuda:"):
+        if world_size() > 1:
+            raise AfterError(
+                f"--device {device}: under a launcher each process takes its own GPU; leave "
+                "--device out (or set CUDA_VISIBLE_DEVICES for the launcher)"
+            )
+        # Set before anything asks torch about GPUs: CUDA reads it once, when it starts.
+        index = int(device.removeprefix("cuda:"))
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = visible.split(",") if visible else [str(index)]
+        os.environ["CUDA_VISIBLE_DEVICES"] = ids[index] if index < len(ids) else "none"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise AfterError(
+            f"--device {device}: torch sees no such CUDA GPU (torch {torch.__version__}, CUDA "
+            f"build: {torch.version.cuda or 'no'}); give a GPU that exists, install torch's CUDA "
+            "build (README: Installing on a GPU machine), or use --device cpu"
+        )
+    if threads is not None:
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # the workers `launch` starts take it too
+    torch.set_num_threads(threads or default_threads())
 
 
 def world_size() -> int:

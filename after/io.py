@@ -91,7 +91,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
         raise AfterError(f"{target}: {problem}; give the path of a file to write")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        fd, tmp = temp_file_for(target)
     except OSError as e:
         raise AfterError(
             f"{target}: cannot write here ({e.strerror}); choose a writable path"
@@ -110,6 +110,44 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
             f"{target}: write failed ({e.strerror}); the previous file, if any, is unchanged"
         ) from e
     return target
+
+
+def temp_file_for(target: Path) -> tuple[int, str]:
+    """A new temporary file beside `target` (for a write then a rename over it): its descriptor
+    and path. It gets the mode a plain `open` would give, 0o666 less the umask, where `mkstemp`
+    alone gives 0600: renamed into place, a 0600 file would keep colleagues on a shared server
+    from reading a report or a model."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.fchmod(fd, file_mode())
+    return fd, tmp
+
+
+def file_mode() -> int:
+    """The mode `open` gives a new file: 0o666 less this process's umask."""
+    return 0o666 & ~current_umask()
+
+
+def current_umask() -> int:
+    # Linux shows it in /proc; elsewhere set and restore it (not thread-safe, but brief).
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(folder: str | os.PathLike[str]) -> None:
+    """Give every file under `folder` the mode `open` would have given it. For folders written by
+    libraries that make files 0600 whatever the umask (safetensors writes model.safetensors so)."""
+    mode = file_mode()
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
 
 
 def _fsync_folder(folder: Path) -> None:

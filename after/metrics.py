@@ -99,12 +99,14 @@ def summarize(
 def format_mean_std(
     summary: dict[str, float], scale: float = 100.0, digits: int = 2, *, with_n: bool = True
 ) -> str:
-    """E.g. "63.21 ± 4.05 (n=10)" (percent by default; without "(n=10)" if not `with_n`)."""
+    """E.g. "63.21 ± 4.05 (n=10)" (percent by default; without "(n=10)" if not `with_n`). One
+    value has no spread to show: "26.20 (n=1)", never "± 0.00"."""
     mean, std = summary["mean"] * scale, summary["std"] * scale
     if not math.isfinite(mean):
         return "n/a"
     n = f" (n={summary['n']})" if with_n else ""
-    return f"{mean:.{digits}f} ± {std:.{digits}f}{n}"
+    spread = f" ± {std:.{digits}f}" if summary["n"] > 1 else ""
+    return f"{mean:.{digits}f}{spread}{n}"
 
 
 def _check(

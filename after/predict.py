@@ -1,7 +1,8 @@
 """`after predict`: classify audio files of any length, each on its own.
 
 Every file is checked first as `after prepare` checks clips (in constant memory), so a bad file is
-reported and skipped while the others are classified, `FILES_PER_PASS` at a time. A file longer
+reported and skipped while the others are classified, `FILES_PER_PASS` at a time; a folder stands
+for the audio files in it. A file longer
 than the model's evaluation window (`TrainConfig.max_eval_seconds`) is cut into equal consecutive
 windows of at most that length, classified `WINDOWS_PER_PASS` at a time: memory does not grow with
 the file.
@@ -49,7 +50,7 @@ def predict_files(
         try:
             info = inspect_audio(path, max_duration_s=None)
         except AudioError as e:
-            on_error(e)
+            on_error(_with_fix(e))
             continue
         if info.duration_s <= config.max_eval_seconds:
             short.append(path)
@@ -60,8 +61,42 @@ def predict_files(
         try:
             yield from _windows(clf, path, config)
         except AudioError as e:  # changed since it was checked
-            on_error(e)
+            on_error(_with_fix(e))
     yield from classify_short()
+
+
+def audio_files(paths: list[Path], *, on_error: Callable[[AudioError], None]) -> list[Path]:
+    """What to classify: each path that is not a folder as it is (checked later), and for a
+    folder the audio files directly inside it (by extension, sorted); a folder with none goes to
+    `on_error`."""
+    from after.data.corpora._common import AUDIO_EXTENSIONS, list_audio
+
+    out: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            out.append(path)
+            continue
+        found = list_audio(path)
+        if not found:
+            kinds = ", ".join(AUDIO_EXTENSIONS)
+            on_error(
+                AudioError(
+                    str(path),
+                    "not_audio",
+                    f"a folder with no audio file ({kinds}) directly inside",
+                    "give audio files, or the folder that holds them",
+                )
+            )
+        out.extend(found)
+    return out
+
+
+def _with_fix(e: AudioError) -> AudioError:
+    """`e` with a fix that suits a file given to predict (not a corpus clip of a manifest)."""
+    if e.reason != "missing":
+        return e
+    fix = "check the path (a relative one is read from the current folder)"
+    return AudioError(e.path, e.reason, e.detail, fix)
 
 
 def _windows(clf: Classifier, path: Path, config: TrainConfig) -> Iterator[dict[str, Any]]:

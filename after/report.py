@@ -63,6 +63,7 @@ def cv_table(runs: Sequence[dict[str, Any]], protocol: dict[str, Any]) -> str:
         f"- protocol: {protocol['protocol']} ({protocol['num_folds']} folds), "
         f"seeds {', '.join(str(s) for s in protocol['seeds'])}",
         f"- training: {protocol['training']}",
+        *(f"- {line}" for line in [tapt_summary(protocol["backbone"])] if line),
         "",
         "| fold | seed | train clips | test clips | UA % | WA % | macro-F1 % | best epoch |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -87,8 +88,7 @@ def cv_table(runs: Sequence[dict[str, Any]], protocol: dict[str, Any]) -> str:
 # ---- reports of active-learning runs and comparisons ---------------------------------------------
 
 CURVE_FILE = "curve.json"  # marks a folder of `after compare`
-# Seconds of a round, in the order they are stacked. `select_s` as the loop records it includes
-# scoring the pool (`score_s`), so the select bar shows the difference.
+# Seconds of a round, in the order they are stacked (see `stage_seconds`).
 STAGES = (
     ("train_s", "train"),
     ("eval_s", "evaluate"),
@@ -111,7 +111,7 @@ class ALRun:
     def setting(self, key: str) -> str:
         al = self.config["al"]
         return {
-            "strategy": al["strategy"],
+            "strategy": al["strategy"].replace("_", "-"),  # as the command line spells it
             "backbone": self.config["backbone"],
             "cold_start": al["cold_start"],
             "schedule": ",".join(al["schedule"]),
@@ -250,6 +250,11 @@ def report_protocol(inputs: ReportInputs) -> dict[str, str]:
         "training": distinct(
             _describe_training(r.setting("backbone"), r.config["train"]) for r in runs
         ),
+        **(
+            {"TAPT": "; ".join(lines)}
+            if (lines := sorted({t for r in runs if (t := tapt_summary(r.setting("backbone")))}))
+            else {}
+        ),
         "runs": f"{len(runs)}; mean ± sample std over runs (folds x seeds)",
     }
 
@@ -280,20 +285,21 @@ def ua_table(
         ua = format_mean_std(mean_std([r["test_ua"] for r in results]), digits=1, with_n=False)
         name = f"all labels, {backbone} (n={len(results)})"
         rows.append([name, *("-" for _ in budgets), ua])
-    return ["strategy", *map(_budget_name, budgets), "all labels"], rows
+    return ["strategy", *map(budget_name, budgets), "all labels"], rows
 
 
-def _budget_name(budget: str) -> str:
-    """ "0.05" -> "5%"; counts ("40") and minutes ("5min") stay as they are."""
-    return f"{100 * float(budget):g}%" if "." in budget and "min" not in budget else budget
+def budget_name(budget: str) -> str:
+    """ "0.05" -> "5%"; "5%", counts ("40") and minutes ("5min") stay as they are."""
+    return f"{100 * float(budget):g}%" if "." in budget and budget[-1].isdigit() else budget
 
 
 def markdown_table(protocol: dict[str, str], header: list[str], rows: list[list[str]]) -> str:
     """The UA table in Markdown, under a line stating its protocol (for papers and READMEs)."""
     lines = [
-        f"Test UA (%), mean ± sample std over n runs. Corpus {protocol['corpus']}; folds "
-        f"{protocol['folds']}; seeds {protocol['seeds']}; backbone {protocol['backbone']}; cold "
-        f"start {protocol['cold start']}; label budgets in % of the pool or in clips.",
+        f"Test UA (%), mean ± sample std over n runs (one run: its value). Corpus "
+        f"{protocol['corpus']}; folds {protocol['folds']}; seeds {protocol['seeds']}; backbone "
+        f"{protocol['backbone']}; cold start {protocol['cold start']}; label budgets in % of the "
+        "pool or in clips.",
         "",
         "| " + " | ".join(header) + " |",
         "| --- | " + " | ".join("---:" for _ in header[1:]) + " |",
@@ -307,8 +313,12 @@ def plot_curves(
 ) -> Path:
     """Test UA and WA against the labeled share of the pool: mean and a ± std band per group, and
     all labels as a dashed line with its band."""
+    from matplotlib.patches import Patch
+
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    if ua_equals_wa(groups, full):
+        fig.suptitle(UA_EQUALS_WA, fontsize=9)
     for ax, metric in zip(axes, ("test_ua", "test_wa"), strict=True):
         for name, runs in groups.items():
             points = curve_points([r.state.rounds for r in runs])
@@ -326,8 +336,30 @@ def plot_curves(
         ax.set_xlabel("labeled share of the pool (%)")
         ax.set_ylabel(f"test {metric.removeprefix('test_').upper()} (%)")
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    handles, _ = axes[0].get_legend_handles_labels()
+    band = Patch(color="grey", alpha=0.25, label=BAND)
+    axes[0].legend(handles=[*handles, band], fontsize=8)
     return _save(fig, path)
+
+
+BAND = "band: ± 1 sample std over the runs (folds x seeds)"
+UA_EQUALS_WA = (
+    "UA and WA are equal in every run here, as they are when each test set holds equally many "
+    "clips of every class (UA, the mean per-class recall, is then the accuracy, WA)"
+)
+
+
+def ua_equals_wa(groups: dict[str, list[ALRun]], full: dict[str, list[dict[str, Any]]]) -> bool:
+    """Whether every run's test UA equals its test WA (balanced test sets): the two panels of
+    the learning curves are then the same, which a reader should be told."""
+    values = [
+        (r["test_ua"], r["test_wa"])
+        for runs in groups.values()
+        for x in runs
+        for r in x.state.rounds
+    ]
+    values += [(r["test_ua"], r["test_wa"]) for results in full.values() for r in results]
+    return all(abs(ua - wa) < 1e-9 for ua, wa in values)
 
 
 def plot_timings(groups: dict[str, list[ALRun]], path: Path) -> Path:
@@ -342,7 +374,7 @@ def plot_timings(groups: dict[str, list[ALRun]], path: Path) -> Path:
         bottom = np.zeros(num_rounds)
         for key, label in STAGES:
             seconds = np.mean(
-                [[_stage_seconds(r.state.rounds[i], key) for i in range(num_rounds)] for r in runs],
+                [[stage_seconds(r.state.rounds[i], key) for i in range(num_rounds)] for r in runs],
                 axis=0,
             )
             ax.bar(range(num_rounds), seconds, bottom=bottom, label=label)
@@ -355,8 +387,10 @@ def plot_timings(groups: dict[str, list[ALRun]], path: Path) -> Path:
     return _save(fig, path)
 
 
-def _stage_seconds(record: dict[str, Any], key: str) -> float:
-    if key == "select_s":
+def stage_seconds(record: dict[str, Any], key: str) -> float:
+    """Seconds a round spent in stage `key` (`STAGES`). Rounds recorded before `round_s` existed
+    counted scoring the pool in `select_s` as well as in `score_s`."""
+    if key == "select_s" and "round_s" not in record:
         return max(0.0, record["select_s"] - record["score_s"])
     return float(record[key])
 
@@ -394,11 +428,25 @@ def write_report(
     groups = group_runs(inputs.runs)
     protocol = report_protocol(inputs)
     header, rows = ua_table(groups, inputs.full)
+    curves_note = f"Lines: mean over the runs; {BAND}."
+    if ua_equals_wa(groups, inputs.full):
+        curves_note += f" {UA_EQUALS_WA}."
     figures = {
         "Learning curves (test UA and WA)": plot_curves(groups, inputs.full, out / "curves.png"),
         "Time per round": plot_timings(groups, out / "time_per_round.png"),
         "Labels queried per round": plot_queried_labels(groups, out / "queried_labels.png"),
     }
+    captions = {
+        "Learning curves (test UA and WA)": curves_note,
+        "Time per round": "Seconds per round, mean over the runs: train, evaluate, score the "
+        "pool, select (round 0's select: the cold start).",
+    }
+    tapt = {b: d for b in {r.setting("backbone") for r in inputs.runs} if (d := tapt_info(b))}
+    if tapt:
+        figures["Task-adaptive pre-training (TAPT)"] = plot_tapt(tapt, out / "tapt_loss.png")
+        captions["Task-adaptive pre-training (TAPT)"] = " ".join(
+            f"{tapt_summary(b)}." for b in sorted(tapt)
+        )
     for name, runs in groups.items():
         scores = final_confusion(runs)
         if scores is not None:
@@ -410,10 +458,52 @@ def write_report(
     files = {
         "markdown": atomic_write_text(out / "report.md", markdown_table(protocol, header, rows)),
         "html": atomic_write_text(
-            out / "report.html", _html(protocol, header, rows, figures, [str(d) for d in dirs])
+            out / "report.html",
+            _html(protocol, header, rows, figures, captions, [str(d) for d in dirs]),
         ),
     }
     return {**files, **{p.stem: p for p in figures.values()}}
+
+
+def tapt_info(backbone: str) -> dict[str, Any] | None:
+    """What `after tapt` recorded in a backbone folder it wrote (`tapt.json`, and the logged
+    steps of `tapt_log.jsonl`), or None for any other backbone."""
+    from after.tapt import DONE_FILE, LOG_FILE
+
+    folder = Path(backbone)
+    if not (folder / DONE_FILE).is_file():
+        return None
+    info = json.loads((folder / DONE_FILE).read_text())
+    log = folder / LOG_FILE
+    lines = log.read_text().splitlines() if log.is_file() else []
+    return {**info, "log": [json.loads(x) for x in lines if x.strip()]}
+
+
+def tapt_summary(backbone: str) -> str | None:
+    """One line on the TAPT that made `backbone`, or None when it is not a TAPT output."""
+    info = tapt_info(backbone)
+    if info is None:
+        return None
+    log = info["log"]
+    loss = f"; loss {log[0]['loss']:.3f} → {log[-1]['loss']:.3f}" if log else ""
+    return (
+        f"{backbone} is {info['backbone']} after TAPT on the training audio of fold "
+        f"{info['fold']} ({info['num_clips']} clips, {info['steps']} steps{loss})"
+    )
+
+
+def plot_tapt(tapt: dict[str, dict[str, Any]], path: Path) -> Path:
+    """The self-supervised loss of each TAPT run against its step."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for backbone, info in sorted(tapt.items()):
+        steps = [r["step"] for r in info["log"]]
+        ax.plot(steps, [r["loss"] for r in info["log"]], label=_plain(backbone))
+    ax.set_xlabel("TAPT step")
+    ax.set_ylabel("self-supervised loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
 
 
 _CSS = """
@@ -432,6 +522,7 @@ def _html(
     header: list[str],
     rows: list[list[str]],
     figures: dict[str, Path],
+    captions: dict[str, str],
     sources: list[str],
 ) -> str:
     e = html.escape
@@ -441,6 +532,7 @@ def _html(
     images = "".join(
         f'<h2>{e(title)}</h2><img alt="{e(title)}" src="data:image/png;base64,'
         f'{base64.b64encode(path.read_bytes()).decode("ascii")}">'
+        + (f"<p>{e(captions[title])}</p>" if title in captions else "")
         for title, path in figures.items()
     )
     return (

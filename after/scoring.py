@@ -23,10 +23,9 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,9 @@ from after.data.manifest import Manifest
 from after.dist import job_folder, launch, must_launch, state
 from after.errors import AfterError
 from after.faults import fault_point
+from after.io import temp_file_for
 from after.models.classifier import Classifier
+from after.progress import progress_bar
 
 CHUNK_SIZE = 256
 _FIELDS = ("probs", "embeddings", "mc_probs")
@@ -146,7 +147,11 @@ def _score_here(
     mine = shard(len(chunks), st.process_index, st.num_processes)
     work = [(k, chunks[k]) for k in mine]
     run = {"config": config, "cache_dir": cache_dir, **options}
-    done = dict(zip(mine, infer_chunks(clf, manifest, work, **run), strict=True))
+    done = {}
+    with _progress(work, st) as advance:
+        for k, out in zip(mine, infer_chunks(clf, manifest, work, **run), strict=True):
+            done[k] = out
+            advance(len(chunks[k]))
     if st.num_processes > 1:
         from accelerate.utils import gather_object
 
@@ -174,10 +179,20 @@ def _write_share(
     todo = [k for k in mine if not _is_done(folder, k, chunks[k], key)]
     work = [(k, chunks[k]) for k in todo]
     run = {"config": config, "cache_dir": cache_dir, **options}
-    for k, out in zip(todo, infer_chunks(clf, manifest, work, **run), strict=True):
-        _write_chunk(folder, k, chunks[k], key, out, st.process_index)
-        fault_point("score-chunk")
+    with _progress(work, st) as advance:
+        for k, out in zip(todo, infer_chunks(clf, manifest, work, **run), strict=True):
+            _write_chunk(folder, k, chunks[k], key, out, st.process_index)
+            fault_point("score-chunk")
+            advance(len(chunks[k]))
     st.wait_for_everyone()
+
+
+@contextlib.contextmanager
+def _progress(work: list[tuple[int, list[str]]], st: Any) -> Iterator[Callable[[int], None]]:
+    """A progress display of the main process's share of the clips, advanced chunk by chunk."""
+    with progress_bar(st.is_main_process, transient=True) as bar:
+        task = bar.add_task("scoring", total=sum(len(ids) for _, ids in work))
+        yield lambda n: bar.advance(task, n)
 
 
 # ---- the pass key and chunk files ---------------------------------------------------------------
@@ -236,7 +251,7 @@ def _write_chunk(
     nothing. Not fsynced: a chunk lost to a power cut is recomputed. `process` (who computed
     it) is kept for the record."""
     path = _chunk_path(folder, k)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file_for(path)
     try:
         arrays: dict[str, Any] = {
             "ids": np.array(ids),

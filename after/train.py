@@ -180,12 +180,17 @@ class _Inputs:
         assert self.clf.features is not None
         missing = [i for i in dict.fromkeys(ids) if i not in self.memory]
         if missing:
-            rows = embed_manifest(
-                self.clf.features,
-                self.manifest.subset(missing),
-                cache_dir=self.cache_dir,
-                num_workers=min(4, os.cpu_count() or 1),
-            )
+            with progress_bar(state().is_main_process, transient=True) as bar:
+                task = bar.add_task(
+                    f"features ({self.clf.features.name})", total=len(missing), info=""
+                )
+                rows = embed_manifest(
+                    self.clf.features,
+                    self.manifest.subset(missing),
+                    cache_dir=self.cache_dir,
+                    num_workers=min(4, os.cpu_count() or 1),
+                    on_item=lambda: bar.advance(task),
+                )
             self.memory.update(zip(missing, rows, strict=True))
         return np.stack([self.memory[i] for i in ids])
 
@@ -260,6 +265,8 @@ def _infer(
     (N, C, S): for a fine-tuned encoder S more passes with only the dropout layers active (MC
     dropout; SpecAugment and layer drop stay off), for frozen features S draws from the logistic
     regression's Laplace posterior."""
+    if clf.kind == "features":
+        data.vectors_of(ids)  # every clip's features first, with progress, not batch by batch
     was_training = model.training
     model.eval()
     captured: list[torch.Tensor] = []

@@ -137,7 +137,7 @@ def main() -> None:
                     k: round(sum(r.get(k, 0.0) for r in rounds), 2)
                     for k in ("train_s", "eval_s", "score_s", "select_s")
                 }
-                rounds_s = sum(r["train_s"] + r["eval_s"] + r["select_s"] for r in rounds)
+                rounds_s = sum(r["round_s"] for r in rounds)
                 case = {
                     "backbone": backbone,
                     "cache": mode,

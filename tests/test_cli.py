@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import re
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import soundfile as sf
 from after.cli import main
 from after.data.folds import Folds
 from after.data.manifest import Manifest
+from after.errors import AfterError
 from after.testing.dummies import TONE_HZ, write_tone
 
 
@@ -134,13 +137,20 @@ def test_tapt_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     m, f = corpus / "manifest.jsonl", tmp_path / "folds.json"
     assert run("folds", str(m), "--out", str(f)) == 0
     args = ["tapt", "--manifest", str(m), "--folds", str(f), "--fold", "1"]
-    args += ["--backbone", "scratch:tiny", "--out", str(tmp_path / "t"), "--steps", "3"]
+    args += ["--backbone", "scratch:tiny", "--out", str(tmp_path / "t"), "--steps", "4"]
+    args += ["--save-every", "2"]
     assert run(*args) == 0
-    info = json.loads((tmp_path / "t" / "tapt.json").read_text())
-    assert info["fold"] == Folds.from_json(f).get(1).name and info["steps"] == 3
+    done = tmp_path / "t" / "tapt.json"
+    info = json.loads(done.read_text())
+    assert info["fold"] == Folds.from_json(f).get(1).name and info["steps"] == 4
     capsys.readouterr()
     assert run(*args) == 2  # the folder holds a finished run: nothing is overwritten
-    assert "--resume" in capsys.readouterr().err
+    assert "finished TAPT run" in capsys.readouterr().err
+    # A run stopped after its checkpoint at step 2: the same command continues it (no --resume).
+    done.unlink()
+    assert run(*args) == 0
+    assert json.loads(done.read_text())["resumed_from_step"] == 2
+    assert "continuing TAPT" in capsys.readouterr().err
     bad = [*args[:6], "nosuchfold", *args[7:]]
     assert run(*bad) == 2 and "nosuchfold" in capsys.readouterr().err
 
@@ -158,20 +168,29 @@ def test_train_evaluate_predict_and_cv(tmp_path: Path, capsys: pytest.CaptureFix
     assert result["num_train"] == 16 and result["test"]["num_clips"] == 8
     assert (out / "confusion.png").stat().st_size > 1000
 
-    scores = tmp_path / "eval.json"
     model = str(out / "model")
-    assert run("evaluate", "--model", model, *common, "--fold", "0", "--out", str(scores)) == 0
+    assert run("evaluate", "--model", model, *common, "--fold", "0") == 0
+    scores = out / f"evaluation_{result['fold']}_test.json"  # beside the model, not in the cwd
     assert json.loads(scores.read_text())["confusion"] == result["test"]["confusion"]
     assert scores.with_suffix(".png").is_file()
 
     clip = next(iter(Manifest.from_jsonl(m))).path
     capsys.readouterr()
-    assert run("predict", clip, str(tmp_path / "missing.wav"), "--model", model) == 1
+    # Input errors exit 2, as everywhere; the usable files are classified all the same.
+    assert run("predict", clip, str(tmp_path / "missing.wav"), "--model", model) == 2
     captured = capsys.readouterr()
     (line,) = captured.out.splitlines()
     assert json.loads(line)["file"] == clip and "missing.wav: missing" in captured.err
+    assert "check the path" in captured.err and "prepare" not in captured.err
+    # A folder stands for the audio files in it; one without any is reported.
+    assert run("predict", str(Path(clip).parent), str(tmp_path), "--model", model) == 2
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == len(list(Path(clip).parent.glob("*.flac")))
+    assert "a folder with no audio file" in captured.err
 
     cv_out = tmp_path / "cv"
+    assert run("cv", *common, *fast[:4], "--out", str(cv_out), "--fold", "0", "--fold", "1") == 0
+    assert len(json.loads((cv_out / "cv.json").read_text())["runs"]) == 2  # the folds asked for
     assert run("cv", *common, *fast[:4], "--out", str(cv_out), "--seeds", "0,1") == 0
     runs = json.loads((cv_out / "cv.json").read_text())["runs"]
     assert len(runs) == 8  # 4 folds x 2 seeds
@@ -181,3 +200,176 @@ def test_train_evaluate_predict_and_cv(tmp_path: Path, capsys: pytest.CaptureFix
     assert run("cv", *common, *fast[:4], "--out", str(cv_out), "--seeds", "0,1") == 0
     redone = re.findall(r"^fold \S+ seed \d: UA", capsys.readouterr().out, flags=re.M)
     assert len(redone) == 1  # the deleted run is redone, the others kept
+
+
+def test_help_has_no_value_for_flags_and_there_is_a_version(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert run("--version") == 0
+    assert re.fullmatch(r"after \d+\.\d+\.\d+\S*\n", capsys.readouterr().out)
+    assert run("train", "--help") == 0
+    text = capsys.readouterr().out
+    assert "<bool>" not in text and "--soft-labels " in text
+    for option in ("--threads", "--device", "--log-with", "--freeze-cnn / --train-cnn"):
+        assert option in text
+
+
+def _long_names_manifest(tmp_path: Path) -> Path:
+    """Seven labels and speaker ids longer than an 80-column table leaves them."""
+    labels = ["anger", "boredom", "disgust", "fear", "happiness", "neutral", "sadness"]
+    rows = []
+    for s in range(2):
+        for k, label in enumerate(labels):
+            path = write_tone(tmp_path / "audio" / f"{s}_{k}.wav", 200.0 + 20 * k, 0.5, seed=k)
+            speaker = f"emodb_speaker_with_a_long_name_{s:02d}"
+            rows.append(f"{path},{label},{speaker}")
+    csv = tmp_path / "clips.csv"
+    csv.write_text("path,label,speaker\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "m.jsonl"
+    assert run("prepare", "csv", "--data-dir", str(csv), "--out", str(out)) == 0
+    return out
+
+
+def test_tables_stay_whole_when_piped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    m = _long_names_manifest(tmp_path)
+    capsys.readouterr()
+    assert run("stats", str(m)) == 0  # stdout is captured: not a terminal, as with | cat
+    out = capsys.readouterr().out
+    assert "…" not in out
+    assert re.search(r"│ emodb_speaker_with_a_long_name_00 +│ +1 │ +1 │", out)
+
+
+def test_files_written_respect_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        corpus = tmp_path / "synth"
+        assert run("synth", "--out", str(corpus), "--speakers", "4", "--sentences", "1") == 0
+        m, f, out = corpus / "manifest.jsonl", tmp_path / "folds.json", tmp_path / "run"
+        assert run("folds", str(m), "--out", str(f)) == 0
+        args = ["--manifest", str(m), "--folds", str(f), "--fold", "0", "--out", str(out)]
+        assert run("train", *args, "--backbone", "egemaps", "--cache-dir", str(tmp_path / "c")) == 0
+    finally:
+        os.umask(old)
+    written = [m, f, out / "result.json", out / "model" / "model.safetensors"]
+    written += list((tmp_path / "c").rglob("*.feat"))
+    for path in written:
+        assert path.stat().st_mode & 0o777 == 0o644, path  # colleagues can read them
+
+
+def test_long_steps_print_progress_lines_when_not_a_terminal(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import after.progress
+
+    monkeypatch.setattr(after.progress, "FIRST_S", 0.0)  # every step counts as long here
+    monkeypatch.setattr(after.progress, "EVERY_S", 0.0)
+    corpus = tmp_path / "synth"
+    assert run("synth", "--out", str(corpus), "--speakers", "4", "--sentences", "1") == 0
+    m, f = corpus / "manifest.jsonl", tmp_path / "folds.json"
+    assert run("folds", str(m), "--out", str(f)) == 0
+    capsys.readouterr()
+    args = ["--manifest", str(m), "--folds", str(f), "--fold", "0", "--out", str(tmp_path / "r")]
+    assert run("train", *args, "--backbone", "egemaps", "--cache-dir", str(tmp_path / "c")) == 0
+    err = capsys.readouterr().err  # a file or a pipe: SLURM, nohup
+    assert re.search(
+        r"^features \(egemaps\): \d+/8 \(\d+%\); 0:\d\d elapsed, ETA 0:\d\d$", err, re.M
+    )
+    assert re.search(r"^features \(egemaps\): 8/8 \(100%\); ended after 0:\d\d$", err, re.M)
+
+
+def test_device_and_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from after.dist import default_threads, use_compute
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        use_compute("cpu", 1)
+        assert torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == ""  # no GPU is used, nor started
+        use_compute("auto")
+        assert (
+            torch.get_num_threads()
+            == default_threads()
+            == max(1, len(os.sched_getaffinity(0)) // 2)
+        )
+    finally:
+        torch.set_num_threads(before)
+    if not torch.cuda.is_available():
+        with pytest.raises(AfterError, match="--device cuda: torch sees no such CUDA GPU"):
+            use_compute("cuda")
+    with pytest.raises(AfterError, match="--device 'tpu': give one of auto, cpu, cuda or cuda:N"):
+        use_compute("tpu")
+
+
+def _synth_folds(tmp_path: Path) -> list[str]:
+    corpus = tmp_path / "synth"
+    assert run("synth", "--out", str(corpus), "--speakers", "4", "--sentences", "2") == 0
+    m, f = corpus / "manifest.jsonl", tmp_path / "folds.json"
+    assert run("folds", str(m), "--out", str(f)) == 0
+    return ["--manifest", str(m), "--folds", str(f), "--fold", "0"]
+
+
+def test_run_options_one_convention(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from after.config import config_hash
+    from after.io import atomic_write_json
+    from after.loop.runner import Run
+    from after.loop.state import LoopState
+
+    common = _synth_folds(tmp_path)
+    out = tmp_path / "al"
+    fast = ["--backbone", "egemaps", "--cold-start", "random", "--schedule", "25%,50%"]
+    fast += ["--cache-dir", str(tmp_path / "c")]
+    # Hyphens, as corpus and protocol names have them (underscores work too).
+    args = [*common, *fast, "--strategy", "least-confidence", "--out", str(out)]
+    capsys.readouterr()
+    assert run("run", *args) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["al"]["strategy"] == "least_confidence" and config["al"]["schedule"][0] == "25%"
+    assert "round 1: 8 labeled (50.0%" in capsys.readouterr().out
+    # The same command again continues the run (here: it is done); other settings are refused.
+    assert run("run", *args) == 0
+    assert "done (budget spent)" in capsys.readouterr().out
+    assert run("run", *[a if a != "least-confidence" else "margin" for a in args]) == 2
+    assert "made with other settings (al.strategy)" in capsys.readouterr().err
+
+    # Refused before anything is written: ALPS without a wav2vec 2.0 surprisal model.
+    bad = tmp_path / "alps"
+    assert run("run", *common, *fast, "--strategy", "alps", "--out", str(bad)) == 2
+    err = capsys.readouterr().err
+    assert "--strategy alps" in err and "--surprisal-model DIR" in err and not bad.exists()
+    # A run folder made before that check continues nowhere; it says so, and what to do.
+    old = Run.from_dir(out)
+    old.al = dataclasses.replace(old.al, strategy="alps")
+    old.run_dir = bad
+    atomic_write_json(bad / "config.json", old.to_json())
+    LoopState(config_hash=config_hash(old.to_json()), seed=0).save(bad)
+    assert run("run", "--resume", str(bad)) == 2
+    err = capsys.readouterr().err
+    assert "cannot continue" in err and "start a new run" in err and "resemblyzer" not in err
+
+    # An experiment again from its saved settings, with another seed.
+    again = tmp_path / "again"
+    assert run("rerun", str(out), "--out", str(again), "--seed", "1") == 0
+    redone = json.loads((again / "config.json").read_text())
+    assert redone["al"] == {**config["al"], "seed": 1} and redone["backbone"] == "egemaps"
+
+
+def test_train_logs_to_tensorboard_and_reruns(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    common = _synth_folds(tmp_path)
+    out = tmp_path / "t"
+    fast = ["--backbone", "egemaps", "--cache-dir", str(tmp_path / "c")]
+    assert run("train", *common, *fast, "--out", str(out), "--log-with", "tensorboard") == 0
+    scalars = EventAccumulator(str(out / "logs" / out.name)).Reload().Tags()["scalars"]
+    assert {"dev_ua", "test_ua", "test_wa"} <= set(scalars)
+    result = json.loads((out / "result.json").read_text())
+    assert run("rerun", str(out), "--out", str(tmp_path / "t2")) == 0
+    again = json.loads((tmp_path / "t2" / "result.json").read_text())
+    assert again["test"] == result["test"] and again["config"] == result["config"]

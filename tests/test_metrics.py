@@ -81,3 +81,6 @@ def test_mean_std_across_folds() -> None:
     runs = [{"ua": 0.5, "wa": 0.6, "macro_f1": 0.4}, {"ua": 0.7, "wa": 0.8, "macro_f1": 0.6}]
     assert summarize(runs)["wa"]["mean"] == pytest.approx(0.7)
     assert format_mean_std(s) == "60.00 ± 10.00 (n=3)"
+    # One run has no spread: no "± 0.00" that reads as a measured zero.
+    assert format_mean_std(mean_std([0.262]), digits=1) == "26.2 (n=1)"
+    assert format_mean_std(mean_std([0.262]), digits=1, with_n=False) == "26.2"

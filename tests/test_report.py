@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 
-from after.config import ALConfig, TrainConfig
+from after.config import ALConfig, TaptConfig, TrainConfig
 from after.data.folds import Folds
 from after.data.manifest import Manifest
 from after.errors import AfterError
@@ -76,8 +77,37 @@ def test_report_of_a_run(run_dir: Path) -> None:
     state = LoopState.load(run_dir)
     markdown = files["markdown"].read_text()
     assert "Corpus synth; folds synth_f1; seeds 0; backbone egemaps" in markdown
-    expected = [f"{100 * r['test_ua']:.1f} ± 0.0" for r in state.rounds]
+    expected = [f"{100 * r['test_ua']:.1f}" for r in state.rounds]  # one run: no "± 0.0"
     assert _ua_row(markdown, "entropy (n=1)") == [*expected, "-"]
+    assert "| strategy | 4 | 8 | 12 | all labels |" in markdown
+    # The figure says what its band is, and why its two panels are the same here.
+    assert "band: ± 1 sample std over the runs" in page
+    assert all(r["test_ua"] == r["test_wa"] for r in state.rounds)  # balanced test set
+    assert "UA and WA are equal in every run here" in page
+    # A round's stages add up to its time: select_s no longer counts the scoring in it too.
+    for r in state.rounds:
+        stages = r["train_s"] + r["eval_s"] + r["score_s"] + r["select_s"]
+        assert r["round_s"] == pytest.approx(stages, abs=0.01)
+
+
+def test_report_names_the_tapt_behind_a_backbone(
+    run_dir: Path, corpus: tuple[Manifest, Path, Path], tmp_path: Path
+) -> None:
+    from after.tapt import run_tapt
+
+    m, _, folds = corpus
+    fold = Folds.from_json(folds, m).get(0)
+    tapt = run_tapt(m, fold, "scratch:tiny", tmp_path / "tapt", TaptConfig(steps=3, log_every=1))
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run, ignore=shutil.ignore_patterns("report"))
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "backbone": str(tapt)}))
+
+    files = write_report([run])
+    assert files["tapt_loss"].read_bytes().startswith(PNG_MAGIC)
+    page = files["html"].read_text()
+    assert f"{tapt} is scratch:tiny after TAPT on the training audio of fold {fold.name}" in page
+    assert "3 steps; loss" in page and "Task-adaptive pre-training (TAPT)" in page
 
 
 def test_report_of_a_compare_folder(corpus: tuple[Manifest, Path, Path], tmp_path: Path) -> None:
@@ -107,6 +137,14 @@ def test_report_of_a_compare_folder(corpus: tuple[Manifest, Path, Path], tmp_pat
         for cell, p in zip(cells, points, strict=False):
             ua = p["test_ua"]
             assert cell == f"{100 * ua['mean']:.1f} ± {100 * ua['std']:.1f}"
+    # summary.md: budgets as report.md writes them, its terms defined, recall per class.
+    text = (tmp_path / "cmp" / "summary.md").read_text()
+    assert "| strategy | 4 | 8 | AUC | time vs all labels |" in text
+    assert "AUC: the area under the test-UA curve" in text
+    assert "Test recall per class (%)" in text and "| all labels |" in text
+    recall = summary["per_class_recall"]
+    assert set(recall) == {"random", "margin", "all labels"}
+    assert set(recall["margin"]) == set(m.labels) and recall["margin"][m.labels[0]]["n"] == 2
     full = [json.loads(p.read_text()) for p in sorted((tmp_path / "cmp" / "full").glob("*.json"))]
     assert len(full) == 2
     mean = 100 * sum(r["test_ua"] for r in full) / 2

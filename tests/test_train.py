@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 from sklearn.utils.class_weight import compute_class_weight
 from transformers import pipeline
@@ -178,3 +179,7 @@ def test_saved_model_works_in_the_transformers_pipeline(
     ours = train.predict(load_classifier(saved), m, [clip.id], config=TrainConfig(cache_cnn=False))
     by_label = {r["label"]: r["score"] for r in out}
     np.testing.assert_allclose([by_label[x] for x in LABELS], ours[0], atol=1e-4)
+    # A wave at another rate, as the README shows: the pipeline resamples it.
+    wave, rate = sf.read(clip.path, dtype="float32")
+    resampled = classify({"raw": wave, "sampling_rate": rate}, top_k=len(LABELS))
+    assert {r["label"] for r in resampled} == set(LABELS)

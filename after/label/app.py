@@ -9,8 +9,15 @@ One page (plain HTML and JavaScript, no build step) and a JSON API over the run 
                              "clip_id" in place of the page's "clip" handle
 - POST /api/undo             {"annotator"}: withdraw that person's latest answer of this round
 - GET  /api/audio/{clip}     the clip as 16 kHz 16-bit WAV (only clips queried this round)
-- POST /api/advance          start `after run --resume` once the round is labeled
-- GET  /api/status           phase, round, whether the next round is being trained
+- POST /api/advance          the run's owner only: start `after run --resume` once the round
+                             is labeled
+- GET  /api/status           phase, round, whether the next round is being trained (and, for
+                             the owner, why training it failed)
+
+Annotators see the clips, the labels and the guidelines (`--guidelines FILE`), never the run's
+metrics: the log of training the next round holds test scores, and a person who sees them may
+label toward them. Training the next round is the owner's action: `after label serve` prints a
+second URL that carries the owner key (an HttpOnly cookie from then on).
 
 The page knows a clip by a handle, `ROUND.POSITION` in the strategy's order, never by its id
 (corpus ids often spell the label). An answer to a clip that the loop has taken already is refused
@@ -74,6 +81,8 @@ ADVANCE_LOG = "advance.log"
 PAGE = Path(__file__).with_name("page.html")
 TOKEN = re.compile(r"[A-Za-z0-9._~-]{16,}")  # URL-safe, so that it fits in the printed URL
 KEY_COOKIE = "after_key"  # a random key per browser: the annotator names it owns
+OWNER_COOKIE = "after_owner"  # the owner key: may train the next round
+MAX_GUIDELINES = 64 * 1024  # characters of annotation guidelines
 HEADER_TIMEOUT_S = 10.0
 BODY_TIMEOUT_S = 10.0
 KEEP_ALIVE_S = 5
@@ -341,11 +350,15 @@ class LabelingSession:
             )
             log.close()
 
-    def advance_log(self, lines: int = 8) -> list[str]:
+    def advance_problem(self) -> str | None:
+        """Why training the last round failed, when it did: the error line of its log (never
+        its other lines, which hold scores)."""
+        if self._advance is None or self._advance.poll() in (None, 0):
+            return None
         path = self.run_dir / ADVANCE_LOG
-        if not path.is_file():
-            return []
-        return path.read_text(errors="replace").splitlines()[-lines:]
+        lines = path.read_text(errors="replace").splitlines()
+        errors = [x for x in lines if x.startswith("error:")]
+        return errors[-1] if errors else f"training stopped; see {path}"
 
 
 # ---- HTTP ----------------------------------------------------------------------------------------
@@ -377,20 +390,37 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return data
 
 
+def read_guidelines(path: str | os.PathLike[str]) -> str:
+    """Annotation guidelines to show on the page (plain text or Markdown, shown as written)."""
+    from after.io import read_text_file
+
+    text = read_text_file(path, "give a UTF-8 text or Markdown file of guidelines")
+    if len(text) > MAX_GUIDELINES:
+        raise AfterError(
+            f"{path}: {len(text)} characters; guidelines are shown beside every clip, keep them "
+            f"under {MAX_GUIDELINES} (link to a longer document from them)"
+        )
+    return text
+
+
 def create_app(
     run_dir: str | os.PathLike[str],
     *,
     host: str = "127.0.0.1",
     token: str | None = None,
     show_guess: bool = False,
+    owner_key: str | None = None,
+    guidelines: str = "",
 ) -> Starlette:
     """The ASGI app for one run folder. Refuses a non-loopback `host` without a token, and a
-    weak token anywhere."""
-    if token and not TOKEN.fullmatch(token):
-        raise AfterError(
-            "a token must be at least 16 characters of A-Z, a-z, 0-9 and . _ ~ -; leave --token "
-            "out and after label serve makes a strong one"
-        )
+    weak token or owner key anywhere. Whoever opened the page with `?owner=OWNER_KEY` may train
+    the next round; without an owner key nobody may from the page. Everyone sees `guidelines`."""
+    for name, value in (("token", token), ("owner key", owner_key)):
+        if value and not TOKEN.fullmatch(value):
+            raise AfterError(
+                f"a {name} must be at least 16 characters of A-Z, a-z, 0-9 and . _ ~ -; leave "
+                "it out and after label serve makes a strong one"
+            )
     if not is_loopback(host) and not token:
         raise AfterError(
             f"binding {host} would let anyone on the network read the audio and write labels; "
@@ -420,10 +450,16 @@ def create_app(
     def key(request: Request) -> str:
         return request.cookies.get(KEY_COOKIE, "")
 
+    def is_owner(request: Request) -> bool:
+        given = request.cookies.get(OWNER_COOKIE, "")
+        return bool(owner_key) and secrets.compare_digest(given.encode(), str(owner_key).encode())
+
     async def index(request: Request) -> Response:
         response = HTMLResponse(page, headers={"Cache-Control": "no-store"})
         if token and request.query_params.get("token") == token:
             response.set_cookie("after_token", token, httponly=True, samesite="strict")
+        if owner_key and request.query_params.get("owner") == owner_key:
+            response.set_cookie(OWNER_COOKIE, owner_key, httponly=True, samesite="strict")
         if not key(request):
             response.set_cookie(
                 KEY_COOKIE,
@@ -436,13 +472,16 @@ def create_app(
 
     async def info(request: Request) -> Response:
         p = await run_in_threadpool(session.progress, request.query_params.get("annotator"))
+        owner = is_owner(request)
         return JSONResponse(
             {
                 "run": session.run_dir.name,
                 "labels": session.labels,
                 "min_votes": session.min_votes,
                 "show_guess": session.show_guess,
-                "resume_command": f"after run --resume {session.run_dir}",
+                "guidelines": guidelines,
+                "owner": owner,
+                **({"resume_command": f"after run --resume {session.run_dir}"} if owner else {}),
                 **p,
             }
         )
@@ -478,12 +517,19 @@ def create_app(
 
     async def advance(request: Request) -> Response:
         await _json_body(request)
+        if not is_owner(request):
+            raise HTTPError(
+                403,
+                "only the run's owner trains the next round (from the owner URL that after label "
+                "serve printed)",
+            )
         await run_in_threadpool(session.advance)
         return JSONResponse({"started": True}, status_code=202)
 
     async def status(request: Request) -> Response:
         p = await run_in_threadpool(session.progress)
-        return JSONResponse({**p, "log": session.advance_log()})
+        problem = session.advance_problem() if is_owner(request) else None
+        return JSONResponse({**p, "problem": problem})
 
     async def on_error(request: Request, exc: Exception) -> Response:
         if isinstance(exc, HTTPError):
@@ -631,7 +677,16 @@ def serve(
     port: int = 8765,
     token: str | None = None,
     show_guess: bool = False,
+    owner_key: str | None = None,
+    guidelines: str = "",
 ) -> None:
     """Run the app with uvicorn until interrupted."""
-    app = create_app(run_dir, host=host, token=token, show_guess=show_guess)
+    app = create_app(
+        run_dir,
+        host=host,
+        token=token,
+        show_guess=show_guess,
+        owner_key=owner_key,
+        guidelines=guidelines,
+    )
     make_server(app, host, port).run()

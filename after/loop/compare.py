@@ -1,6 +1,7 @@
 """Compare strategies: every strategy x seed x fold on the same schedule, plus fine-tuning on all
 labels, summarised as learning curves (mean ± std of test UA per budget), the area under each
-UA curve, and each run's time relative to full-data fine-tuning.
+UA curve, each run's time relative to full-data fine-tuning, and each class's test recall at the
+last budget and with all labels.
 
 Every run is its own resumable run folder, and every full-data result its own JSON file, so a
 stopped comparison resumes where it stopped.
@@ -21,13 +22,21 @@ import numpy as np
 from after.config import ALConfig, TrainConfig
 from after.data.folds import Fold
 from after.data.manifest import Manifest
-from after.errors import AfterError
 from after.io import atomic_write_json, atomic_write_text, read_json
-from after.loop.runner import CONFIG_FILE, Run, cold_start_features, run_loop, start_run
+from after.loop.runner import (
+    CONFIG_FILE,
+    RUN_SETTINGS,
+    Run,
+    check_run,
+    check_same_settings,
+    cold_start_features,
+    run_loop,
+    start_run,
+)
 from after.loop.state import LoopState
-from after.metrics import mean_std, paired_difference
+from after.metrics import format_mean_std, mean_std, paired_difference
 from after.progress import progress_bar
-from after.report import curve_points
+from after.report import budget_name, curve_points
 
 
 def compare(
@@ -52,6 +61,24 @@ def compare(
     from after.train import fit_and_test
 
     out = Path(out_dir)
+
+    def make_run(fold: Fold, strategy: str, seed: int) -> Run:
+        return Run(
+            manifest,
+            manifest_path,
+            folds_path,
+            fold,
+            backbone,
+            ALConfig(**{**al.to_dict(), "strategy": strategy, "seed": seed}),
+            TrainConfig(**{**train.to_dict(), "seed": seed}),
+            out / "runs" / fold.name / f"{strategy}_seed{seed}",
+            cache_dir,
+        )
+
+    # Settings a run cannot work with are refused now, not after hours of the others.
+    warnings = {w for f in folds for s in strategies for w in check_run(make_run(f, s, seeds[0]))}
+    for warning in sorted(warnings):
+        log(f"warning: {warning}")
     runs: dict[str, list[list[dict[str, Any]]]] = {s: [] for s in strategies}
     run_seconds: dict[str, list[float]] = {s: [] for s in strategies}
     full: list[dict[str, Any]] = []
@@ -67,7 +94,7 @@ def compare(
                 config = TrainConfig(**{**train.to_dict(), "seed": seed, "select_on_dev": False})
                 settings = {"backbone": backbone, "train": config.to_dict()}
                 if path.is_file():
-                    _same_settings(path, read_json(path, "delete it"), settings)
+                    check_same_settings(path, read_json(path, "delete it"), settings)
                 else:
                     t0 = time.perf_counter()
                     _, record = fit_and_test(
@@ -81,6 +108,7 @@ def compare(
                             "seed": seed,
                             "test_ua": test["ua"],
                             "test_wa": test["wa"],
+                            "test_confusion": test["confusion"],
                             "seconds": time.perf_counter() - t0,
                             **settings,
                         },
@@ -89,23 +117,12 @@ def compare(
                 full.append(json.loads(path.read_text()))
                 bar.advance(task)
                 for strategy in strategies:
-                    run_dir = out / "runs" / fold.name / f"{strategy}_seed{seed}"
+                    run = make_run(fold, strategy, seed)
+                    run_dir = run.run_dir
                     bar.update(task, info=f"{fold.name} seed {seed} {strategy}")
-                    cfg = ALConfig(**{**al.to_dict(), "strategy": strategy, "seed": seed})
-                    run = Run(
-                        manifest,
-                        manifest_path,
-                        folds_path,
-                        fold,
-                        backbone,
-                        cfg,
-                        TrainConfig(**{**train.to_dict(), "seed": seed}),
-                        run_dir,
-                        cache_dir,
-                    )
                     if (run_dir / CONFIG_FILE).is_file():
-                        wanted = {k: run.to_json()[k] for k in _RUN_SETTINGS}
-                        _same_settings(
+                        wanted = {k: run.to_json()[k] for k in RUN_SETTINGS}
+                        check_same_settings(
                             run_dir, read_json(run_dir / CONFIG_FILE, "delete the folder"), wanted
                         )
                     state = (
@@ -123,11 +140,9 @@ def compare(
                         )
                     bar.advance(task, len(al.schedule) - len(state.rounds))  # stopped early
                     runs[strategy].append(state.rounds)
-                    # select_s includes scoring the pool (score_s)
-                    run_seconds[strategy].append(
-                        sum(r["train_s"] + r["eval_s"] + r["select_s"] for r in state.rounds)
-                    )
+                    run_seconds[strategy].append(sum(map(_round_seconds, state.rounds)))
     summary = _summarise(runs, run_seconds, full, al.schedule)
+    summary["per_class_recall"] = _per_class_recall(runs, full, manifest.labels)
     summary["protocol"] = {
         "corpus": ", ".join(sorted({u.corpus for u in manifest})),
         "folds": [f.name for f in folds],
@@ -140,32 +155,6 @@ def compare(
     atomic_write_text(out / "curve.csv", _curve_csv(summary))
     atomic_write_text(out / "summary.md", _markdown(summary))
     return summary
-
-
-# What makes a run folder (or an all-labels result) the one asked for; paths may move.
-_RUN_SETTINGS = ("manifest_digest", "fold", "backbone", "al", "train")
-
-
-def _same_settings(where: Path, found: dict[str, Any], wanted: dict[str, Any]) -> None:
-    """`AfterError` if a result `compare` would reuse was made with other settings (else a
-    changed option would silently reuse stale runs). Options a result predates are not checked,
-    so results of earlier versions stay reusable."""
-    wanted = json.loads(json.dumps(wanted))  # tuples as lists, as written
-    differ = []
-    for key, value in wanted.items():
-        if key not in found:
-            continue
-        if isinstance(value, dict):
-            differ += [
-                f"{key}.{k}" for k, v in value.items() if k in found[key] and found[key][k] != v
-            ]
-        elif found[key] != value:
-            differ.append(key)
-    if differ:
-        raise AfterError(
-            f"{where}: made with other settings ({', '.join(differ)}); delete it (or the whole "
-            "output folder) to run it again with these, or choose another output folder"
-        )
 
 
 def _warm_caches(
@@ -256,6 +245,33 @@ def _vs(
     return out
 
 
+def _round_seconds(record: dict[str, Any]) -> float:
+    """A round's seconds (rounds recorded before `round_s` counted scoring inside select_s)."""
+    if "round_s" in record:
+        return float(record["round_s"])
+    return float(record["train_s"] + record["eval_s"] + record["select_s"])
+
+
+def _per_class_recall(
+    runs: dict[str, list[list[dict[str, Any]]]],
+    full: list[dict[str, Any]],
+    labels: Sequence[str],
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Test recall of each class (mean ± std over the runs): per strategy at its runs' last
+    round, and with all labels ("all labels"; results made before confusion matrices were kept
+    are left out)."""
+    matrices = {s: [r[-1]["test_confusion"] for r in per_run] for s, per_run in runs.items()}
+    kept = [r["test_confusion"] for r in full if "test_confusion" in r]
+    if kept:
+        matrices["all labels"] = kept
+    out = {}
+    for name, found in matrices.items():
+        cm = np.asarray(found, dtype=float)  # (runs, C, C)
+        recall = np.diagonal(cm, axis1=1, axis2=2) / np.maximum(cm.sum(axis=2), 1)
+        out[name] = {label: mean_std(recall[:, k].tolist()) for k, label in enumerate(labels)}
+    return out
+
+
 def _auc(rounds: list[dict[str, Any]]) -> float:
     """Area under the test-UA curve over the labeled fraction, divided by the fraction range
     (so it is a mean UA over the budget span); one round gives its UA."""
@@ -297,43 +313,55 @@ def _markdown(summary: dict[str, Any]) -> str:
         f"# Label efficiency: {p['backbone']} on {p['corpus']}",
         "",
         f"Folds {', '.join(p['folds'])}; seeds {', '.join(map(str, p['seeds']))}; cold start "
-        f"{p['cold_start']}. Test UA in %, mean ± sample std over folds x seeds. AUC: the area "
-        "under the UA curve over the labeled fraction, divided by the fraction's span (a mean UA "
-        "over the budgets).",
+        f"{p['cold_start']}. Test UA in %, mean ± sample std over folds x seeds (one run: its "
+        "value); label budgets in % of the pool or in clips. AUC: the area under the test-UA "
+        "curve over the labeled share of the pool, divided by the span of shares (the mean UA "
+        "over the budgets). Time: an active-learning run's seconds (every round's training, "
+        "evaluation, scoring and selection) over those of fine-tuning on all labels.",
         "",
-        "| strategy | " + " | ".join(budgets) + " | AUC | time vs all labels |",
+        "| strategy | " + " | ".join(map(budget_name, budgets)) + " | AUC | time vs all labels |",
         "| --- | " + " | ".join("---:" for _ in budgets) + " | ---: | ---: |",
     ]
     for name, c in summary["strategies"].items():
-        cells = [
-            f"{100 * pt['test_ua']['mean']:.1f} ± {100 * pt['test_ua']['std']:.1f}"
-            for pt in c["points"]
-        ]
+        cells = [format_mean_std(pt["test_ua"], digits=1, with_n=False) for pt in c["points"]]
         cells += ["-"] * (len(budgets) - len(cells))
         lines.append(
-            f"| {name} | "
+            f"| {name.replace('_', '-')} | "
             + " | ".join(cells)
             + f" | {100 * c['auc_ua']['mean']:.1f} | {c['time_vs_full']:.2f}x |"
         )
     full = summary["full"]["test_ua"]
-    lines += [
-        "",
-        f"All labels: {100 * full['mean']:.1f} ± {100 * full['std']:.1f} (n={full['n']}).",
-        "",
-    ]
+    lines += ["", f"All labels: {format_mean_std(full, digits=1)}.", ""]
+    recall = summary.get("per_class_recall")
+    if recall:
+        labels = list(next(iter(recall.values())))
+        lines += [
+            "Test recall per class (%) at each strategy's last budget, and with all labels:",
+            "",
+            "| | " + " | ".join(labels) + " |",
+            "| --- | " + " | ".join("---:" for _ in labels) + " |",
+            *(
+                f"| {name.replace('_', '-')} | "
+                + " | ".join(format_mean_std(r[x], digits=1, with_n=False) for x in labels)
+                + " |"
+                for name, r in recall.items()
+            ),
+            "",
+        ]
     paired = {n: c["vs_random"] for n, c in summary["strategies"].items() if c.get("vs_random")}
     if paired:
         lines += [
             "Against random, paired by fold and seed: mean difference in points (two-sided "
             "Wilcoxon signed-rank p).",
             "",
-            "| strategy | " + " | ".join(budgets) + " |",
+            "| strategy | " + " | ".join(map(budget_name, budgets)) + " |",
             "| --- | " + " | ".join("---:" for _ in budgets) + " |",
         ]
         for name, points in paired.items():
             by_budget = {
                 pt["budget"]: f"{100 * pt['mean']:+.1f} (p={pt['wilcoxon_p']:.2g})" for pt in points
             }
-            lines.append(f"| {name} | " + " | ".join(by_budget.get(b, "-") for b in budgets) + " |")
+            row = " | ".join(by_budget.get(b, "-") for b in budgets)
+            lines.append(f"| {name.replace('_', '-')} | {row} |")
         lines.append("")
     return "\n".join(lines)

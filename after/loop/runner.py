@@ -11,11 +11,11 @@ so `resume` continues a killed run with the same result as an uninterrupted one.
 
 Run folder: `config.json` (everything needed to resume), `state.json` (see `LoopState`),
 `rounds.csv` (one row per round: labeled count, fraction and minutes; dev and test UA / WA /
-macro-F1; seconds spent training, evaluating, scoring and selecting), `model/` (the latest
-round's classifier), `queries/round_NNN.json` (each round's queries in the strategy's order,
-with the model's guesses when people label), `labels.sqlite` (people's answers, see
-`after.label.store`), and cached per-run arrays (`surprisal.npz` for ALPS). One process at a time
-works on a run folder (`run.lock`).
+macro-F1; seconds spent training, evaluating, scoring the pool and selecting, which add up to
+round_s), `model/` (the latest round's classifier), `queries/round_NNN.json` (each round's queries
+in the strategy's order, with the model's guesses when people label), `labels.sqlite` (people's
+answers, see `after.label.store`), and cached per-run arrays (`surprisal.npz` for ALPS). One
+process at a time works on a run folder (`run.lock`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import dataclasses
 import fcntl
 import io
 import itertools
+import json
 import logging
 import math
 import os
@@ -43,7 +44,12 @@ from after.data.folds import Fold, Folds, manifest_digest
 from after.data.manifest import Manifest
 from after.errors import AfterError
 from after.faults import fault_point
-from after.io import atomic_write_json, atomic_write_text, read_json, remove_stale_temps
+from after.io import (
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    remove_stale_temps,
+)
 from after.loop.oracle import Answers, HumanOracle, Oracle, SimulatedOracle
 from after.loop.state import STATE_FILE, LoopState
 from after.models.classifier import Classifier, load_classifier
@@ -52,6 +58,7 @@ from after.rng import derived_rng
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+ROUND_STAGES = ("train_s", "eval_s", "score_s", "select_s")  # a round's seconds, in order
 ROUNDS_FILE = "rounds.csv"
 MODEL_DIR = "model"
 SURPRISAL_FILE = "surprisal.npz"
@@ -78,16 +85,16 @@ class Budget:
 
 
 def parse_schedule(schedule: Sequence[str], pool_size: int) -> list[Budget]:
-    """ "0.1" -> 10% of the pool, "40" -> 40 clips, "5min" -> 5 minutes of audio. Budgets must
-    grow from round to round and fit in the pool."""
+    """ "10%" or "0.1" -> 10% of the pool, "40" -> 40 clips, "5min" -> 5 minutes of audio. Budgets
+    must grow from round to round and fit in the pool."""
     budgets = []
     for item in schedule:
         text = item.strip()
         try:
             if text.endswith("min"):
                 budgets.append(Budget(minutes=float(text.removesuffix("min"))))
-            elif "." in text:
-                fraction = float(text)
+            elif text.endswith("%") or "." in text:
+                fraction = float(text.removesuffix("%")) / (100 if text.endswith("%") else 1)
                 if not 0 < fraction <= 1:
                     raise ValueError
                 budgets.append(Budget(count=max(1, round(fraction * pool_size))))
@@ -95,8 +102,8 @@ def parse_schedule(schedule: Sequence[str], pool_size: int) -> list[Budget]:
                 budgets.append(Budget(count=int(text)))
         except ValueError:
             raise AfterError(
-                f"schedule entry {item!r}: use a fraction of the pool (0.05), a count (40) or "
-                "minutes of audio (5min)"
+                f"schedule entry {item!r}: use a share of the pool (5% or 0.05), a count of clips "
+                "(40) or minutes of audio (5min)"
             ) from None
     if len({b.minutes is None for b in budgets}) > 1:
         raise AfterError("schedule: do not mix minutes with fractions or counts")
@@ -128,12 +135,13 @@ class Run:
     cache_dir: str | None
 
     def __post_init__(self) -> None:
-        from after.strategies import get_strategy
+        from after.strategies import STRATEGIES
 
         # Dev labels are not part of the budget, so they pick nothing: every round keeps its
         # last epoch (a frozen-features learner has no epochs to pick anyway). A strategy that
         # samples weights gets a frozen-features learner with a posterior to sample.
-        sampled = "mc_probs" in get_strategy(self.al.strategy).requires
+        strategy = STRATEGIES.get(self.al.strategy)  # an unknown one is refused by check_run
+        sampled = strategy is not None and "mc_probs" in strategy.requires
         self.train = dataclasses.replace(self.train, select_on_dev=False, weight_posterior=sampled)
 
     def to_json(self) -> dict[str, Any]:
@@ -175,9 +183,37 @@ class Run:
         )
 
 
+# What makes a run folder the one asked for (paths may move).
+RUN_SETTINGS = ("manifest_digest", "fold", "backbone", "al", "train")
+
+
+def check_same_settings(where: Path, found: dict[str, Any], wanted: dict[str, Any]) -> None:
+    """`AfterError` if a result about to be reused or continued was made with other settings
+    (else a changed option would silently reuse stale runs). Options a result predates are not
+    checked, so results of earlier versions stay reusable."""
+    wanted = json.loads(json.dumps(wanted))  # tuples as lists, as written
+    differ = []
+    for key, value in wanted.items():
+        if key not in found:
+            continue
+        if isinstance(value, dict):
+            differ += [
+                f"{key}.{k}" for k, v in value.items() if k in found[key] and found[key][k] != v
+            ]
+        elif found[key] != value:
+            differ.append(key)
+    if differ:
+        raise AfterError(
+            f"{where}: made with other settings ({', '.join(differ)}); delete it (or the whole "
+            "output folder) to run it again with these, or choose another output folder"
+        )
+
+
 def start_run(run: Run) -> LoopState:
     """Create the run folder and its first state; refuses a folder that holds a run (unless
-    its start was cut off before the first state: then it finishes that start)."""
+    its start was cut off before the first state: then it finishes that start), and settings
+    `check_run` refuses, before writing anything."""
+    check_run(run)
     config = run.run_dir / CONFIG_FILE
     cut_off = (
         config.exists()
@@ -262,22 +298,54 @@ def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def check_run(run: Run) -> list[str]:
+    """Refuse, before anything is written or computed, settings this run cannot work with (an
+    unknown backbone, a strategy the learner cannot serve, a schedule that does not fit the
+    pool, ...); return warnings about settings that work but are likely not what was meant."""
+    from after.checks import check_active_learning, check_backbone
+
+    check_backbone(run.backbone)
+    check_active_learning(run.al, run.backbone)
+    pool_ids, _ = split_pool(run, simulated=run.al.oracle == "simulated")
+    if not pool_ids:
+        raise AfterError(
+            f"fold {run.fold.name}: no labeled training clip for the simulated oracle to reveal; "
+            "label the manifest, or let people label it (--oracle human)"
+        )
+    budgets = parse_schedule(run.al.schedule, len(pool_ids))
+    num_classes = len(run.manifest.labels)
+    seed = budgets[0].count
+    if seed is not None and seed < num_classes:
+        return [
+            f"the seed set (round 0, schedule {run.al.schedule[0]!r}) has {seed} clip(s) for "
+            f"{num_classes} classes, so round 0 trains on at most {seed} of them; a whole number "
+            "is a count of clips, a share of the pool is written 5% (or 0.05)"
+        ]
+    return []
+
+
+def split_pool(run: Run, *, simulated: bool) -> tuple[list[str], list[str]]:
+    """The pool (the fold's training clips the oracle may label: with a simulated oracle, those
+    with a label) and the stop set held aside from it for `--stabilize`."""
+    m = run.manifest
+    candidates = [i for i in run.fold.train if not simulated or m[i].label is not None]
+    stop_set: list[str] = []
+    if run.al.stabilize_kappa is not None:
+        rng = derived_rng(run.al.seed, "stop-set")
+        size = min(run.al.stop_set_size, len(candidates) // 4)
+        picked = set(rng.choice(len(candidates), size, replace=False).tolist())
+        stop_set = [c for k, c in enumerate(candidates) if k in picked]
+    held = set(stop_set)
+    return [c for c in candidates if c not in held], stop_set
+
+
 class _Loop:
     def __init__(self, run: Run, state: LoopState, oracle: Oracle, progress: bool) -> None:
         self.run, self.state, self.oracle, self.progress = run, state, oracle, progress
-        m, fold = run.manifest, run.fold
         simulated = isinstance(oracle, SimulatedOracle)
-        candidates = [i for i in fold.train if not simulated or m[i].label is not None]
-        self.stop_set: list[str] = []
-        if run.al.stabilize_kappa is not None:
-            rng = derived_rng(run.al.seed, "stop-set")
-            size = min(run.al.stop_set_size, len(candidates) // 4)
-            picked = set(rng.choice(len(candidates), size, replace=False).tolist())
-            self.stop_set = [c for k, c in enumerate(candidates) if k in picked]
-        held = set(self.stop_set)
-        self.pool_ids = [c for c in candidates if c not in held]
+        self.pool_ids, self.stop_set = split_pool(run, simulated=simulated)
         self.budgets = parse_schedule(run.al.schedule, len(self.pool_ids))
-        self.durations = {i: clip_duration(m[i]) for i in self.pool_ids}
+        self.durations = {i: clip_duration(run.manifest[i]) for i in self.pool_ids}
         self.classifier: Classifier | None = None
         self.timings: dict[str, float] = {}
 
@@ -330,7 +398,8 @@ class _Loop:
                 kept.append(q)
                 total += self.durations[q]
             queries = kept
-        self.timings["select_s"] = time.perf_counter() - t0
+        # Selection alone: scoring the pool, timed inside it, is score_s.
+        self.timings["select_s"] = time.perf_counter() - t0 - self.timings.get("score_s", 0.0)
         fault_point("select")
         self._write_queries(queries)
         self.state.pending = queries
@@ -435,6 +504,9 @@ class _Loop:
             "score_s": round(self.timings.pop("score_s", 0.0), 3),
             "select_s": round(self.timings.pop("select_s", 0.0), 3),
         }
+        # The round's whole time; its presence also marks records whose select_s excludes
+        # score_s (earlier records counted scoring in both).
+        record["round_s"] = round(sum(record[k] for k in ROUND_STAGES), 3)
         stop = ""
         if state.round == len(self.budgets) - 1:
             stop = "budget spent"
@@ -484,14 +556,18 @@ class _Loop:
         embeddings, source = None, None
         if al.cold_start != "random":
             from after.models.features import embed_manifest, load_feature_backbone
+            from after.progress import progress_bar
 
             source = cold_start_features(self.run.backbone)
-            raw = embed_manifest(
-                load_feature_backbone(source),
-                self.run.manifest.subset(unlabeled),
-                cache_dir=self.run.cache_dir,
-                num_workers=min(4, os.cpu_count() or 1),
-            )
+            with progress_bar(self.progress, transient=True) as bar:
+                task = bar.add_task(f"cold start: features ({source})", total=len(unlabeled))
+                raw = embed_manifest(
+                    load_feature_backbone(source),
+                    self.run.manifest.subset(unlabeled),
+                    cache_dir=self.run.cache_dir,
+                    num_workers=min(4, os.cpu_count() or 1),
+                    on_item=lambda: bar.advance(task),
+                )
             # Standardised over the pool (no labels involved), so that no dimension's scale
             # (eGeMAPS mixes Hz, dB and ratios) decides the clusters.
             std = raw.std(axis=0)

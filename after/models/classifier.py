@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from after.errors import AfterError
-from after.io import atomic_write_json
+from after.io import apply_umask, atomic_write_json
 from after.models.features import FeatureBackbone, is_feature_backbone, load_feature_backbone
 from after.models.linear import LinearFit
 
@@ -140,6 +140,7 @@ class Classifier:
             save_file(state, str(out / "model.safetensors"))
             info.update(feature_version=self.features.version, dim=self.features.dim)
         atomic_write_json(out / INFO_FILE, {**info, **extra})
+        apply_umask(out)  # safetensors writes the weights 0600 whatever the umask
         return out
 
 

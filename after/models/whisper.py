@@ -37,6 +37,7 @@ from typing import BinaryIO
 import numpy as np
 
 from after.errors import AfterError
+from after.io import apply_umask, current_umask
 
 PREFIX = "whisper-"
 _BINARY_VERSIONS = (5, 6)
@@ -301,6 +302,8 @@ def materialize(files: list[Path], label: str, cache_root: Path) -> Path:
     except OSError as e:
         raise AfterError(f"{out.parent}: cannot write the converted model ({e.strerror})") from e
     try:
+        # mkdtemp makes it 0700: a shared cache must stay readable to the whole group.
+        os.chmod(tmp, 0o777 & ~current_umask())
         config.save_pretrained(tmp)
         WhisperFeatureExtractor(feature_size=dims["num_mel_bins"]).save_pretrained(tmp)
         save_file(
@@ -308,6 +311,7 @@ def materialize(files: list[Path], label: str, cache_root: Path) -> Path:
             str(tmp / "model.safetensors"),
             metadata={"format": "pt", "source": label},
         )
+        apply_umask(tmp)
         with contextlib.suppress(FileExistsError, OSError):
             os.replace(tmp, out)  # another process may have won the race: theirs is the same
     finally:

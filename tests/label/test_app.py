@@ -151,7 +151,39 @@ def test_bad_requests_get_4xx_with_a_message(labeling: tuple[Run, LoopState]) ->
     assert client.get("/api/next").status_code == 400
     assert LabelStore(run.run_dir).annotations() == []  # nothing bad was stored
     r = _post(client, "/api/advance", {})
+    assert r.status_code == 403 and "only the run's owner" in r.json()["error"]
+
+
+OWNER = "owner-key-0123456789"
+
+
+def test_annotators_see_guidelines_never_metrics_and_only_the_owner_trains(
+    labeling: tuple[Run, LoopState], tmp_path: Path
+) -> None:
+    run, _ = labeling
+    guide = tmp_path / "guide.md"
+    guide.write_text("# Anger\nraised voice, <b>not</b> shouting at a dog\n")
+    from after.label.app import read_guidelines
+
+    annotator = _client(run, owner_key=OWNER, guidelines=read_guidelines(guide))
+    info = annotator.get("/api/session").json()
+    assert info["guidelines"] == guide.read_text() and info["owner"] is False
+    assert "resume_command" not in info
+    (run.run_dir / "advance.log").write_text("round 0: test UA 61.00%, dev UA 55.00%\n")
+    status = annotator.get("/api/status").json()
+    assert "UA" not in json.dumps(status) and status["problem"] is None
+    assert _post(annotator, "/api/advance", {}).status_code == 403
+    annotator.get("/", params={"owner": "wrong-key-0123456789"})  # a guess sets nothing
+    assert annotator.get("/api/session").json()["owner"] is False
+
+    owner = _client(run, owner_key=OWNER)
+    assert owner.get("/", params={"owner": OWNER}).status_code == 200  # sets the owner cookie
+    info = owner.get("/api/session").json()
+    assert info["owner"] is True and info["resume_command"].startswith("after run --resume")
+    r = _post(owner, "/api/advance", {})
     assert r.status_code == 409 and "still need answers" in r.json()["error"]
+    with pytest.raises(AfterError, match="owner key must be at least 16"):
+        create_app(run.run_dir, owner_key="short")
 
 
 def test_path_traversal_is_impossible(labeling: tuple[Run, LoopState], serve: Any) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from after.label.app import create_app
+from after.label.app import create_app, read_guidelines
 from after.label.store import LabelStore
 from after.loop.runner import Run
 from after.loop.state import LoopState
@@ -52,7 +52,11 @@ def test_label_a_round_by_keyboard_then_train_the_next(
     run, state = labeling
     labels = run.manifest.labels
     queried = list(state.pending)
-    with serve(create_app(run.run_dir)) as url:
+    guide = tmp_path / "guide.md"
+    guide.write_text("anger: a raised, tense voice\n<script>alert(1)</script>\n")
+    owner = "owner-key-0123456789"
+    app = create_app(run.run_dir, owner_key=owner, guidelines=read_guidelines(guide))
+    with serve(app) as url:
         page = browser.new_page(viewport={"width": 900, "height": 760})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
@@ -61,6 +65,10 @@ def test_label_a_round_by_keyboard_then_train_the_next(
         page.press("#name", "Enter")
         page.wait_for_selector("#clip:not([hidden])")
         assert page.inner_text("#clip-title") == "Clip 1 of this round"
+        # Guidelines shown as text (never as HTML); the subtitle counts clips, then classes.
+        page.click("#guidelines summary")
+        assert page.inner_text("#guidelines-text") == guide.read_text()
+        assert "round 0: 6 clips to label · 4 classes" in page.inner_text("#where")
 
         def clip_shown() -> str:
             return str(page.evaluate("decodeURIComponent(new URL($('player').src).pathname)"))
@@ -83,19 +91,24 @@ def test_label_a_round_by_keyboard_then_train_the_next(
         assert page.evaluate("document.getElementById('player').currentTime") < 0.5
 
         assert clip_shown() == "/api/audio/0.1"
-        press("1", f"saved: {labels[0]}")
+        # The message names the clip it is about: the next clip is on screen by then.
+        press("1", f"clip 1: saved “{labels[0]}”")
         assert clip_shown() == "/api/audio/0.2"
-        press("2", f"saved: {labels[1]}")
-        press("3", f"saved: {labels[2]}")  # clip 3, a slip: undo it
+        press("2", f"clip 2: saved “{labels[1]}”")
+        press("3", f"clip 3: saved “{labels[2]}”")  # a slip: undo it
         page.screenshot(path=str(tmp_path / "labeling.png"))
-        press("u", "undone")
+        press("u", "clip 3: undone")
         assert clip_shown() == "/api/audio/0.3"
-        press("4", f"saved: {labels[3]}")
-        press("0", "skipped")  # clip 4: cannot tell
-        press("2", f"saved: {labels[1]}")
-        press("1", f"saved: {labels[0]}")
+        press("4", f"clip 3: saved “{labels[3]}”")
+        press("0", "clip 4: skipped")  # cannot tell
+        page.wait_for_function("document.getElementById('message').textContent === ''")
+        press("2", f"clip 5: saved “{labels[1]}”")
+        press("1", f"clip 6: saved “{labels[0]}”")
         page.wait_for_selector("#done:not([hidden])")
+        # An annotator is thanked and told who trains the next round; no button, no scores.
         assert "fully labeled" in page.inner_text("#done-text")
+        assert "when the run's owner trains it" in page.inner_text("#done-text")
+        assert page.is_hidden("#advance") and "UA" not in page.inner_text("body")
         assert page.inner_text("#counts").startswith("Round 0: 6 of 6 clips done")
         page.screenshot(path=str(tmp_path / "round-done.png"))
 
@@ -106,6 +119,8 @@ def test_label_a_round_by_keyboard_then_train_the_next(
         actions = [h["action"] for h in LabelStore(run.run_dir).history()]
         assert actions.count("undo") == 1 and actions.count("set") == 7
 
+        page.goto(f"{url}/?owner={owner}")  # the owner's URL: the button is theirs
+        page.wait_for_selector("#advance", state="visible")
         page.click("#advance")  # runs after run --resume in the background
         page.wait_for_selector("#clip:not([hidden])", timeout=180_000)
         assert page.inner_text("#counts").startswith("Round 1: 0 of 5 clips done")

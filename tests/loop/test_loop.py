@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ from after.loop.runner import (
     Budget,
     Run,
     _Loop,
+    check_run,
     grad_embeddings,
     parse_schedule,
     run_loop,
@@ -47,6 +49,45 @@ def test_schedule_parsing() -> None:
     for bad in (["0.2", "0.1"], ["1.5"], ["x"], ["5", "2min"], ["200"]):
         with pytest.raises(AfterError):
             parse_schedule(bad, 100)
+
+
+def test_schedule_takes_percent_shares() -> None:
+    assert parse_schedule(["5%", "10%", "100%"], 200) == [Budget(10), Budget(20), Budget(200)]
+    assert parse_schedule(["5%"], 200) == parse_schedule(["0.05"], 200)
+    with pytest.raises(AfterError, match=r"share of the pool \(5% or 0.05\)"):
+        parse_schedule(["5 %x"], 100)
+
+
+def _refused(run: Run, match: str) -> None:
+    """`start_run` refuses `run` with a message matching `match`, and writes nothing."""
+    with pytest.raises(AfterError, match=match):
+        start_run(run)
+    assert not run.run_dir.exists()
+
+
+def test_settings_that_cannot_work_are_refused_before_anything_starts(
+    corpus: tuple[Manifest, Path, Path], tmp_path: Path
+) -> None:
+    # ALPS needs a wav2vec 2.0 with its pre-training head; a feature backbone is not one.
+    alps = dataclasses.replace(_run(corpus, tmp_path / "a", strategy="alps"), backbone="egemaps")
+    _refused(alps, r"--strategy alps .* --surprisal-model DIR.*'egemaps' is a feature backbone")
+    whisper = _run(corpus, tmp_path / "b", cold_start="alps", surprisal_model="whisper-tiny.en")
+    _refused(whisper, r"--cold-start alps .*--surprisal-model 'whisper-tiny.en' is a whisper")
+    _refused(_run(corpus, tmp_path / "d", min_votes=2), r"--min-votes 2.*--oracle human")
+    _refused(_run(corpus, tmp_path / "e", target_ua=60.0), r"0.6, not 60")
+    _refused(_run(corpus, tmp_path / "f", schedule=("8", "4")), "increasing")
+    _refused(_run(corpus, tmp_path / "g", schedule=("4", "400")), "exceeds the pool")
+    unknown = dataclasses.replace(_run(corpus, tmp_path / "h"), backbone="no/such-model")
+    _refused(unknown, "no/such-model")
+    _refused(_run(corpus, tmp_path / "i", strategy="nosuch"), "unknown query strategy")
+
+
+def test_a_seed_set_smaller_than_the_classes_is_warned_about(
+    corpus: tuple[Manifest, Path, Path], tmp_path: Path
+) -> None:
+    (warning,) = check_run(_run(corpus, tmp_path / "r", schedule=("2", "8")))
+    assert "2 clip(s) for 4 classes" in warning and "5%" in warning
+    assert check_run(_run(corpus, tmp_path / "r", schedule=("4", "8"))) == []
 
 
 def test_grad_embedding_is_the_output_layer_gradient() -> None:

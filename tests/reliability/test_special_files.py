@@ -73,7 +73,7 @@ def test_fifos_are_refused_not_waited_on(
         r = _after(*args)
         assert r.returncode == 2 and "m.jsonl: a FIFO" in r.stderr, r.stderr
     r = _after("predict", str(tmp_path / "x.wav"), str(good), "--model", str(model))
-    assert r.returncode == 1 and "x.wav: not_audio (a FIFO" in r.stderr, r.stderr
+    assert r.returncode == 2 and "x.wav: not_audio (a FIFO" in r.stderr, r.stderr
     assert [json.loads(line)["file"] for line in r.stdout.splitlines()] == [str(good)]
     tally["hostile_inputs"] = tally.get("hostile_inputs", 0) + 5
     tally["clear_messages"] = tally.get("clear_messages", 0) + 5
@@ -124,7 +124,7 @@ def test_predict_goes_on_past_bad_files_and_windows_long_ones(
     last = _speech(tmp_path / "last.wav", seconds=2.0)
     files = [first, late_nan, long, folder, last]
     code, lines, err = _predict(capsys, *map(str, files), "--model", str(model))
-    assert code == 1
+    assert code == 2  # an input error, as everywhere; the usable files are classified
     assert "late_nan.wav: nonfinite" in err and "a folder.wav: not_audio" in err
     assert [Path(line["file"]).name for line in lines] == [
         "first.wav",
