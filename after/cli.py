@@ -396,7 +396,9 @@ def tapt(
     folds_file: Path = typer.Option(Path("folds.json"), "--folds", help="Folds of this manifest."),
     fold: str = typer.Option(..., help="Fold name or index; only its training audio is used."),
     backbone: str = typer.Option(
-        "facebook/wav2vec2-base", help="Hub id (from the local cache), folder, or scratch:SIZE."
+        "whisper-tiny.en",
+        help="whisper-tiny.en, whisper-base (offline), a folder, a hub id (local cache), or "
+        "scratch:SIZE.",
     ),
     out: Path = typer.Option(
         ..., help="Output folder (a from_pretrained model).", show_default=False

@@ -10,6 +10,10 @@ training audio of one fold, before any labels are used.
   of the starting model over the fold's training audio; the targets of every frame are computed
   once, before training, and a small head (projection + one embedding per cluster, cosine
   similarity / 0.1) is trained with the encoder and discarded at the end.
+- Whisper: trained for speech recognition with labels, it has no self-supervised objective of its
+  own; it continues with HuBERT's masked prediction as above, with a learned embedding in place
+  of masked frames at the encoder's input (after the conv stem and positions), targets from its
+  own middle layer, and clips read over their own frames (`after.models.whisper_model`).
 
 Only `Fold.train` is ever read (`tapt_ids`): dev and test audio cannot reach TAPT. The loop is one
 function over HF Accelerate (CPU, one GPU, or several with `accelerate launch`). Batches are a pure
@@ -37,7 +41,6 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import Wav2Vec2FeatureExtractor
 from transformers.utils import logging as hf_logging
 
 from after.config import TaptConfig, config_hash
@@ -53,6 +56,7 @@ from after.io import atomic_write_json
 from after.models.backbones import (
     FAMILIES,
     SCRATCH_PREFIX,
+    family_of,
     freeze_feature_encoder,
     load_backbone,
     load_config,
@@ -69,7 +73,7 @@ LOG_FILE = "tapt_log.jsonl"
 DONE_FILE = "tapt.json"
 KMEANS_FILE = "kmeans_targets.npz"
 STATE_FILE = "trainer_state.json"
-MASKED_PREDICTION = ("hubert", "wavlm")
+MASKED_PREDICTION = ("hubert", "wavlm", "whisper")
 
 
 def tapt_ids(manifest: Manifest, fold: Fold) -> list[str]:
@@ -149,15 +153,15 @@ def sample_negatives(mask: np.ndarray, num_negatives: int, rng: np.random.Genera
 @dataclass
 class _Batch:
     ids: list[str]
-    input_values: torch.Tensor  # (B, S)
-    attention_mask: torch.Tensor  # (B, S)
+    inputs: dict[str, torch.Tensor]  # the model's inputs (`Family.inputs`), padded
+    num_samples: np.ndarray  # (B,) samples of each crop
     frame_lengths: np.ndarray  # (B,)
     frame_offsets: list[int]  # where each crop starts, in frames of the whole clip
 
 
 class _Stream:
     """Batch number g of the run is a pure function of (seed, g): length-bucketed batches, a new
-    grouping and order every epoch, random crops aligned to the CNN's frame stride."""
+    grouping and order every epoch, random crops aligned to the encoder's frame stride."""
 
     def __init__(
         self,
@@ -165,12 +169,13 @@ class _Stream:
         ids: list[str],
         config: TaptConfig,
         model_config: Any,
-        feature_extractor: Wav2Vec2FeatureExtractor,
+        feature_extractor: Any,
     ) -> None:
         self.utts = [manifest[i] for i in ids]
         self.config = config
         self.model_config = model_config
-        self.stride = math.prod(model_config.conv_stride)
+        self.family = family_of(model_config)
+        self.stride = self.family.SAMPLES_PER_FRAME
         self.max_samples = int(config.max_seconds * SAMPLE_RATE) // self.stride * self.stride
         self.durations = [clip_duration(u) for u in self.utts]
         self.fe = feature_extractor
@@ -209,13 +214,12 @@ class _Stream:
             offsets.append(offset // self.stride)
         if not waves:
             raise AfterError(f"TAPT batch {g}: no readable clip; see the warnings above")
-        features = self.fe(waves, sampling_rate=SAMPLE_RATE, padding=True, return_tensors="pt")
-        lengths = torch.tensor([w.size for w in waves])
+        lengths = np.array([w.size for w in waves])
         return _Batch(
             ids=ids,
-            input_values=features["input_values"],
-            attention_mask=features["attention_mask"],
-            frame_lengths=num_frames(self.model_config, lengths).numpy(),
+            inputs=self.family.inputs(waves, self.fe),
+            num_samples=lengths,
+            frame_lengths=self.family.num_frames(self.model_config, lengths),
             frame_offsets=offsets,
         )
 
@@ -235,6 +239,8 @@ class MaskedPrediction(nn.Module):
     """HuBERT's objective: predict the k-means cluster of each masked frame from its context.
 
     `targets` hold a cluster id per frame, -100 where there is no loss (unmasked or padding).
+    An encoder without a learned embedding for masked frames (Whisper) gets one here, trained
+    with the rest and, like the head, discarded at the end.
     """
 
     def __init__(
@@ -242,21 +248,26 @@ class MaskedPrediction(nn.Module):
     ) -> None:
         super().__init__()
         self.encoder = encoder
+        self.family = family_of(encoder.config)
         hidden = encoder.config.hidden_size
         self.proj = nn.Linear(hidden, proj_dim)
         self.codes = nn.Parameter(torch.randn(num_clusters, proj_dim) / math.sqrt(proj_dim))
+        self.mask_embedding = (
+            None
+            if self.family.OWN_MASK_EMBEDDING
+            else nn.Parameter(torch.empty(hidden).uniform_(-0.1, 0.1))
+        )
         self.temperature = temperature
 
     def forward(
         self,
-        input_values: torch.Tensor,
-        attention_mask: torch.Tensor,
+        inputs: dict[str, torch.Tensor],
         mask_time_indices: torch.Tensor,
         targets: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.encoder(
-            input_values, attention_mask=attention_mask, mask_time_indices=mask_time_indices
-        ).last_hidden_state
+        hidden = self.family.masked_output(
+            self.encoder, inputs, mask_time_indices, self.mask_embedding
+        )
         pred = nn.functional.normalize(self.proj(hidden).float(), dim=-1)
         codes = nn.functional.normalize(self.codes.float(), dim=-1)
         logits = pred @ codes.T / self.temperature
@@ -296,9 +307,9 @@ def fit_kmeans_targets(
             logger.warning("TAPT skips %s: %s", u.id, e)
             stream.skipped[u.id] = str(e)
             return None
-        x = stream.fe(wave, sampling_rate=SAMPLE_RATE, return_tensors="pt")["input_values"]
-        out = encoder(x.to(device), output_hidden_states=True)
-        return np.asarray(out.hidden_states[layer][0].float().cpu().numpy())
+        inputs = {k: v.to(device) for k, v in stream.family.inputs([wave], stream.fe).items()}
+        states, _ = stream.family.hidden(encoder, inputs, layer)
+        return np.asarray(states[0].float().cpu().numpy())
 
     rng = derived_rng(config.seed, "kmeans")
     sample: list[np.ndarray] = []
@@ -404,9 +415,9 @@ def run_tapt(
     family = model_config.model_type
     if family != "wav2vec2" and family not in MASKED_PREDICTION:
         raise AfterError(
-            f"{backbone}: TAPT is implemented for wav2vec 2.0 (its own objective) and HuBERT / "
-            f"WavLM (masked prediction of k-means targets), not {FAMILIES[family]}; fine-tune it "
-            "without TAPT"
+            f"{backbone}: TAPT is implemented for wav2vec 2.0 (its own objective) and HuBERT, "
+            f"WavLM and Whisper (masked prediction of k-means targets), not {FAMILIES[family]}; "
+            "fine-tune it without TAPT"
         )
     if must_launch(config.num_processes, "TAPT"):
         with job_folder(None) as job:
@@ -483,8 +494,7 @@ def run_tapt(
                     min_masks=config.min_masks,
                     rng=rng,
                 )
-                inputs = batch.input_values.to(accelerator.device)
-                attention = batch.attention_mask.to(accelerator.device)
+                inputs = {k: v.to(accelerator.device) for k, v in batch.inputs.items()}
                 # Processes exchange gradients only on the last micro-batch of a step.
                 last_micro = micro == config.grad_accum - 1
                 with contextlib.nullcontext() if last_micro else accelerator.no_sync(model):
@@ -493,8 +503,8 @@ def run_tapt(
                             loss, metrics = _wav2vec2_loss(
                                 model,
                                 accelerator.unwrap_model(model),
-                                inputs,
-                                attention,
+                                inputs["input_values"],
+                                inputs["attention_mask"],
                                 mask,
                                 step,
                                 config,
@@ -502,12 +512,12 @@ def run_tapt(
                             )
                         else:
                             loss, metrics = _masked_prediction_loss(
-                                model, inputs, attention, mask, batch, targets
+                                model, inputs, mask, batch, targets
                             )
                     accelerator.backward(loss / config.grad_accum)
                 losses.append(loss.detach().float())
                 parts.append(metrics)
-                audio += float(batch.attention_mask.sum()) / SAMPLE_RATE
+                audio += float(batch.num_samples.sum()) / SAMPLE_RATE
             grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
             optimizer.step()
             if not accelerator.optimizer_step_was_skipped:  # fp16 overflow
@@ -541,7 +551,10 @@ def run_tapt(
         unwrapped = accelerator.unwrap_model(model)
         final = unwrapped.encoder if isinstance(unwrapped, MaskedPrediction) else unwrapped
         hf_logging.disable_progress_bar()  # transformers' own bar for writing one small file
-        final.save_pretrained(out)
+        # The encoder only: a Whisper encoder comes inside an (untrained) classifier, whose head
+        # would not fit the labels of whoever fine-tunes the output.
+        encoder_only = {k: v for k, v in final.state_dict().items() if k.startswith("encoder.")}
+        final.save_pretrained(out, state_dict=encoder_only if family == "whisper" else None)
         stream.fe.save_pretrained(out)
         atomic_write_json(
             out / DONE_FILE,
@@ -609,8 +622,7 @@ def _wav2vec2_loss(
 
 def _masked_prediction_loss(
     model: nn.Module,
-    inputs: torch.Tensor,
-    attention: torch.Tensor,
+    inputs: dict[str, torch.Tensor],
     mask: np.ndarray,
     batch: _Batch,
     targets: dict[str, np.ndarray],
@@ -622,11 +634,9 @@ def _masked_prediction_loss(
         clip = targets[utt][offset : offset + int(length)]
         target[b, : clip.size] = clip
     target[~mask] = -100
+    device = next(iter(inputs.values())).device
     loss, accuracy = model(
-        inputs,
-        attention,
-        torch.from_numpy(mask).to(inputs.device),
-        torch.from_numpy(target).to(inputs.device),
+        inputs, torch.from_numpy(mask).to(device), torch.from_numpy(target).to(device)
     )
     return loss, {"masked_accuracy": float(accuracy.detach())}
 

@@ -42,7 +42,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Fold]:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    return {f: tiny_backbone(root / f, f) for f in ("wav2vec2", "hubert", "wavlm")}
+    return {f: tiny_backbone(root / f, f) for f in ("wav2vec2", "hubert", "wavlm", "whisper")}
 
 
 def _log(out: Path) -> list[dict[str, float]]:
@@ -107,7 +107,7 @@ def test_tapt_reads_training_audio_only(
         return real_load(path, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(tapt, "load_audio", spy)
-    for family in ("wav2vec2", "hubert"):  # hubert also reads audio to fit k-means
+    for family in ("wav2vec2", "hubert", "whisper"):  # masked prediction reads it for k-means
         tapt.run_tapt(m, fold, str(models[family]), tmp_path / family, FAST, progress=False)
     train = {m[i].path for i in fold.train}
     held_out = {m[i].path for i in [*fold.dev, *fold.test]}
@@ -173,14 +173,18 @@ def test_frozen_cnn_stays_put(
     assert _log(scratch)[0]["gumbel_temperature"] == pytest.approx(2.0, abs=1e-3)
 
 
+@pytest.mark.parametrize("family", ["wav2vec2", "whisper"])
 def test_resume_after_a_kill_gives_the_uninterrupted_result(
+    family: str,
     corpus: tuple[Manifest, Fold],
     models: dict[str, Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    from safetensors.torch import load_file
+
     m, fold = corpus
-    backbone = str(models["wav2vec2"])
+    backbone = str(models[family])
     whole = tapt.run_tapt(m, fold, backbone, tmp_path / "whole", FAST, progress=False)
 
     real_batch = tapt._Stream.batch
@@ -204,8 +208,9 @@ def test_resume_after_a_kill_gives_the_uninterrupted_result(
     cut = tapt.run_tapt(m, fold, backbone, tmp_path / "cut", FAST, resume=True, progress=False)
     assert json.loads((cut / tapt.DONE_FILE).read_text())["resumed_from_step"] == 5
     assert [r["step"] for r in _log(cut)][-7:] == list(range(6, 13))
-    a = AutoModel.from_pretrained(whole).state_dict()
-    b = AutoModel.from_pretrained(cut).state_dict()
+    a = load_file(str(whole / "model.safetensors"))
+    b = load_file(str(cut / "model.safetensors"))
+    assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
 
@@ -228,6 +233,30 @@ def test_masked_prediction_tapt(
     with np.load(out / tapt.KMEANS_FILE) as targets:
         assert targets["centroids"].shape == (8, 32)
         assert {str(i) for i in targets["ids"]} == set(fold.train)
+
+
+def test_whisper_tapt_continues_the_encoder_and_its_output_fine_tunes(
+    corpus: tuple[Manifest, Fold], models: dict[str, Path], tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+
+    from after.config import TrainConfig
+    from after.train import evaluate, fit
+
+    m, fold = corpus
+    config = TaptConfig(**{**FAST.to_dict(), "kmeans_max_frames": 300, "lr": 1e-3})
+    out = tapt.run_tapt(m, fold, str(models["whisper"]), tmp_path / "w", config, progress=False)
+    log = _log(out)
+    assert len(log) == FAST.steps and all(0 <= r["masked_accuracy"] <= 1 for r in log)
+    saved = load_file(str(out / "model.safetensors"))
+    assert saved and all(k.startswith("encoder.") for k in saved)  # no head to mislead
+    start = load_file(str(models["whisper"] / "model.safetensors"))
+    key = "encoder.layers.1.fc1.weight"
+    assert not torch.equal(saved[key], start[f"model.{key}"])  # the encoder trained
+    labeled = [i for i in fold.train if m[i].label is not None]
+    r = fit(m, labeled, fold.dev, str(out), TrainConfig(epochs=1), progress=False)
+    assert type(r.classifier.module).__name__ == "WhisperEncoderForAudioClassification"
+    assert evaluate(r.classifier, m, fold.test)["num_clips"] == len(fold.test)
 
 
 def test_data2vec_has_no_tapt_objective(corpus: tuple[Manifest, Fold], tmp_path: Path) -> None:

@@ -332,6 +332,25 @@ class Family(ABC):
         """Output of transformer layer `layer` (0: the input to the first layer), (B, T, D), and
         the frame mask (B, T), 1 on a clip's frames."""
 
+    @abstractmethod
+    def num_frames(self, config: PretrainedConfig, num_samples: np.ndarray) -> np.ndarray:
+        """Frames (B,) of clips of `num_samples` (B,) samples."""
+
+    # Whether the encoder has its own learned embedding for masked frames (wav2vec 2.0's
+    # `masked_spec_embed`); masked prediction (TAPT) adds one where it has not.
+    OWN_MASK_EMBEDDING: ClassVar[bool] = True
+
+    @abstractmethod
+    def masked_output(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        mask: torch.Tensor,
+        mask_embedding: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The encoder's last layer (B, T, D) with the frames of `mask` (B, T) replaced by the
+        mask embedding at its input (masked prediction, as HuBERT pre-trains)."""
+
 
 class Wav2Vec2Family(Family):
     """wav2vec 2.0, HuBERT, WavLM and data2vec-audio: a CNN on the waveform, then a transformer.
@@ -417,6 +436,20 @@ class Wav2Vec2Family(Family):
         lengths = num_frames(base.config, inputs["attention_mask"].sum(dim=-1))
         mask = torch.arange(states.shape[1], device=states.device)[None, :] < lengths[:, None]
         return states, mask.long()
+
+    def num_frames(self, config: PretrainedConfig, num_samples: np.ndarray) -> np.ndarray:
+        counted: np.ndarray = num_frames(config, torch.as_tensor(num_samples)).numpy()
+        return counted
+
+    def masked_output(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        mask: torch.Tensor,
+        mask_embedding: torch.Tensor | None,
+    ) -> torch.Tensor:
+        out: torch.Tensor = model(**inputs, mask_time_indices=mask).last_hidden_state
+        return out
 
 
 class _Passthrough(nn.Module):
@@ -507,6 +540,28 @@ class WhisperFamily(Family):
         m: Any = model
         h, mask = m.embed(inputs["input_features"], inputs.get("attention_mask"))
         return m.encode(h, mask, start=0, end=layer), mask
+
+    def num_frames(self, config: PretrainedConfig, num_samples: np.ndarray) -> np.ndarray:
+        from after.models.whisper_model import frame_lengths
+
+        return frame_lengths(num_samples)
+
+    OWN_MASK_EMBEDDING: ClassVar[bool] = False
+
+    def masked_output(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, torch.Tensor],
+        mask: torch.Tensor,
+        mask_embedding: torch.Tensor | None,
+    ) -> torch.Tensor:
+        assert mask_embedding is not None
+        m: Any = model
+        h, valid = m.embed(inputs["input_features"], inputs.get("attention_mask"))
+        hidden = mask[:, : h.shape[1], None].to(h.device)
+        h = torch.where(hidden, mask_embedding.to(h.dtype), h)
+        out: torch.Tensor = m.encode(h, valid)
+        return out
 
 
 def _whisper_encoder(model: torch.nn.Module) -> Any:
