@@ -1,0 +1,172 @@
+"""Does task-adaptive pre-training help Whisper on emotion? EmoDB, leave-one-speaker-out.
+
+    .venv/bin/python bench/tapt_whisper.py [--folds 0,2,4,6,8] [--seeds 0,1,2] [--steps 300]
+        [--lr 1e-4] [--mask-prob 0.65] [--mask-length 10] [--out runs/bench/tapt_whisper]
+
+For every chosen fold: `after tapt` of whisper-tiny.en on that fold's training audio only (the
+conv stem frozen; HuBERT-style masked prediction of k-means ids of its middle layer), then, with
+and without it, on the same fold and seeds:
+
+1. frozen features (`frozen:MODEL`, its middle layer) and the logistic-regression learner
+   (deterministic: one run per fold);
+2. fine-tuning on all labels (`after train`'s path; the bottom two layers frozen and cached and
+   `--finetune-epochs` epochs to fit a CPU, the best dev-UA epoch kept), per seed;
+3. active learning to 20% of the pool on the frozen features (entropy and random from a 2%
+   k-means seed set), per seed: test UA at the last budget.
+
+Every comparison is paired by fold (and seed) with a Wilcoxon signed-rank test. The TAPT loss
+curve of every fold is kept. The TAPT models stay in `--out` and are reused when the script runs
+again with the same settings. Prints one JSON object. EmoDB is read from ../shared/data/emodb.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EMODB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emodb"
+BACKBONE = "whisper-tiny.en"
+
+
+def paired(a: list[float], b: list[float]) -> dict[str, Any]:
+    from after.metrics import paired_difference
+
+    d = paired_difference(a, b)
+    return {
+        "tapt": f"{100 * np.mean(a):.1f} ± {100 * np.std(a, ddof=1):.1f}",
+        "plain": f"{100 * np.mean(b):.1f} ± {100 * np.std(b, ddof=1):.1f}",
+        "difference": f"{100 * d['mean']:+.2f} ± {100 * d['std']:.2f}",
+        "n": d["n"],
+        "wilcoxon_p": round(d["wilcoxon_p"], 4),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--folds", default="0,2,4,6,8")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--mask-prob", type=float, default=0.65)
+    p.add_argument("--mask-length", type=int, default=10)
+    p.add_argument("--finetune-epochs", type=int, default=8)
+    p.add_argument("--out", type=Path, default=Path("runs/bench/tapt_whisper"))
+    p.add_argument("--data", type=Path, default=EMODB)
+    args = p.parse_args()
+
+    from after.config import ALConfig, TaptConfig, TrainConfig
+    from after.data.corpora import prepare
+    from after.data.folds import make_folds
+    from after.loop.compare import compare
+    from after.loop.state import LoopState
+    from after.tapt import DONE_FILE, LOG_FILE, run_tapt
+    from after.train import fit_and_test
+
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = prepare("emodb", args.data)
+    manifest_path = manifest.to_jsonl(out / "manifest.jsonl")
+    all_folds = make_folds(manifest, "loso", seed=0)
+    folds_path = all_folds.to_json(out / "folds.json")
+    folds = [all_folds.folds[int(k)] for k in args.folds.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    cache = str(out / "cache")
+    tapt_config = TaptConfig(
+        steps=args.steps,
+        batch_size=8,
+        max_seconds=3.0,
+        lr=args.lr,
+        warmup_steps=max(1, args.steps // 10),
+        mask_prob=args.mask_prob,
+        mask_length=args.mask_length,
+        freeze_cnn=True,
+        save_every=args.steps,
+        log_every=5,
+    )
+    finetune = TrainConfig(epochs=args.finetune_epochs, freeze_layers=2, patience=0)
+    report: dict[str, Any] = {
+        "benchmark": "tapt_whisper",
+        "corpus": f"EmoDB ({len(manifest)} clips, {len(manifest.speakers)} speakers)",
+        "protocol": f"LOSO folds {', '.join(f.name for f in folds)}, one dev speaker per fold, "
+        f"seeds {seeds}",
+        "tapt": {
+            "objective": "masked prediction of k-means ids (middle layer, 100 clusters)",
+            "steps": args.steps,
+            "lr": args.lr,
+            "batch": 8,
+            "crop_seconds": 3.0,
+            "mask_prob": args.mask_prob,
+            "mask_length": args.mask_length,
+        },
+        "finetune": f"{args.finetune_epochs} epochs, bottom 2 of 4 layers frozen, best dev epoch",
+        "per_fold": {},
+    }
+    results: dict[str, dict[str, list[float]]] = {
+        k: {"tapt": [], "plain": []} for k in ("frozen", "finetuned", "al_entropy", "al_random")
+    }
+    for fold in folds:
+        tapt_dir = out / "tapt" / fold.name
+        if not (tapt_dir / DONE_FILE).is_file():
+            print(f"{fold.name}: TAPT", flush=True)
+            run_tapt(manifest, fold, BACKBONE, tapt_dir, tapt_config, progress=False)
+        log = [json.loads(line) for line in (tapt_dir / LOG_FILE).read_text().splitlines()]
+        models = {"plain": BACKBONE, "tapt": str(tapt_dir)}
+        record: dict[str, Any] = {
+            "tapt_seconds": round(
+                json.loads((tapt_dir / DONE_FILE).read_text())["final"]["seconds"]
+            ),
+            "loss_curve": [(r["step"], round(r["loss"], 4)) for r in log],
+            "masked_accuracy": [
+                round(log[0]["masked_accuracy"], 3),
+                round(log[-1]["masked_accuracy"], 3),
+            ],
+        }
+        for variant, model in models.items():
+            frozen = fit_and_test(
+                manifest, fold, f"frozen:{model}", TrainConfig(), cache_dir=cache, progress=False
+            )[1]["test"]["ua"]
+            results["frozen"][variant].append(frozen)
+            record[f"frozen_{variant}"] = round(frozen, 4)
+            for seed in seeds:
+                cfg = TrainConfig(**{**finetune.to_dict(), "seed": seed})
+                ua = fit_and_test(manifest, fold, model, cfg, cache_dir=cache, progress=False)[1]
+                results["finetuned"][variant].append(ua["test"]["ua"])
+            compare(
+                manifest,
+                str(manifest_path),
+                str(folds_path),
+                [fold],
+                f"frozen:{model}",
+                ["entropy", "random"],
+                seeds,
+                ALConfig(schedule=("0.02", "0.05", "0.1", "0.15", "0.2"), cold_start="kmeans"),
+                TrainConfig(),
+                out / "compare" / variant / fold.name,
+                cache_dir=cache,
+                log=lambda _: None,
+            )
+            for strategy in ("entropy", "random"):
+                for seed in seeds:
+                    run_dir = out / "compare" / variant / fold.name / "runs" / fold.name
+                    state = LoopState.load(run_dir / f"{strategy}_seed{seed}")
+                    results[f"al_{strategy}"][variant].append(state.rounds[-1]["test_ua"])
+        report["per_fold"][fold.name] = record
+        print(
+            json.dumps({fold.name: {k: v for k, v in record.items() if k != "loss_curve"}}),
+            flush=True,
+        )
+    report["comparisons"] = {
+        "frozen features (one run per fold)": paired(**results["frozen"]),
+        "fine-tuned, all labels (fold x seed)": paired(**results["finetuned"]),
+        "active learning at 20%, entropy (fold x seed)": paired(**results["al_entropy"]),
+        "active learning at 20%, random (fold x seed)": paired(**results["al_random"]),
+    }
+    print(json.dumps(report, indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
