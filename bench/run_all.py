@@ -62,6 +62,14 @@ BENCHES = (
         "per fold and seed; scoring speed with the frozen bottom's cache empty and filled.",
     ),
     Bench(
+        "tapt_whisper",
+        "TAPT of Whisper tiny.en on EmoDB: with and without, paired",
+        ("bench/tapt_whisper.py", "--out", "runs/bench/tapt_whisper"),
+        "Task-adaptive pre-training of whisper-tiny.en on each fold's training audio, against no "
+        "TAPT: frozen features, fine-tuning on all labels, and active learning to 20%, paired "
+        "per fold (and seed) with Wilcoxon's test; the TAPT loss of every fold.",
+    ),
+    Bench(
         "demo",
         "The demo",
         ("bench/demo.py", "--out", "runs/bench/demo"),
@@ -559,6 +567,45 @@ def render_whisper_finetune(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def render_tapt_whisper(r: dict[str, Any]) -> list[str]:
+    t = r["tapt"]
+    rows = [
+        [name, c["plain"], c["tapt"], c["difference"], c["n"], c["wilcoxon_p"]]
+        for name, c in r["comparisons"].items()
+    ]
+    folds = [
+        [
+            fold,
+            f["tapt_seconds"],
+            f"{f['loss_curve'][0][1]:.3f} -> {f['loss_curve'][-1][1]:.3f}",
+            f"{f['masked_accuracy'][0]:.3f} -> {f['masked_accuracy'][1]:.3f}",
+        ]
+        for fold, f in r["per_fold"].items()
+    ]
+    return [
+        f"{r['corpus']}; {r['protocol']}. TAPT: {t['objective']}, {t['steps']} steps, lr "
+        f"{t['lr']}, batch {t['batch']}, crops of {t['crop_seconds']} s, masks "
+        f"{t['mask_prob']} x {t['mask_length']} frames. Fine-tuning: {r['finetune']}.",
+        "",
+        *table(
+            [
+                "test UA %",
+                "without TAPT",
+                "with TAPT",
+                "with - without (points)",
+                "n",
+                "Wilcoxon p",
+            ],
+            rows,
+        ),
+        "",
+        "TAPT per fold (loss and masked-frame accuracy, first logged step -> last; the whole "
+        "curves are in `bench/results/tapt_whisper.json`):",
+        "",
+        *table(["fold", "seconds", "loss", "masked accuracy"], folds),
+    ]
+
+
 def render_demo(r: dict[str, Any]) -> list[str]:
     f = r["finetune"]
     return [
@@ -574,6 +621,7 @@ def render_demo(r: dict[str, Any]) -> list[str]:
 RENDER: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "whisper_finetune": render_whisper_finetune,
     "demo": render_demo,
+    "tapt_whisper": render_tapt_whisper,
     "whisper_features": render_whisper_features,
     "label_efficiency": render_label_efficiency,
     "label_efficiency_tapt": render_label_efficiency_tapt,
@@ -699,6 +747,18 @@ def readme_headlines() -> list[str]:
             f"- **Fine-tuned `whisper-tiny.en`** ({ft['protocol']}): {every['ua']} UA, "
             f"{every['minus_frozen']['difference']} points against its frozen features "
             f"(Wilcoxon p = {every['minus_frozen']['wilcoxon_p']:.2g})."
+        )
+    tw = _result("tapt_whisper")
+    if tw is not None:
+        c = tw["comparisons"]
+        lines.append(
+            f"- **TAPT of `whisper-tiny.en`** ({tw['tapt']['steps']} steps per fold on its training "
+            f"audio; {tw['protocol']}): with minus without, "
+            + "; ".join(
+                f"{name} {x['difference']} points (p = {x['wilcoxon_p']:.2g})"
+                for name, x in c.items()
+            )
+            + "."
         )
     le = _result("label_efficiency")
     if le is not None and any(s.get("vs_random") for s in le["strategies"].values()):
