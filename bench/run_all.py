@@ -752,8 +752,8 @@ def readme_headlines() -> list[str]:
     if tw is not None:
         c = tw["comparisons"]
         lines.append(
-            f"- **TAPT of `whisper-tiny.en`** ({tw['tapt']['steps']} steps per fold on its training "
-            f"audio; {tw['protocol']}): with minus without, "
+            f"- **TAPT of `whisper-tiny.en`** ({tw['tapt']['steps']} steps per fold on its "
+            f"training audio; {tw['protocol']}): with minus without, "
             + "; ".join(
                 f"{name} {x['difference']} points (p = {x['wilcoxon_p']:.2g})"
                 for name, x in c.items()
