@@ -159,11 +159,14 @@ def main() -> None:
             json.dumps({fold.name: {k: v for k, v in record.items() if k != "loss_curve"}}),
             flush=True,
         )
+    names = {
+        "frozen": "frozen features (one run per fold)",
+        "finetuned": "fine-tuned, all labels (fold x seed)",
+        "al_entropy": "active learning at 20%, entropy (fold x seed)",
+        "al_random": "active learning at 20%, random (fold x seed)",
+    }
     report["comparisons"] = {
-        "frozen features (one run per fold)": paired(**results["frozen"]),
-        "fine-tuned, all labels (fold x seed)": paired(**results["finetuned"]),
-        "active learning at 20%, entropy (fold x seed)": paired(**results["al_entropy"]),
-        "active learning at 20%, random (fold x seed)": paired(**results["al_random"]),
+        names[k]: paired(results[k]["tapt"], results[k]["plain"]) for k in names
     }
     print(json.dumps(report, indent=2, ensure_ascii=False))
 
