@@ -1333,8 +1333,7 @@ def demo(
     for row, following in zip(rows, [*rows[1:], None], strict=True):
         baseline_next = following is not None and following[0].startswith("all labels")
         table.add_row(*row, end_section=baseline_next and not row[0].startswith("all labels"))
-    # A log file's 80 columns would cut every cell (print's width cannot exceed the console's).
-    Console(width=max(console.width, 120)).print(table)
+    _print_table(table, console)
     f = result["finetune"]
     console.print(
         f"fine-tuned {f['backbone']} on all labels of fold {f['fold']} ({f['epochs']} epochs): "
