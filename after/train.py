@@ -20,7 +20,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -262,8 +262,8 @@ def _infer(
 ) -> dict[str, np.ndarray]:
     """Class probabilities (N, C) with dropout off; with `embeddings`, the pooled input of the
     output layer (N, D); with `mc_passes` S > 0, probabilities under S draws of the weights, as
-    (N, C, S): for a fine-tuned encoder S more passes with only the dropout layers active (MC
-    dropout; SpecAugment and layer drop stay off), for frozen features S draws from the logistic
+    (N, C, S): for a fine-tuned encoder S more passes with every dropout active, attention
+    dropout included (MC dropout; `_mc_dropout`), for frozen features S draws from the logistic
     regression's Laplace posterior."""
     if clf.kind == "features":
         data.vectors_of(ids)  # every clip's features first, with progress, not batch by batch
@@ -273,7 +273,6 @@ def _infer(
     hook = clf.output_layer().register_forward_hook(
         lambda _m, args, _out: captured.append(args[0].detach())
     )
-    dropouts = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     order = sorted(range(len(ids)), key=lambda i: data.duration(ids[i]))
     out = {"probs": np.zeros((len(ids), len(clf.labels)))}
     if embeddings:
@@ -293,17 +292,44 @@ def _infer(
             if mc_passes and clf.kind == "features":
                 draws = model.posterior_probs(inputs["features"], mc_passes)  # type: ignore[operator]
                 out["mc_probs"][chunk] = draws.cpu().numpy()
-            for s in range(mc_passes if clf.kind == "transformers" else 0):
-                for m in dropouts:
-                    m.train()
-                mc = torch.softmax(_forward(clf, model, inputs).float(), dim=-1)
-                out["mc_probs"][chunk, :, s] = mc.cpu().numpy()
-                for m in dropouts:
-                    m.eval()
+            if mc_passes and clf.kind == "transformers":
+                with _mc_dropout(model):
+                    for s in range(mc_passes):
+                        mc = torch.softmax(_forward(clf, model, inputs).float(), dim=-1)
+                        out["mc_probs"][chunk, :, s] = mc.cpu().numpy()
     finally:
         hook.remove()
         model.train(was_training)
     return out
+
+
+@contextlib.contextmanager
+def _mc_dropout(model: nn.Module) -> Iterator[None]:
+    """Every dropout of `model` on, and nothing else that training changes: the model goes into
+    training mode (transformers gates its attention dropout on `training`, not on a module that
+    could be switched alone), with SpecAugment and layer drop turned off meanwhile."""
+    config: Any = getattr(model, "config", None)
+    saved = {
+        name: getattr(config, name)
+        for name in ("apply_spec_augment", "layerdrop", "encoder_layerdrop")
+        if config is not None and hasattr(config, name)
+    }
+    drops = [m for m in model.modules() if hasattr(m, "layerdrop")]  # Whisper keeps its own
+    kept = [m.layerdrop for m in drops]
+    was_training = model.training
+    try:
+        for name, value in saved.items():
+            setattr(config, name, False if isinstance(value, bool) else 0.0)
+        for m in drops:
+            setattr(m, "layerdrop", 0.0)  # noqa: B010
+        model.train()
+        yield
+    finally:
+        model.train(was_training)
+        for name, value in saved.items():
+            setattr(config, name, value)
+        for m, value in zip(drops, kept, strict=True):
+            setattr(m, "layerdrop", value)  # noqa: B010
 
 
 def predict(

@@ -183,3 +183,33 @@ def test_saved_model_works_in_the_transformers_pipeline(
     wave, rate = sf.read(clip.path, dtype="float32")
     resampled = classify({"raw": wave, "sampling_rate": rate}, top_k=len(LABELS))
     assert {r["label"] for r in resampled} == set(LABELS)
+
+
+def test_mc_dropout_samples_attention_dropout_too(
+    trained: train.FitResult, tones: tuple[Manifest, Fold]
+) -> None:
+    """transformers gates attention dropout on `training`, not on an nn.Dropout: switching the
+    dropout modules alone would leave these passes identical."""
+    import copy
+
+    m, fold = tones
+    clf = copy.deepcopy(trained.classifier)
+    config = clf.module.config
+    config.apply_spec_augment, config.mask_time_prob = True, 0.5
+    for name in ("hidden_dropout", "activation_dropout", "feat_proj_dropout", "final_dropout"):
+        setattr(config, name, 0.0)
+    for module in clf.module.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    config.attention_dropout = 0.5
+    for module in clf.module.modules():
+        if hasattr(module, "dropout") and isinstance(module.dropout, float):
+            module.dropout = 0.5  # attention layers keep the rate they were built with
+    out = train.infer(clf, m, fold.test[:4], mc_passes=4, config=TrainConfig(cache_cnn=False))
+    mc = out["mc_probs"]
+    # The same input through the same weights gives bit-identical outputs: any difference is
+    # the sampled attention dropout.
+    assert np.abs(mc - mc[:, :, :1]).max() > 1e-6
+    # What the passes switched is switched back.
+    assert clf.module.training == trained.classifier.module.training
+    assert clf.module.config.apply_spec_augment and clf.module.config.mask_time_prob == 0.5
