@@ -27,7 +27,13 @@ from after.errors import AfterError
 from after.io import atomic_write_text
 from after.loop.runner import CONFIG_FILE, MODEL_DIR
 from after.loop.state import STATE_FILE, LoopState
-from after.metrics import classification_scores, format_mean_std, mean_std, summarize
+from after.metrics import (
+    classification_scores,
+    format_mean_std,
+    mean_std,
+    paired_difference,
+    summarize,
+)
 
 
 def plot_confusion(scores: dict[str, Any], path: str | os.PathLike[str], title: str = "") -> Path:
@@ -288,6 +294,44 @@ def ua_table(
     return ["strategy", *map(budget_name, budgets), "all labels"], rows
 
 
+def vs_random_table(
+    groups: dict[str, list[ALRun]],
+) -> tuple[list[str], list[list[str]]] | None:
+    """Header and rows of each group's test UA minus random's, paired by (fold, seed), per
+    budget: "+2.1 (p=0.03, n=30)" with the two-sided Wilcoxon signed-rank p; None without a
+    random group to compare with. A group is paired with the random group of its other
+    settings ("random (X)" for "entropy (X)")."""
+    rows = []
+    budgets: list[str] = []
+    for name, runs in groups.items():
+        strategy, _, extra = name.partition(" ")
+        base = groups.get("random" + (f" {extra}" if extra else ""))
+        if strategy == "random" or base is None:
+            continue
+        by_key = {(r.config["fold"], r.config["al"]["seed"]): r.state.rounds for r in base}
+        pairs = [
+            (r.state.rounds, by_key[key])
+            for r in runs
+            if (key := (r.config["fold"], r.config["al"]["seed"])) in by_key
+        ]
+        schedule = runs[0].config["al"]["schedule"]
+        budgets = list(dict.fromkeys([*budgets, *schedule]))
+        cells = {}
+        for k, budget in enumerate(schedule):
+            reached = [
+                (a[k]["test_ua"], b[k]["test_ua"]) for a, b in pairs if min(len(a), len(b)) > k
+            ]
+            if len(reached) >= 2:
+                ours, theirs = zip(*reached, strict=True)
+                d = paired_difference(ours, theirs)
+                cells[budget] = f"{100 * d['mean']:+.1f} (p={d['wilcoxon_p']:.2g}, n={d['n']})"
+        rows.append([name, *(cells.get(b, "-") for b in budgets)])
+    if not rows:
+        return None
+    rows = [row + ["-"] * (len(budgets) + 1 - len(row)) for row in rows]
+    return ["minus random", *map(budget_name, budgets)], rows
+
+
 def budget_name(budget: str) -> str:
     """ "0.05" -> "5%"; "5%", counts ("40") and minutes ("5min") stay as they are."""
     return f"{100 * float(budget):g}%" if "." in budget and budget[-1].isdigit() else budget
@@ -428,6 +472,7 @@ def write_report(
     groups = group_runs(inputs.runs)
     protocol = report_protocol(inputs)
     header, rows = ua_table(groups, inputs.full)
+    paired = vs_random_table(groups)
     curves_note = f"Lines: mean over the runs; {BAND}."
     if ua_equals_wa(groups, inputs.full):
         curves_note += f" {UA_EQUALS_WA}."
@@ -456,10 +501,12 @@ def write_report(
                 scores, out / f"confusion_{slug}.png", title
             )
     files = {
-        "markdown": atomic_write_text(out / "report.md", markdown_table(protocol, header, rows)),
+        "markdown": atomic_write_text(
+            out / "report.md", markdown_table(protocol, header, rows) + _paired_markdown(paired)
+        ),
         "html": atomic_write_text(
             out / "report.html",
-            _html(protocol, header, rows, figures, captions, [str(d) for d in dirs]),
+            _html(protocol, header, rows, figures, captions, [str(d) for d in dirs], paired),
         ),
     }
     return {**files, **{p.stem: p for p in figures.values()}}
@@ -517,6 +564,33 @@ img { max-width: 100%; }
 """
 
 
+PAIRED_NOTE = (
+    "Test UA minus random's in points, paired by fold and seed; p: two-sided Wilcoxon "
+    "signed-rank test over the n pairs."
+)
+
+
+def _paired_markdown(paired: tuple[list[str], list[list[str]]] | None) -> str:
+    if paired is None:
+        return ""
+    header, rows = paired
+    lines = [
+        "",
+        PAIRED_NOTE,
+        "",
+        "| " + " | ".join(header) + " |",
+        "| --- | " + " | ".join("---:" for _ in header[1:]) + " |",
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(header: list[str], rows: list[list[str]]) -> str:
+    e = html.escape
+    out = "<tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"
+    return out + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
+
+
 def _html(
     protocol: dict[str, str],
     header: list[str],
@@ -524,11 +598,15 @@ def _html(
     figures: dict[str, Path],
     captions: dict[str, str],
     sources: list[str],
+    paired: tuple[list[str], list[list[str]]] | None = None,
 ) -> str:
     e = html.escape
     facts = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in protocol.items())
-    table = "<tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>"
-    table += "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    table = _html_table(header, rows)
+    if paired is not None:
+        table += (
+            f"</table><h2>Against random</h2><p>{e(PAIRED_NOTE)}</p><table>{_html_table(*paired)}"
+        )
     images = "".join(
         f'<h2>{e(title)}</h2><img alt="{e(title)}" src="data:image/png;base64,'
         f'{base64.b64encode(path.read_bytes()).decode("ascii")}">'

@@ -149,6 +149,11 @@ def test_report_of_a_compare_folder(corpus: tuple[Manifest, Path, Path], tmp_pat
     assert len(full) == 2
     mean = 100 * sum(r["test_ua"] for r in full) / 2
     assert _ua_row(markdown, "all labels, egemaps (n=2)")[-1].startswith(f"{mean:.1f} ± ")
+    # Margin against random, paired by fold and seed, as compare computed it.
+    paired = _ua_row(markdown, "margin")
+    for cell, point in zip(paired, summary["strategies"]["margin"]["vs_random"], strict=True):
+        assert cell.startswith(f"{100 * point['mean']:+.1f} (p=") and cell.endswith(", n=2)")
+    assert "Against random" in page and "Wilcoxon" in page
 
 
 def test_report_command_and_bad_input(
