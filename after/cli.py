@@ -1334,11 +1334,13 @@ def demo(
         baseline_next = following is not None and following[0].startswith("all labels")
         table.add_row(*row, end_section=baseline_next and not row[0].startswith("all labels"))
     _print_table(table, console)
-    f = result["finetune"]
+    f, t = result["finetune"], result["tapt"]
     console.print(
-        f"fine-tuned {f['backbone']} on all labels of fold {f['fold']} ({f['epochs']} epochs): "
-        f"test UA {100 * f['finetuned_ua']:.1f}%; {f['frozen_backbone']} on the same clips: "
-        f"{100 * f['frozen_ua']:.1f}%",
+        f"fold {f['fold']}, test UA without / with TAPT ({t['steps']} steps, loss "
+        f"{t['first_loss']:.3f} -> {t['final_loss']:.3f}): {f['backbone']} fine-tuned on all "
+        f"labels ({f['epochs']} epochs) {100 * f['finetuned_ua']:.1f}% / "
+        f"{100 * f['tapt_finetuned_ua']:.1f}%; frozen features {100 * f['frozen_ua']:.1f}% / "
+        f"{100 * f['tapt_frozen_ua']:.1f}%",
         highlight=False,
     )
     console.print(

