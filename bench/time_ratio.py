@@ -13,8 +13,8 @@ mode, side by side in one process:
   stop), timed from the call to its return (it evaluates on dev every epoch and tests once);
 - AL: `start_run` + `run_loop` of `after.loop.runner` (the cold start, then per round: fine-tune
   from the backbone for `--epochs` epochs, evaluate, score the pool, select), timed from the
-  first call to the last return. `rounds_s` is the part `after compare` counts (train + eval +
-  select, which includes scoring, summed over rounds; the cold start excluded).
+  first call to the last return. `rounds_s` is the part `after compare` counts (each round's
+  `round_s`: train + eval + score + select, summed over rounds; the cold start excluded).
 
 Cache modes: `none` (no cache directory; for a wav2vec 2.0 backbone `cache_cnn=False`, so the
 CNN runs on every batch; for a feature backbone features are extracted again by every fit and
