@@ -862,7 +862,18 @@ def run(
     strategy: str = typer.Option("entropy", help=STRATEGY_HELP),
     schedule: str = SCHEDULE,
     cold_start: str = COLD_START,
-    warm_start: bool = typer.Option(False, help="Train each round from the last round's model."),
+    warm_start: bool = typer.Option(
+        False,
+        help="Start each fine-tuned round from the last round's model (shrunk toward a fresh "
+        "start by --shrink), trained for epochs' worth of steps over the new labels only.",
+    ),
+    shrink: float = typer.Option(
+        ALConfig.shrink,
+        min=0.0,
+        max=1.0,
+        help="With --warm-start: the share of the last round's weights kept (the rest: a fresh "
+        "start).",
+    ),
     spread: bool = SPREAD,
     target_ua: float | None = typer.Option(None, help="Stop once dev UA reaches this (0-1)."),
     stabilize: float | None = typer.Option(
@@ -937,6 +948,7 @@ def run(
         schedule=tuple(x.strip() for x in schedule.split(",") if x.strip()),
         cold_start=cold_start,
         warm_start=warm_start,
+        shrink=shrink,
         spread=spread,
         mc_passes=mc_passes,
         target_ua=target_ua,

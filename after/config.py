@@ -105,6 +105,9 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
+    # At most this many optimiser steps (None: `epochs` epochs); an active-learning round that
+    # starts from the last round's model gets a budget tied to its new labels (after.loop).
+    max_steps: int | None = None
     # Keep the epoch with the best dev UA and stop after `patience` epochs without a gain; off,
     # the last epoch is kept and dev labels pick nothing (active learning: see after.loop).
     select_on_dev: bool = True
@@ -153,6 +156,7 @@ class TrainConfig:
             "num_processes": self.num_processes >= 1,
             "precision": self.precision in ("auto", "no", "fp16", "bf16"),
             "freeze_layers": self.freeze_layers >= 0,
+            "max_steps": self.max_steps is None or self.max_steps >= 1,
             "num_layers": self.num_layers is None or self.num_layers >= 1,
             "l2_c": self.l2_c is None or self.l2_c > 0,
         }
@@ -181,6 +185,9 @@ class ALConfig:
     # backbone is a feature backbone, else Resemblyzer's speaker embeddings), random, or alps
     cold_start: str = "kmeans"
     warm_start: bool = False  # False: every round trains from the backbone, as in AFTER
+    # Warm start: weights = shrink x the last round's + (1 - shrink) x a fresh start (see
+    # after.train.shrink_toward), trained for `epochs` passes' worth of steps over the new labels.
+    shrink: float = 0.5
     # Spread each round's queries over speakers and predicted classes (`after.loop.runner.spread`)
     spread: bool = False
     mc_passes: int = 10  # MC-dropout passes for bald / dbal_*
@@ -205,6 +212,8 @@ class ALConfig:
             raise AfterError(f"mc_passes={self.mc_passes}: MC dropout needs at least 2 passes")
         if self.oracle not in ("simulated", "human"):
             raise AfterError(f"oracle={self.oracle!r}: choose simulated or human")
+        if not 0 <= self.shrink <= 1:
+            raise AfterError(f"shrink={self.shrink}: give a share from 0 (fresh) to 1 (as trained)")
         if self.min_votes < 1:
             raise AfterError(f"min_votes={self.min_votes}: a clip needs at least one answer")
 

@@ -502,15 +502,7 @@ def fit(
             clf.module, cnn=config.freeze_cnn, layers=config.freeze_layers
         )
     else:
-        clf = new_classifier(
-            backbone,
-            labels,
-            freeze_cnn=config.freeze_cnn,
-            freeze_layers=config.freeze_layers,
-            num_layers=config.num_layers,
-            spec_time_prob=config.spec_time_prob,
-            spec_feature_prob=config.spec_feature_prob,
-        )
+        clf = fresh_classifier(backbone, labels, config)
     clf.module.to(accelerator.device)
     data = _Inputs(
         clf,
@@ -532,7 +524,11 @@ def fit(
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     num_processes = accelerator.num_processes
     micro_per_epoch = math.ceil(math.ceil(len(train_ids) / config.batch_size) / num_processes)
-    total = config.epochs * math.ceil(micro_per_epoch / config.grad_accum)
+    steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum)
+    total = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    num_epochs = math.ceil(total / steps_per_epoch)
     warmup = round(config.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -553,10 +549,11 @@ def fit(
         None,
         None,
     )
+    steps = 0
     bar = progress_bar(progress and accelerator.is_main_process, transient=True)
     with data.taking_frames(), bar:
-        task = bar.add_task("fine-tuning", total=config.epochs * micro_per_epoch, info="")
-        for epoch in range(config.epochs):
+        task = bar.add_task("fine-tuning", total=num_epochs * micro_per_epoch, info="")
+        for epoch in range(num_epochs):
             epoch_t0 = time.perf_counter()
             model.train()
             batches = bucket_batches(
@@ -585,14 +582,18 @@ def fit(
                     if not accelerator.optimizer_step_was_skipped:  # fp16 overflow
                         scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
+                    steps += 1
                 losses.append(float(loss.detach()))
                 bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {losses[-1]:.3f}")
                 fault_point("train-step")
+                if steps == total:  # a step budget (`max_steps`) may end an epoch early
+                    break
             epoch_loss = torch.tensor(
                 float(np.mean(losses)) if losses else float("nan"), device=accelerator.device
             )
             record: dict[str, Any] = {
                 "epoch": epoch + 1,
+                "steps": steps,
                 "train_loss": float(accelerator.reduce(epoch_loss, reduction="mean")),
                 "seconds": time.perf_counter() - epoch_t0,
             }
@@ -626,6 +627,33 @@ def fit(
     return FitResult(
         clf, best[1], best[3], history, time.perf_counter() - t0, num_processes=num_processes
     )
+
+
+def fresh_classifier(backbone: str, labels: Sequence[str], config: TrainConfig) -> Classifier:
+    """A classifier to fine-tune as `config` says: `backbone` with a new, random head."""
+    return new_classifier(
+        backbone,
+        list(labels),
+        freeze_cnn=config.freeze_cnn,
+        freeze_layers=config.freeze_layers,
+        num_layers=config.num_layers,
+        spec_time_prob=config.spec_time_prob,
+        spec_feature_prob=config.spec_feature_prob,
+    )
+
+
+def shrink_toward(model: nn.Module, start: nn.Module, keep: float) -> None:
+    """Every floating weight of `model` becomes `keep` of itself plus `1 - keep` of `start`'s:
+    Ash & Adams's shrink-and-perturb (2020), which restores what training from scratch gains
+    over a warm start, with the shrinking aimed at a fresh start (the pretrained encoder and a
+    new random head: the head is perturbed, the encoder pulled back toward what it was) rather
+    than at zero, which would erase the pretrained encoder. Frozen weights are equal in both and
+    stay as they are."""
+    fresh = start.state_dict()
+    with torch.no_grad():
+        for name, value in model.state_dict().items():
+            if value.is_floating_point():
+                value.mul_(keep).add_(fresh[name].to(value), alpha=1 - keep)
 
 
 def _fit_linear(

@@ -213,3 +213,10 @@ def test_mc_dropout_samples_attention_dropout_too(
     # What the passes switched is switched back.
     assert clf.module.training == trained.classifier.module.training
     assert clf.module.config.apply_spec_augment and clf.module.config.mask_time_prob == 0.5
+
+
+def test_a_step_budget_ends_training_early(tones: tuple[Manifest, Fold]) -> None:
+    m, fold = tones
+    config = TrainConfig(epochs=5, batch_size=4, max_steps=7, patience=0)  # 12 steps an epoch
+    r = train.fit(m, fold.train, [], "scratch:tiny", config, progress=False)
+    assert r.history[-1]["steps"] == 7 and len(r.history) == 1  # stopped within epoch 1

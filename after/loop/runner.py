@@ -21,6 +21,7 @@ process at a time works on a run folder (`run.lock`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import dataclasses
 import fcntl
@@ -462,14 +463,14 @@ class _Loop:
                 f"{run.run_dir}: round {state.round} ended with no labeled clip (every query was "
                 "skipped); label some of them, or start the run with a larger seed set"
             )
-        init = self._previous() if run.al.warm_start and state.round > 0 else None
         t0 = time.perf_counter()
+        init, config = self._warm_start(labeled)
         result = fit(
             view,
             labeled,
             run.fold.dev,
             run.backbone,
-            run.train,
+            config,
             labels=run.manifest.labels,
             cache_dir=run.cache_dir,
             init=init,
@@ -543,6 +544,31 @@ class _Loop:
         if self.classifier is None:
             self.classifier = load_classifier(self.run.run_dir / MODEL_DIR)
         return self.classifier
+
+    def _warm_start(self, labeled: list[str]) -> tuple[Classifier | None, TrainConfig]:
+        """With `--warm-start`, a fine-tuned round after the first starts from the last round's
+        model, shrunk toward a fresh start (`after.train.shrink_toward`), and trains for as many
+        steps as `epochs` passes over the clips labeled since (its batches drawn from all of
+        them): it costs what it adds. Otherwise (AFTER's way, and always for frozen features,
+        whose learner is convex) a round starts afresh with the full budget."""
+        from after.train import fresh_classifier, kind_of, shrink_toward
+
+        run, state = self.run, self.state
+        if not run.al.warm_start or state.round == 0 or kind_of(run.backbone) == "features":
+            return None, run.train
+        import torch
+
+        init = copy.deepcopy(self._previous())
+        if run.al.shrink < 1:
+            # Seeded by (seed, round): a resumed run draws the same fresh head.
+            with torch.random.fork_rng():
+                seed = derived_rng(run.train.seed, "warm-start", state.round).integers(2**62)
+                torch.manual_seed(int(seed))
+                start = fresh_classifier(run.backbone, init.labels, run.train)
+            shrink_toward(init.module, start.module, run.al.shrink)
+        new = len(labeled) - state.rounds[-1]["num_labeled"]
+        batches = math.ceil(max(1, new) / run.train.batch_size)
+        return init, dataclasses.replace(run.train, max_steps=run.train.epochs * batches)
 
     def _cold_start(self, unlabeled: list[str], n: int) -> list[str]:
         from after.strategies import cold_start

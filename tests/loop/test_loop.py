@@ -315,3 +315,36 @@ def test_a_spread_run_queries_more_voices_and_classes(
         picked.append([i for i, r in state.labeled.items() if r == 1])
     plain, spread_ = ({(m[i].speaker, m[i].label) for i in ids} for ids in picked)
     assert len(spread_) >= len(plain) and len(picked[1]) == 8
+
+
+def test_a_warm_started_round_costs_what_it_adds(
+    corpus: tuple[Manifest, Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import after.train as train
+
+    calls: list[tuple[bool, int | None]] = []
+    real_fit = train.fit
+
+    def spy(*args: object, **kwargs: object) -> train.FitResult:
+        calls.append((kwargs.get("init") is not None, args[4].max_steps))  # type: ignore[attr-defined]
+        return real_fit(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train, "fit", spy)
+    run = _run(corpus, tmp_path / "warm", strategy="entropy", warm_start=True, shrink=0.5)
+    state = run_loop(run, start_run(run))
+    assert [r["num_labeled"] for r in state.rounds] == [4, 8, 12]
+    # Round 0 from the backbone, the full budget; rounds 1 and 2 from the last model, for
+    # `epochs` passes over their 4 new clips (one batch of 8): 3 steps each.
+    assert calls == [(False, None), (True, 3), (True, 3)]
+
+
+def test_shrink_toward_a_fresh_start() -> None:
+    import torch
+
+    from after.train import shrink_toward
+
+    trained, start = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    before = {k: v.clone() for k, v in trained.state_dict().items()}
+    shrink_toward(trained, start, 0.25)
+    for name, value in trained.state_dict().items():
+        torch.testing.assert_close(value, 0.25 * before[name] + 0.75 * start.state_dict()[name])
