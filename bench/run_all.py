@@ -87,7 +87,7 @@ BENCHES = (
     ),
     Bench(
         "label_efficiency",
-        "Label efficiency on EmoDB: eGeMAPS features, every strategy",
+        "Label efficiency on EmoDB: frozen Whisper tiny.en features, every strategy",
         ("bench/label_efficiency.py", "--out", "runs/bench/label_efficiency"),
         "Test UA at each label budget for every strategy vs random and all labels.",
     ),
