@@ -813,6 +813,16 @@ def readme_headlines() -> list[str]:
             f"points (Wilcoxon p = {gain['wilcoxon_p']:.2g}); all labels "
             f"{pct(le['all_labels_test_ua'])}."
         )
+    tm = _result("time_whisper")
+    if tm is not None:
+        s = tm["summary"]
+        lines.append(
+            f"- **Time, fine-tuned `{tm['backbone']}`** ({tm['protocol']}): active learning to 20% "
+            f"takes {s['fresh']['ratio']} of all-labels fine-tuning with fresh rounds and "
+            f"{s['warm']['ratio']} with warm-started ones (paper 0.21), at test UA "
+            f"{s['fresh']['test_ua']} and {s['warm']['test_ua']} against "
+            f"{s['all_labels']['test_ua']} with all labels."
+        )
     return lines or ["Not run yet: `make bench`."]
 
 
