@@ -70,6 +70,21 @@ BENCHES = (
         "per fold (and seed) with Wilcoxon's test; the TAPT loss of every fold.",
     ),
     Bench(
+        "tapt_levers",
+        "TAPT's levers on Whisper tiny.en, judged on frozen features",
+        (
+            "bench/tapt_levers.py",
+            "--levers",
+            "steps=3;lr=3e-5;mask=0.3x5;target=4",
+            "--out",
+            "runs/bench/tapt_levers",
+        ),
+        "One TAPT setting changed at a time from the default (a 3-step run as a control for how "
+        "much the probe moves when the weights barely move; a lower learning rate; shorter, "
+        "sparser masks; k-means targets from the last layer), each against no TAPT on the same "
+        "folds with Wilcoxon's test.",
+    ),
+    Bench(
         "time_whisper",
         "Time: active learning to 20% against all labels, Whisper tiny.en, fresh and warm rounds",
         ("bench/time_whisper.py",),
@@ -615,6 +630,28 @@ def render_tapt_whisper(r: dict[str, Any]) -> list[str]:
     ]
 
 
+def render_tapt_levers(r: dict[str, Any]) -> list[str]:
+    return [
+        f"{r['corpus']}; {r['protocol']}. TAPT as in the section above ({r['base']}), one lever "
+        f"changed at a time. Without TAPT: {r['plain_ua']} UA.",
+        "",
+        *table(
+            ["lever", "UA % after TAPT", "minus without", "per fold", "Wilcoxon p", "loss"],
+            [
+                [
+                    f"`{name}`",
+                    x["tapt_ua"],
+                    x["difference"],
+                    ", ".join(f"{v:+.1f}" for v in x["per_fold"]),
+                    x["wilcoxon_p"],
+                    "; ".join(x["loss"]),
+                ]
+                for name, x in r["levers"].items()
+            ],
+        ),
+    ]
+
+
 def render_time_whisper(r: dict[str, Any]) -> list[str]:
     s = r["summary"]
     rows = [["all labels", "1", s["all_labels"]["test_ua"], "-", s["all_labels"]["seconds"]]]
@@ -665,6 +702,7 @@ RENDER: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "demo": render_demo,
     "time_whisper": render_time_whisper,
     "tapt_whisper": render_tapt_whisper,
+    "tapt_levers": render_tapt_levers,
     "whisper_features": render_whisper_features,
     "label_efficiency": render_label_efficiency,
     "label_efficiency_tapt": render_label_efficiency_tapt,
