@@ -44,10 +44,10 @@ class DemoSettings:
     seconds (`--quick`)."""
 
     num_speakers: int = 8
-    num_sentences: int = 48
+    num_sentences: int = 36
     tapt_steps: int = 150
-    check_epochs: int = 4  # fine-tuning Whisper tiny.en on all labels of fold 0
-    check_frozen_layers: int = 3
+    check_epochs: int = 3  # fine-tuning Whisper tiny.en on all labels of fold 0
+    check_frozen_layers: int = 2
     num_folds: int = 4  # every other leave-one-speaker-out fold, so voices of both sexes
     seeds: tuple[int, ...] = (0, 1)
     schedule: tuple[str, ...] = ALConfig.schedule
