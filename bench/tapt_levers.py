@@ -25,9 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-EMODB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emodb"
-BACKBONE = "whisper-tiny.en"
+from tapt_whisper import BACKBONE, EMODB, tapt_config
 
 
 def lever_config(base: Any, lever: str) -> Any:
@@ -36,10 +34,7 @@ def lever_config(base: Any, lever: str) -> Any:
     if name == "lr":
         return dataclasses.replace(base, lr=float(value))
     if name == "steps":
-        steps = int(value)
-        return dataclasses.replace(
-            base, steps=steps, warmup_steps=max(1, steps // 10), save_every=steps
-        )
+        return tapt_config(steps=int(value))
     if name == "mask":
         prob, _, length = value.partition("x")
         return dataclasses.replace(base, mask_prob=float(prob), mask_length=int(length))
@@ -56,7 +51,7 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=EMODB)
     args = p.parse_args()
 
-    from after.config import TaptConfig, TrainConfig
+    from after.config import TrainConfig
     from after.data.corpora import prepare
     from after.data.folds import make_folds
     from after.metrics import paired_difference
@@ -68,19 +63,7 @@ def main() -> None:
     manifest = prepare("emodb", args.data)
     folds = [make_folds(manifest, "loso", seed=0).folds[int(k)] for k in args.folds.split(",")]
     cache = str(out / "cache")
-    # The settings of bench/tapt_whisper.py.
-    base = TaptConfig(
-        steps=300,
-        batch_size=8,
-        max_seconds=3.0,
-        lr=1e-4,
-        warmup_steps=30,
-        mask_prob=0.65,
-        mask_length=10,
-        freeze_cnn=True,
-        save_every=300,
-        log_every=5,
-    )
+    base = tapt_config()  # bench/tapt_whisper.py's settings
 
     def frozen_ua(model: str, fold: Any) -> float:
         result = fit_and_test(

@@ -32,6 +32,28 @@ EMODB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emodb"
 BACKBONE = "whisper-tiny.en"
 
 
+def tapt_config(
+    steps: int = 300, lr: float = 1e-4, mask_prob: float = 0.65, mask_length: int = 10
+) -> Any:
+    """The TAPT settings of this benchmark (and of `bench/tapt_levers.py`, which varies them):
+    the conv stem frozen, crops of 3 s, batch 8, a tenth of the steps for warm-up, one save at
+    the end."""
+    from after.config import TaptConfig
+
+    return TaptConfig(
+        steps=steps,
+        batch_size=8,
+        max_seconds=3.0,
+        lr=lr,
+        warmup_steps=max(1, steps // 10),
+        mask_prob=mask_prob,
+        mask_length=mask_length,
+        freeze_cnn=True,
+        save_every=steps,
+        log_every=5,
+    )
+
+
 def paired(a: list[float], b: list[float]) -> dict[str, Any]:
     from after.metrics import paired_difference
 
@@ -58,7 +80,7 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=EMODB)
     args = p.parse_args()
 
-    from after.config import ALConfig, TaptConfig, TrainConfig
+    from after.config import ALConfig, TrainConfig
     from after.data.corpora import prepare
     from after.data.folds import make_folds
     from after.loop.compare import compare
@@ -75,18 +97,7 @@ def main() -> None:
     folds = [all_folds.folds[int(k)] for k in args.folds.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     cache = str(out / "cache")
-    tapt_config = TaptConfig(
-        steps=args.steps,
-        batch_size=8,
-        max_seconds=3.0,
-        lr=args.lr,
-        warmup_steps=max(1, args.steps // 10),
-        mask_prob=args.mask_prob,
-        mask_length=args.mask_length,
-        freeze_cnn=True,
-        save_every=args.steps,
-        log_every=5,
-    )
+    config = tapt_config(args.steps, args.lr, args.mask_prob, args.mask_length)
     finetune = TrainConfig(epochs=args.finetune_epochs, freeze_layers=2, patience=0)
     report: dict[str, Any] = {
         "benchmark": "tapt_whisper",
@@ -112,7 +123,7 @@ def main() -> None:
         tapt_dir = out / "tapt" / fold.name
         if not (tapt_dir / DONE_FILE).is_file():
             print(f"{fold.name}: TAPT", flush=True)
-            run_tapt(manifest, fold, BACKBONE, tapt_dir, tapt_config, progress=False)
+            run_tapt(manifest, fold, BACKBONE, tapt_dir, config, progress=False)
         log = [json.loads(line) for line in (tapt_dir / LOG_FILE).read_text().splitlines()]
         models = {"plain": BACKBONE, "tapt": str(tapt_dir)}
         record: dict[str, Any] = {
