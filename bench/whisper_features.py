@@ -130,7 +130,10 @@ def _progress(report: dict[str, Any]) -> None:
 
 
 def _ua(truth: np.ndarray, predicted: np.ndarray) -> float:
-    return float(np.mean([(predicted[truth == c] == c).mean() for c in np.unique(truth)]))
+    from after.metrics import classification_scores
+
+    classes = [str(c) for c in range(int(max(truth.max(), predicted.max())) + 1)]
+    return float(classification_scores(truth.tolist(), predicted.tolist(), classes)["ua"])
 
 
 def _summary(uas: list[float]) -> dict[str, Any]:
