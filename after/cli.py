@@ -504,6 +504,24 @@ CACHE = typer.Option(
     None, "--cache-dir", help="Feature cache (default $AFTER_CACHE_DIR or ~/.cache/after)."
 )
 SEED = typer.Option(0, help="Seed of the head init, batches and crops.")
+FEATURE_VIEW = typer.Option(
+    TrainConfig.feature_view,
+    help="Frozen features: clip (as extracted), speaker (standardised per speaker on that "
+    "speaker's clips, test speakers included: transductive, no label read), or auto (chosen with "
+    "C by the inner cross-validation).",
+)
+SELF_TRAINING = typer.Option(
+    TrainConfig.self_training,
+    min=0.0,
+    help="Frozen features: weight of self-training on the unlabeled pool (confident predictions "
+    "join the fit; 0: off).",
+)
+PSEUDO_THRESHOLD = typer.Option(
+    TrainConfig.pseudo_threshold,
+    min=0.0,
+    max=1.0,
+    help="Self-training: the smallest predicted probability a pool clip needs to join.",
+)
 
 
 FOLD_LIST = typer.Option(
@@ -560,6 +578,7 @@ def train(
     class_weighted: bool = WEIGHTED,
     freeze_cnn: bool = FREEZE,
     freeze_layers: int = FREEZE_LAYERS,
+    feature_view: str = FEATURE_VIEW,
     num_layers: int | None = NUM_LAYERS,
     cache_dir: Path | None = CACHE,
     seed: int = SEED,
@@ -587,6 +606,7 @@ def train(
         class_weighted=class_weighted,
         freeze_cnn=freeze_cnn,
         freeze_layers=freeze_layers,
+        feature_view=feature_view,
         num_layers=num_layers,
         seed=seed,
         grad_accum=grad_accum,
@@ -760,6 +780,7 @@ def cv(
     class_weighted: bool = WEIGHTED,
     freeze_cnn: bool = FREEZE,
     freeze_layers: int = FREEZE_LAYERS,
+    feature_view: str = FEATURE_VIEW,
     num_layers: int | None = NUM_LAYERS,
     cache_dir: Path | None = CACHE,
     threads: int | None = THREADS,
@@ -792,6 +813,7 @@ def cv(
         class_weighted=class_weighted,
         freeze_cnn=freeze_cnn,
         freeze_layers=freeze_layers,
+        feature_view=feature_view,
         num_layers=num_layers,
     )
     runs = []
@@ -904,6 +926,9 @@ def run(
     class_weighted: bool = WEIGHTED,
     freeze_cnn: bool = FREEZE,
     freeze_layers: int = FREEZE_LAYERS,
+    feature_view: str = FEATURE_VIEW,
+    self_training: float = SELF_TRAINING,
+    pseudo_threshold: float = PSEUDO_THRESHOLD,
     num_layers: int | None = NUM_LAYERS,
     cache_dir: Path | None = CACHE,
     grad_accum: int = GRAD_ACCUM,
@@ -968,6 +993,9 @@ def run(
         class_weighted=class_weighted,
         freeze_cnn=freeze_cnn,
         freeze_layers=freeze_layers,
+        feature_view=feature_view,
+        self_training=self_training,
+        pseudo_threshold=pseudo_threshold,
         num_layers=num_layers,
         seed=seed,
         grad_accum=grad_accum,
@@ -1199,6 +1227,9 @@ def compare(
     patience: int = PATIENCE,
     freeze_cnn: bool = FREEZE,
     freeze_layers: int = FREEZE_LAYERS,
+    feature_view: str = FEATURE_VIEW,
+    self_training: float = SELF_TRAINING,
+    pseudo_threshold: float = PSEUDO_THRESHOLD,
     num_layers: int | None = NUM_LAYERS,
     cache_dir: Path | None = CACHE,
     threads: int | None = THREADS,
@@ -1228,6 +1259,9 @@ def compare(
         patience=patience,
         freeze_cnn=freeze_cnn,
         freeze_layers=freeze_layers,
+        feature_view=feature_view,
+        self_training=self_training,
+        pseudo_threshold=pseudo_threshold,
         num_layers=num_layers,
     )
     run_compare(

@@ -123,6 +123,15 @@ class TrainConfig:
     # and whether to also fit the Laplace posterior over its weights (what BALD and DBAL sample).
     l2_c: float | None = None
     weight_posterior: bool = False
+    # Frozen features: "clip" (as extracted), "speaker" (standardised per speaker over that
+    # speaker's clips, labels never read: a transductive protocol), or "auto" (the inner CV that
+    # chooses C chooses between the two); see after.models.linear.
+    feature_view: str = "clip"
+    # Frozen features, active learning: self-training on the unlabeled pool. Pool clips predicted
+    # with probability >= pseudo_threshold join the fit with their predicted class, weighted by
+    # self_training x that probability (0: off); C stays the one chosen on the labeled clips.
+    self_training: float = 0.0
+    pseudo_threshold: float = 0.9
     class_weighted: bool = True  # loss weighted by inverse class frequency of the labeled set
     soft_labels: bool = False  # train on annotator vote distributions where `votes` exist
     spec_time_prob: float = 0.05  # SpecAugment on the encoder's input frames during training
@@ -159,6 +168,9 @@ class TrainConfig:
             "max_steps": self.max_steps is None or self.max_steps >= 1,
             "num_layers": self.num_layers is None or self.num_layers >= 1,
             "l2_c": self.l2_c is None or self.l2_c > 0,
+            "feature_view": self.feature_view in ("clip", "speaker", "auto"),
+            "self_training": self.self_training >= 0,
+            "pseudo_threshold": 0 < self.pseudo_threshold <= 1,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:

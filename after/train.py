@@ -21,7 +21,7 @@ import math
 import os
 import time
 from collections.abc import Generator, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +194,31 @@ class _Inputs:
             self.memory.update(zip(missing, rows, strict=True))
         return np.stack([self.memory[i] for i in ids])
 
+    def speaker_vectors(
+        self, ids: Sequence[str], prior: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> np.ndarray:
+        """`vectors_of(ids)` standardised per speaker over every clip of that speaker in the
+        manifest (`after.models.linear.speaker_standardise`, labels never read), shrunk toward
+        `prior` (default: the statistics of all those clips, what a fit stores)."""
+        from after.models.linear import speaker_standardise
+
+        wanted = {self.manifest[i].speaker for i in ids}
+        members = [u.id for u in self.manifest if u.speaker in wanted]
+        raw = self.vectors_of(members).astype(np.float64)
+        if prior is None:
+            prior = (raw.mean(axis=0), raw.var(axis=0))
+        adapted = speaker_standardise(raw, [self.manifest[i].speaker for i in members], prior)
+        row = {i: k for k, i in enumerate(members)}
+        return adapted[[row[i] for i in ids]]
+
+    def features(self, ids: Sequence[str]) -> np.ndarray:
+        """The head's input for `ids`: vectors in the view its fit chose (`FeatureHead.view`)."""
+        head: Any = self.clf.module
+        if head.view == "speaker":
+            prior = (head.prior_mean.double().numpy(), head.prior_var.double().numpy())
+            return self.speaker_vectors(ids, prior)
+        return self.vectors_of(ids)
+
     # -- batches
 
     def batch(self, ids: Sequence[str], rng: np.random.Generator | None) -> dict[str, Any]:
@@ -201,7 +226,7 @@ class _Inputs:
         at random (at a frame boundary)."""
         utts = [self.manifest[i] for i in ids]
         if self.clf.kind == "features":
-            return {"features": torch.from_numpy(self.vectors_of(ids)).float()}
+            return {"features": torch.from_numpy(self.features(ids)).float()}
         limit = max(1, int(self.config.max_seconds * SAMPLE_RATE) // self.stride)
         if self.cached:
             frames = [_crop(self._frames(u), limit, rng) for u in utts]
@@ -456,12 +481,15 @@ def fit(
     cache_dir: str | os.PathLike[str] | None = None,
     init: Classifier | None = None,
     progress: bool = True,
+    unlabeled_ids: Sequence[str] = (),
 ) -> FitResult:
     """Train a classifier on `train_ids` (labeled), keep the epoch with the best dev UA.
 
     `labels` fixes the class set and order (default: every label in the manifest, so the classes
     do not depend on which clips happen to be labeled yet). The classifier is new (random head on
     `backbone`), or with `init` a copy of that one, trained further (warm start).
+    `unlabeled_ids` (the active-learning pool) are read by the frozen-features learner's
+    self-training only (`TrainConfig.self_training`), never for their labels.
 
     On several processes (a launcher's, or `config.num_processes` workers that this call starts
     and waits for) the model is replicated (DDP): each process takes its share of every epoch's
@@ -480,7 +508,9 @@ def fit(
         raise AfterError(f"warm start from a model with labels {init.labels}, not {labels}")
     if (init.kind if init is not None else kind_of(backbone)) == "features":
         # Convex and done in seconds: one process, whatever num_processes says.
-        return _fit_linear(manifest, train_ids, dev_ids, backbone, config, labels, cache_dir)
+        return _fit_linear(
+            manifest, train_ids, dev_ids, backbone, config, labels, cache_dir, unlabeled_ids
+        )
     if must_launch(config.num_processes, "fine-tuning"):
         return _fit_in_workers(
             manifest, train_ids, dev_ids, backbone, config, labels, cache_dir, init, progress
@@ -664,25 +694,63 @@ def _fit_linear(
     config: TrainConfig,
     labels: list[str],
     cache_dir: str | os.PathLike[str] | None,
+    unlabeled_ids: Sequence[str] = (),
 ) -> FitResult:
-    """The frozen-features learner: a logistic regression whose strength is chosen by
-    cross-validation inside the labeled clips (`after.models.linear`). Dev clips are scored for
-    the record only; they choose nothing."""
+    """The frozen-features learner: a logistic regression whose strength (and, with
+    `feature_view` auto, view) is chosen by cross-validation inside the labeled clips
+    (`after.models.linear`); with `self_training`, refitted once with the confident predictions
+    on `unlabeled_ids` as extra, down-weighted targets. Dev clips are scored for the record only;
+    they choose nothing."""
     from after.models.linear import fit_head
 
     t0 = time.perf_counter()
     clf = new_classifier(backbone, labels)
+    head: Any = clf.module
     data = _Inputs(clf, manifest, config, cache_dir, torch.device("cpu"), cached=False)
     train_ids = list(train_ids)
     targets = label_targets([manifest[i] for i in train_ids], labels, config.soft_labels)
     weights = class_weights(targets) if config.class_weighted else np.ones(len(labels))
     groups = [manifest[i].speaker for i in train_ids]
-    vectors = data.vectors_of(train_ids)
+    views: dict[str, np.ndarray] = {}
+    if config.feature_view in ("clip", "auto"):
+        views["clip"] = data.vectors_of(train_ids)
+    prior = None
+    if config.feature_view in ("speaker", "auto"):
+        speakers = {manifest[i].speaker for i in train_ids}
+        raw = data.vectors_of([u.id for u in manifest if u.speaker in speakers]).astype(float)
+        prior = (raw.mean(axis=0), raw.var(axis=0))
+        views["speaker"] = data.speaker_vectors(train_ids, prior)
+    sample_weight = targets @ weights
     fit = fit_head(
-        vectors, targets, targets @ weights, groups, config.l2_c, posterior=config.weight_posterior
+        views, targets, sample_weight, groups, config.l2_c, posterior=config.weight_posterior
     )
-    head: Any = clf.module
-    head.set_fit(fit)
+    head.set_fit(fit, prior)
+    num_pseudo = 0
+    if config.self_training > 0 and unlabeled_ids:
+        pool = list(unlabeled_ids)
+        probs = _predict(clf, clf.module, data, pool, data.device)
+        keep = probs.max(axis=1) >= config.pseudo_threshold
+        num_pseudo = int(keep.sum())
+        if num_pseudo:
+            guessed = probs[keep].argmax(axis=1)
+            chosen = [i for i, k in zip(pool, keep, strict=True) if k]
+            x_pool = data.features(chosen)
+            refit = fit_head(
+                {fit.view: np.vstack([views[fit.view], x_pool])},
+                np.vstack([targets, np.eye(len(labels))[guessed]]),
+                np.concatenate(
+                    [
+                        sample_weight,
+                        config.self_training * probs[keep].max(axis=1) * weights[guessed],
+                    ]
+                ),
+                None,
+                fit.c,
+                posterior=config.weight_posterior,
+            )
+            # The refit's C is the one chosen on the labeled clips: keep that choice's record.
+            fit = replace(refit, cv=fit.cv, cv_scheme=fit.cv_scheme, view_cv=fit.view_cv)
+            head.set_fit(fit, prior)
     dev = None
     if dev_ids:
         dev = _scores(clf, manifest, dev_ids, _predict(clf, clf.module, data, dev_ids, data.device))
@@ -690,6 +758,9 @@ def _fit_linear(
         "c": fit.c,
         "cv": fit.cv_scheme,
         "cv_ua": fit.cv,
+        "view": fit.view,
+        "view_cv_ua": fit.view_cv,
+        "pseudo_labels": num_pseudo,
         "iterations": fit.iterations,
         **({"dev_ua": dev["ua"], "dev_wa": dev["wa"]} if dev else {}),
     }

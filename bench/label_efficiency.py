@@ -40,7 +40,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-EMODB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emodb"
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# The corpora of ../shared/data and their protocol: EmoDB leave-one-speaker-out (10 folds), URDU
+# 5 speaker folds (29 speakers, most with a few clips of one emotion).
+CORPORA = {"emodb": ("loso", 0), "urdu": ("kfold", 5)}
 
 
 def main() -> None:
@@ -62,13 +65,18 @@ def main() -> None:
         default=0,
         help="N > 0: also TAPT the (wav2vec 2.0) backbone N steps per fold and compare both",
     )
+    p.add_argument("--corpus", choices=sorted(CORPORA), default="emodb")
+    p.add_argument("--feature-view", default="clip", help="clip, speaker or auto (TrainConfig)")
+    p.add_argument("--self-training", type=float, default=0.0, help="its weight; 0: off")
+    p.add_argument("--pseudo-threshold", type=float, default=0.9)
     p.add_argument("--out", type=Path, default=Path("runs/bench-label-efficiency"))
-    p.add_argument("--data", type=Path, default=EMODB)
+    p.add_argument("--data", type=Path, help="the corpus folder (default ../shared/data/CORPUS)")
     args = p.parse_args()
+    data = args.data or DATA / args.corpus
 
     from after.config import ALConfig, TrainConfig
     from after.data.audio import validate_manifest
-    from after.data.corpora import prepare
+    from after.data.corpora import prepare, prepare_csv
     from after.data.folds import make_folds
     from after.loop.compare import compare
     from after.models.features import is_feature_backbone
@@ -91,16 +99,28 @@ def main() -> None:
         names.insert(0, "random")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    manifest = validate_manifest(prepare("emodb", args.data), num_workers=2).usable
+    source = (
+        prepare("emodb", data) if args.corpus == "emodb" else prepare_csv(data / "manifest.csv")
+    )
+    manifest = validate_manifest(source, num_workers=2).usable
     manifest_path = manifest.to_jsonl(out / "manifest.jsonl")
-    folds = make_folds(manifest, "loso", seed=0)
+    protocol, num_folds = CORPORA[args.corpus]
+    folds = make_folds(manifest, protocol, num_folds=num_folds or 5, seed=0)
     folds_path = folds.to_json(out / "folds.json")
     chosen = folds.folds[:: args.fold_step][: args.folds]
     schedule = tuple(args.schedule.split(","))
     seeds = [int(s) for s in args.seeds.split(",")]
     al = ALConfig(schedule=schedule, cold_start="kmeans")
-    train = TrainConfig(epochs=args.epochs, batch_size=8, patience=0)
-    corpus = f"EmoDB ({len(manifest)} clips, {len(manifest.speakers)} speakers)"
+    train = TrainConfig(
+        epochs=args.epochs,
+        batch_size=8,
+        patience=0,
+        feature_view=args.feature_view,
+        self_training=args.self_training,
+        pseudo_threshold=args.pseudo_threshold,
+    )
+    name = {"emodb": "EmoDB", "urdu": "URDU"}[args.corpus]
+    corpus = f"{name} ({len(manifest)} clips, {len(manifest.speakers)} speakers)"
 
     def run_compare(backbone: str, fold_list: list[Any], folder: Path) -> dict[str, Any]:
         return compare(
@@ -161,11 +181,16 @@ def main() -> None:
     result = {
         "benchmark": "label_efficiency",
         "corpus": corpus,
-        "protocol": f"LOSO, {len(chosen)} folds x seeds {args.seeds}, "
+        "protocol": f"{protocol.upper()}, {len(chosen)} folds x seeds {args.seeds}, "
         "1 dev speaker per fold, k-means cold start",
         "backbone": args.backbone,
+        "feature_view": args.feature_view,
+        "self_training": args.self_training,
+        "pseudo_threshold": args.pseudo_threshold,
+        "transductive": args.feature_view != "clip",
         "schedule": list(schedule),
         "all_labels_test_ua": summary["full"]["test_ua"],
+        "views_chosen": _views(out),
         "strategies": {
             name: {
                 "test_ua_by_budget": {
@@ -190,6 +215,16 @@ def main() -> None:
         },
     }
     print(json.dumps(result, indent=2, ensure_ascii=False))
+
+
+def _views(out: Path) -> dict[str, int]:
+    """How often each feature view was chosen, over every round of every run under `out`."""
+    from collections import Counter
+
+    counts: Counter[str] = Counter()
+    for state in out.glob("**/state.json"):
+        counts.update(r["view"] for r in json.loads(state.read_text())["rounds"] if "view" in r)
+    return dict(counts)
 
 
 def _tapt(manifest: Any, fold: Any, backbone: str, out: Path, args: Any) -> dict[str, Any]:

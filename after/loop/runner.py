@@ -475,6 +475,7 @@ class _Loop:
             cache_dir=run.cache_dir,
             init=init,
             progress=self.progress,
+            unlabeled_ids=self.unlabeled() if config.self_training else (),
         )
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -505,6 +506,10 @@ class _Loop:
             "score_s": round(self.timings.pop("score_s", 0.0), 3),
             "select_s": round(self.timings.pop("select_s", 0.0), 3),
         }
+        # Frozen features: which view the inner CV chose, and how many pool clips self-training
+        # added with their predicted class (none of them counts as labeled).
+        learner = result.history[-1]
+        record.update({k: learner[k] for k in ("view", "pseudo_labels") if k in learner})
         # The round's whole time; its presence also marks records whose select_s excludes
         # score_s (earlier records counted scoring in both).
         record["round_s"] = round(sum(record[k] for k in ROUND_STAGES), 3)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,7 +41,12 @@ Kind = Literal["transformers", "features"]
 class FeatureHead(nn.Module):
     """Standardise (with statistics of the training vectors; scale 1 where a dimension is
     constant on them), then a linear layer: a logistic regression fitted by
-    `after.models.linear`, with its Laplace posterior for BALD and DBAL (`posterior_probs`)."""
+    `after.models.linear`, with its Laplace posterior for BALD and DBAL (`posterior_probs`).
+
+    `view` says what the vectors it takes are: "clip" (as the feature backbone gives them) or
+    "speaker" (standardised per speaker first, `after.models.linear.speaker_standardise`, with
+    `prior_mean` / `prior_var` as the statistics a speaker's are shrunk toward); the input
+    pipeline (`after.train`) applies the view, the head only records it."""
 
     def __init__(self, dim: int, num_labels: int) -> None:
         super().__init__()
@@ -51,10 +57,21 @@ class FeatureHead(nn.Module):
         self.register_buffer("scale", torch.ones(dim))
         size = num_labels * (dim + 1)
         self.register_buffer("precision_tril", torch.zeros(size, size))
+        self.prior_mean: torch.Tensor
+        self.prior_var: torch.Tensor
+        self.register_buffer("prior_mean", torch.zeros(dim))
+        self.register_buffer("prior_var", torch.ones(dim))
+        self.view = "clip"
         self.linear = nn.Linear(dim, num_labels)
 
-    def set_fit(self, fit: LinearFit) -> None:
-        """Take a fitted standardiser, linear layer and posterior (`after.models.linear`)."""
+    def set_fit(self, fit: LinearFit, prior: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Take a fitted standardiser, linear layer and posterior (`after.models.linear`), and
+        for the speaker view the statistics its speakers are shrunk toward."""
+        self.view = fit.view
+        if prior is not None:
+            with torch.no_grad():
+                self.prior_mean.copy_(torch.as_tensor(prior[0], dtype=self.prior_mean.dtype))
+                self.prior_var.copy_(torch.as_tensor(prior[1], dtype=self.prior_var.dtype))
         pairs = (
             (self.mean, fit.mean),
             (self.scale, fit.scale),
@@ -138,7 +155,11 @@ class Classifier:
             assert self.features is not None
             state = {k: v.contiguous() for k, v in self.module.state_dict().items()}
             save_file(state, str(out / "model.safetensors"))
-            info.update(feature_version=self.features.version, dim=self.features.dim)
+            info.update(
+                feature_version=self.features.version,
+                dim=self.features.dim,
+                view=self.module.view,
+            )
         atomic_write_json(out / INFO_FILE, {**info, **extra})
         apply_umask(out)  # safetensors writes the weights 0600 whatever the umask
         return out
@@ -218,8 +239,11 @@ def load_classifier(model_dir: str | os.PathLike[str]) -> Classifier:
         missing, unexpected = head.load_state_dict(
             load_file(str(folder / "model.safetensors")), strict=False
         )
-        if set(missing) - {"precision_tril"} or unexpected:
+        if set(missing) - {"precision_tril", "prior_mean", "prior_var"} or unexpected:
             raise AfterError(f"{folder}: not a frozen-features model of this version; retrain it")
+        head.view = info.get("view", "clip")
+        if head.view not in ("clip", "speaker"):
+            raise AfterError(f"{folder}: unknown feature view {head.view!r} in {INFO_FILE}")
         return Classifier("features", info["backbone"], info["labels"], head, None, features, info)
     if not (folder / "config.json").is_file():
         raise AfterError(f"{folder}: not a model folder (no {INFO_FILE} or config.json)")

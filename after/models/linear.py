@@ -9,6 +9,16 @@ epoch on. The objective is scikit-learn's `LogisticRegression` with an L2 penalt
 with q_i the clip's target distribution (one-hot, or annotator votes), s_i its class weight, and
 no penalty on the bias. It is minimised in float64 with L-BFGS (scipy) on the exact gradient.
 
+Speaker-adaptive features (`speaker_standardise`): each clip's vector standardised with its own
+speaker's mean and spread, computed over every clip of that speaker that the learner can see
+(unlabeled ones included; never a label), shrunk toward the training clips' statistics by
+`SPEAKER_PRIOR_CLIPS` pseudo-clips so that a speaker with few clips falls back to the global
+standardisation. Test speakers are standardised on their own test clips: a transductive protocol
+(no test label is read), named so in reports. Whether a fit uses it ("speaker" view) or not
+("clip") can be chosen by the same inner cross-validation that chooses C (`choose_view`): the
+view wins only where it generalises to held-out speakers. On corpora whose speakers each show
+few emotions (per-speaker statistics then carry the emotion) it loses there, and is not used.
+
 The strength C is chosen by cross-validation inside the labeled training clips only
 (`choose_c`): grouped by speaker when there are at least three speakers (so that the choice
 rewards what generalises to a new speaker, as the test does), else stratified by label; while a
@@ -41,6 +51,10 @@ from scipy.special import logsumexp
 C_GRID: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
 DEFAULT_C = 1.0
 MAX_FOLDS = 5
+# A speaker's statistics are shrunk toward the global ones by this many pseudo-clips: a speaker with
+# one clip is standardised almost as the global standardiser would, one with 100 clips by its own.
+SPEAKER_PRIOR_CLIPS = 10.0
+VIEWS = ("clip", "speaker", "auto")
 
 
 @dataclass
@@ -54,6 +68,8 @@ class LinearFit:
     precision_tril: np.ndarray  # (C * (D + 1), C * (D + 1)): Cholesky factor of the Laplace H
     cv: list[dict[str, float]] = field(default_factory=list)  # per C: mean UA of the inner CV
     cv_scheme: str = "none"
+    view: str = "clip"  # or "speaker": inputs were speaker-standardised (`speaker_standardise`)
+    view_cv: dict[str, float] = field(default_factory=dict)  # per view: best inner-CV UA
 
 
 def fit_logistic(
@@ -153,6 +169,53 @@ def choose_c(
     return best["c"], scores, scheme
 
 
+def speaker_standardise(
+    x: np.ndarray,
+    speakers: Sequence[str | None],
+    prior: tuple[np.ndarray, np.ndarray],
+    prior_clips: float = SPEAKER_PRIOR_CLIPS,
+) -> np.ndarray:
+    """`x` (N, D) with each row standardised by its speaker's statistics over the rows of `x`
+    (so `x` must hold every clip of a speaker that is to count), shrunk toward `prior` (mean,
+    variance) by `prior_clips` pseudo-clips. A speaker of None (unknown) is one clip alone."""
+    x64 = np.asarray(x, dtype=np.float64)
+    prior_mean, prior_var = (np.asarray(a, dtype=np.float64) for a in prior)
+    groups: dict[object, list[int]] = {}
+    for i, speaker in enumerate(speakers):
+        groups.setdefault(("clip", i) if speaker is None else speaker, []).append(i)
+    out = np.empty_like(x64)
+    for rows in groups.values():
+        part = x64[rows]
+        n = len(rows)
+        mean = (part.sum(axis=0) + prior_clips * prior_mean) / (n + prior_clips)
+        var = (((part - mean) ** 2).sum(axis=0) + prior_clips * prior_var) / (n + prior_clips)
+        out[rows] = (part - mean) / np.sqrt(np.maximum(var, 1e-12))
+    return out
+
+
+def choose_view(
+    views: dict[str, np.ndarray],
+    targets: np.ndarray,
+    sample_weight: np.ndarray,
+    groups: Sequence[str] | None,
+) -> tuple[str, float, list[dict[str, float]], str, dict[str, float]]:
+    """(view, C, per-C scores, scheme, per-view best score): `choose_c` on each view of the same
+    clips (name -> (N, D)); the best inner-CV UA wins, ties going to the first view given (the
+    simpler one). Without inner CV (a class with one clip) the first view is kept."""
+    best: tuple[str, float, list[dict[str, float]], str] | None = None
+    scores: dict[str, float] = {}
+    for name, x in views.items():
+        c, cv, scheme = choose_c(x, targets, sample_weight, groups)
+        if not cv:
+            first = next(iter(views))
+            return first, c, cv, scheme, {}
+        scores[name] = max(r["cv_ua"] for r in cv)
+        if best is None or scores[name] > scores[best[0]]:
+            best = (name, c, cv, scheme)
+    assert best is not None
+    return (*best, scores)
+
+
 def standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(mean, scale) of `x` (N, D); scale 1 for a dimension that is constant on `x`."""
     mean = x.mean(axis=0)
@@ -162,7 +225,7 @@ def standardiser(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fit_head(
-    x: np.ndarray,
+    x: np.ndarray | dict[str, np.ndarray],
     targets: np.ndarray,
     sample_weight: np.ndarray,
     groups: Sequence[str] | None,
@@ -171,18 +234,24 @@ def fit_head(
     posterior: bool = False,
 ) -> LinearFit:
     """Standardise `x` (N, D), choose C (unless given) by inner cross-validation, then fit on all
-    of it; with `posterior`, also the Laplace posterior's Cholesky factor (else zeros)."""
+    of it; with `posterior`, also the Laplace posterior's Cholesky factor (else zeros). `x` may be
+    several views of the same clips (name -> (N, D), e.g. "clip" and "speaker"): the inner CV then
+    chooses the view too (`choose_view`), and the fit records which (`LinearFit.view`)."""
     from threadpoolctl import threadpool_limits
 
+    views = x if isinstance(x, dict) else {"clip": x}
+    view = next(iter(views))
     cv: list[dict[str, float]] = []
+    view_cv: dict[str, float] = {}
     scheme = "fixed"
     # Matrices this small gain nothing from BLAS threads, and lose up to 40x to them on a busy
     # machine (threads spinning for cores that other work holds).
     with threadpool_limits(limits=1, user_api="blas"):
         if c is None:
-            c, cv, scheme = choose_c(x, targets, sample_weight, groups)
-        mean, scale = standardiser(x)
-        z = (x - mean) / scale
+            view, c, cv, scheme, view_cv = choose_view(views, targets, sample_weight, groups)
+        chosen = views[view]
+        mean, scale = standardiser(chosen)
+        z = (chosen - mean) / scale
         w, b, iterations = fit_logistic(z, targets, sample_weight, c)
         size = w.shape[0] * (w.shape[1] + 1)
         tril = (
@@ -190,7 +259,7 @@ def fit_head(
             if posterior
             else np.zeros((size, size))
         )
-    return LinearFit(mean, scale, w, b, c, iterations, tril, cv, scheme)
+    return LinearFit(mean, scale, w, b, c, iterations, tril, cv, scheme, view, view_cv)
 
 
 def laplace_precision_tril(

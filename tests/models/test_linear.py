@@ -20,6 +20,7 @@ from after.models.linear import (
     fit_head,
     fit_logistic,
     laplace_precision_tril,
+    speaker_standardise,
     standardiser,
 )
 from after.testing.dummies import tone_corpus
@@ -129,3 +130,81 @@ def test_bald_on_frozen_features_sees_less_uncertainty_with_more_labels() -> Non
         assert (mean - fitted).abs().mean() < (0.3 if n == 15 else 0.05)
         mutual_information.append(float(mi.mean()))
     assert mutual_information[1] < 0.5 * mutual_information[0]
+
+
+def _speaker_offsets(
+    n_per: int = 30, speakers: int = 6, seed: int = 0, one_class_each: bool = False
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Clips of 3 classes whose features are shifted by a large per-speaker offset; with
+    `one_class_each`, every speaker shows a single class (its mean then is its class)."""
+    rng = np.random.default_rng(seed)
+    xs, ys, groups = [], [], []
+    for s in range(speakers):
+        y = np.full(n_per, s % 3) if one_class_each else np.arange(n_per) % 3
+        x = rng.standard_normal((n_per, 8)) + 1.2 * np.eye(3, 8)[y] + 6 * rng.standard_normal(8)
+        xs.append(x)
+        ys.append(y)
+        groups += [f"s{s}"] * n_per
+    return np.vstack(xs), np.concatenate(ys), groups
+
+
+def test_speaker_standardisation_uses_each_speakers_clips_and_shrinks_small_speakers() -> None:
+    x, _, groups = _speaker_offsets()
+    prior = (x.mean(axis=0), x.var(axis=0))
+    own = speaker_standardise(x, groups, prior, prior_clips=0.0)
+    rows = np.array(groups) == "s2"
+    np.testing.assert_allclose(own[rows].mean(axis=0), 0.0, atol=1e-9)
+    np.testing.assert_allclose(own[rows].std(axis=0), 1.0, atol=1e-9)
+    # A speaker with one clip and a strong prior is standardised as the prior would.
+    alone = speaker_standardise(x[:1], ["solo"], prior, prior_clips=1e9)
+    np.testing.assert_allclose(alone[0], (x[0] - prior[0]) / np.sqrt(prior[1]), rtol=1e-6)
+    # A speaker's rows do not depend on the other speakers'.
+    part = speaker_standardise(x[rows], list(np.array(groups)[rows]), prior)
+    np.testing.assert_allclose(part, speaker_standardise(x, groups, prior)[rows])
+
+
+@pytest.mark.parametrize("one_class_each", [False, True])
+def test_the_inner_cv_chooses_the_view_that_generalises(one_class_each: bool) -> None:
+    x, y, groups = _speaker_offsets(one_class_each=one_class_each)
+    prior = (x.mean(axis=0), x.var(axis=0))
+    views = {"clip": x, "speaker": speaker_standardise(x, groups, prior)}
+    fit = fit_head(views, np.eye(3)[y], np.ones(len(y)), groups)
+    # Offsets hide the classes unless each speaker is standardised; but where each speaker shows
+    # one class, its own statistics erase that class, and the clip view wins.
+    assert fit.view == ("clip" if one_class_each else "speaker")
+    assert set(fit.view_cv) == {"clip", "speaker"}
+    assert fit.view_cv[fit.view] > fit.view_cv[({"clip", "speaker"} - {fit.view}).pop()]
+
+
+def test_the_speaker_view_and_self_training_go_through_fit_predict_and_save(
+    tones: tuple[Manifest, Fold], tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from after.models.classifier import load_classifier
+
+    m, fold = tones
+    labeled, pool = list(fold.train[::3]), [i for i in fold.train if i not in fold.train[::3]]
+    # The learner sees pool clips without labels, as in an active-learning run.
+    view = Manifest([replace(u, label=None) if u.id in pool else u for u in m])
+    config = TrainConfig(feature_view="speaker", self_training=1.0, pseudo_threshold=0.5)
+    result = train.fit(
+        view,
+        labeled,
+        [],
+        "egemaps",
+        config,
+        cache_dir=tmp_path,
+        unlabeled_ids=pool,
+        labels=m.labels,
+    )
+    record = result.history[0]
+    assert record["view"] == "speaker" and 0 < record["pseudo_labels"] <= len(pool)
+    clf = result.classifier
+    probs = train.predict(clf, m, fold.test, cache_dir=tmp_path)
+    loaded = load_classifier(clf.save(tmp_path / "model"))
+    assert loaded.module.view == "speaker"  # type: ignore[union-attr]
+    np.testing.assert_allclose(train.predict(loaded, m, fold.test, cache_dir=tmp_path), probs)
+    # The view is applied: the same head on the clip view predicts otherwise.
+    loaded.module.view = "clip"  # type: ignore[union-attr]
+    assert not np.allclose(train.predict(loaded, m, fold.test, cache_dir=tmp_path), probs)
