@@ -179,6 +179,7 @@ def test_report_command_and_bad_input(
     assert "not_a_run" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_quick_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from after.cli import main
     from after.demo import QUICK, run_demo
