@@ -768,7 +768,8 @@ def cv(
     log_dir: Path | None = LOG_DIR,
 ) -> None:
     """Fine-tune and test on every fold (x seeds); write a table with mean ± std. The same
-    command again keeps the runs done in --out and does the rest."""
+    command again keeps the runs done in --out and does the rest; runs there made with other
+    settings are refused."""
     from after.cache import default_cache_dir
     from after.checks import check_backbone
     from after.dist import use_compute
