@@ -631,8 +631,8 @@ def _train_and_save(
     (with what a rerun needs: manifest and folds paths, settings)."""
     from after.cache import default_cache_dir
     from after.dist import state
+    from after.experiments import fit_and_test, save_result
     from after.report import plot_confusion
-    from after.train import fit_and_test, save_result
 
     cache = cache_dir or default_cache_dir()
     err.print(f"fine-tuning {backbone} on fold {chosen.name}: {len(chosen.train)} training clips")
@@ -789,12 +789,14 @@ def cv(
     log_dir: Path | None = LOG_DIR,
 ) -> None:
     """Fine-tune and test on every fold (x seeds); write a table with mean ± std. The same
-    command again keeps the runs done in --out and does the rest."""
+    command again keeps the runs done in --out and does the rest; runs there made with other
+    settings are refused."""
     from after.cache import default_cache_dir
     from after.checks import check_backbone
     from after.dist import use_compute
+    from after.experiments import fit_and_test_folds
     from after.report import cv_table
-    from after.train import describe_training, fit_and_test
+    from after.train import FitResult, describe_training
 
     use_compute(device, threads)
     check_backbone(backbone)
@@ -816,28 +818,28 @@ def cv(
         feature_view=feature_view,
         num_layers=num_layers,
     )
-    runs = []
-    for f in chosen:
-        for seed in seed_list:
-            done = out / "runs" / f"{f.name}_seed{seed}.json"
-            if done.is_file():
-                runs.append(json.loads(done.read_text()))
-                continue
-            err.print(f"fold {f.name}, seed {seed}")
-            fit, run = fit_and_test(
-                m, f, backbone, dataclasses.replace(config, seed=seed), cache_dir=cache
-            )
-            test = run["test"]
-            atomic_write_json(done, run)
-            runs.append(run)
-            record = {"backbone": backbone, "corpus": _corpus_name(m), **run}
-            record["config"] = {**config.to_dict(), "seed": seed}
-            _log_fit(log_with, log_dir or out / "logs", done.stem, record, fit.history)
-            console.print(
-                f"fold {f.name} seed {seed}: UA {100 * test['ua']:.2f}%, "
-                f"WA {100 * test['wa']:.2f}%",
-                highlight=False,
-            )
+
+    def done(fit: FitResult, record: dict[str, Any]) -> None:
+        name, test = f"{record['fold']}_seed{record['seed']}", record["test"]
+        logged = {"corpus": _corpus_name(m), **record}
+        _log_fit(log_with, log_dir or out / "logs", name, logged, fit.history)
+        console.print(
+            f"fold {record['fold']} seed {record['seed']}: UA {100 * test['ua']:.2f}%, "
+            f"WA {100 * test['wa']:.2f}%",
+            highlight=False,
+        )
+
+    runs = fit_and_test_folds(
+        m,
+        chosen,
+        seed_list,
+        backbone,
+        config,
+        out / "runs",
+        cache_dir=cache,
+        log=err.print,
+        on_fit=done,
+    )
     protocol = {
         "backbone": backbone,
         "corpus": _corpus_name(m),

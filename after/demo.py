@@ -215,9 +215,10 @@ def _finetune(
     manifest: Manifest, fold: Fold, out_dir: Path, settings: DemoSettings, seed: int, cache: str
 ) -> dict[str, Any]:
     """Fine-tune Whisper tiny.en on all labels of `fold` (model in `out_dir`/finetune), and its
-    TAPT output (`out_dir`/tapt); the frozen-feature learner on both; kept in
-    `out_dir`/finetune.json and reused."""
-    from after.train import fit_and_test, save_result
+    TAPT output (`out_dir`/tapt); the frozen-feature learner on both; each record kept in
+    `out_dir`/finetune/runs, the summary in `out_dir`/finetune.json, and reused."""
+    from after.experiments import fit_and_test_folds, save_result
+    from after.train import FitResult
 
     summary_path = out_dir / "finetune.json"
     if summary_path.is_file():
@@ -227,15 +228,29 @@ def _finetune(
         freeze_layers=settings.check_frozen_layers,
         lr=1e-4,
         patience=0,
-        seed=seed,
     )
-    result, record = fit_and_test(manifest, fold, FINE_TUNE_BACKBONE, check, cache_dir=cache)
-    save_result(out_dir / "finetune", result, fold=fold.name)
+    plain = TrainConfig()
     tapt_model = str(out_dir / "tapt")
-    _, adapted = fit_and_test(manifest, fold, tapt_model, check, cache_dir=cache)
-    plain = TrainConfig(seed=seed)
-    _, frozen = fit_and_test(manifest, fold, FEATURE_BACKBONE, plain, cache_dir=cache)
-    _, adapted_frozen = fit_and_test(manifest, fold, f"frozen:{tapt_model}", plain, cache_dir=cache)
+
+    def keep_model(result: FitResult, _: dict[str, Any]) -> None:
+        save_result(out_dir / "finetune", result, fold=fold.name)
+
+    def tested(
+        name: str,
+        backbone: str,
+        config: TrainConfig,
+        on_fit: Callable[[FitResult, dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        runs = out_dir / "finetune" / "runs" / name
+        (record,) = fit_and_test_folds(
+            manifest, [fold], [seed], backbone, config, runs, cache_dir=cache, on_fit=on_fit
+        )
+        return record
+
+    record = tested("whisper", FINE_TUNE_BACKBONE, check, on_fit=keep_model)
+    adapted = tested("tapt", tapt_model, check)
+    frozen = tested("frozen", FEATURE_BACKBONE, plain)
+    adapted_frozen = tested("tapt-frozen", f"frozen:{tapt_model}", plain)
     summary = {
         "backbone": FINE_TUNE_BACKBONE,
         "fold": fold.name,

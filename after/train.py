@@ -34,7 +34,6 @@ from after.cache import ArrayCache, cache_folder
 from after.config import TrainConfig
 from after.data.audio import SAMPLE_RATE, clip_duration, load_audio
 from after.data.batching import bucket_batches
-from after.data.folds import Fold
 from after.data.manifest import Manifest, Utterance
 from after.dist import accelerator as make_accelerator
 from after.dist import job_folder, launch, mixed_precision, must_launch, state
@@ -896,48 +895,3 @@ def fit_worker(payload: dict[str, Any], job: Path) -> None:
             "num_processes": result.num_processes,
         }
         atomic_write_json(job / "result.json", record)
-
-
-def fit_and_test(
-    manifest: Manifest,
-    fold: Fold,
-    backbone: str,
-    config: TrainConfig,
-    *,
-    cache_dir: str | os.PathLike[str] | None = None,
-    progress: bool = True,
-) -> tuple[FitResult, dict[str, Any]]:
-    """Fine-tuning on all labels of a fold (AFTER's V-FT baseline): fit on every labeled training
-    clip, keep the best dev epoch, test once. Returns the fit and a record of it (fold, seed,
-    number of training clips, best epoch, dev and test scores, training seconds)."""
-    from after.scoring import score_pool
-
-    labeled = [i for i in fold.train if manifest[i].label is not None]
-    result = fit(
-        manifest, labeled, fold.dev, backbone, config, cache_dir=cache_dir, progress=progress
-    )
-    # Tested like the pool is scored: shared out over the processes, gathered in order.
-    clf = result.classifier
-    probs = score_pool(clf, manifest, fold.test, config=config, cache_dir=cache_dir)["probs"]
-    test = _scores(clf, manifest, fold.test, probs)
-    record = {
-        "fold": fold.name,
-        "seed": config.seed,
-        "num_train": len(labeled),
-        "best_epoch": result.best_epoch,
-        "dev": result.dev,
-        "test": test,
-        "seconds": result.seconds,
-    }
-    return result, record
-
-
-def save_result(out_dir: str | os.PathLike[str], result: FitResult, **extra: Any) -> Path:
-    """Save the model to `out_dir/model` with its training provenance."""
-    return result.classifier.save(
-        Path(out_dir) / "model",
-        best_epoch=result.best_epoch,
-        history=result.history,
-        num_processes=result.num_processes,
-        **extra,
-    )

@@ -83,10 +83,10 @@ def main() -> None:
     from after.config import ALConfig, TrainConfig
     from after.data.corpora import prepare
     from after.data.folds import make_folds
+    from after.experiments import fit_and_test
     from after.loop.compare import compare
     from after.loop.state import LoopState
     from after.tapt import DONE_FILE, LOG_FILE, run_tapt
-    from after.train import fit_and_test
 
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ training clips, same backbone, same epochs, with and without the cache.
 EmoDB (../shared/data/emodb), leave-one-speaker-out fold `--fold`. For each backbone and cache
 mode, side by side in one process:
 
-- full: `after.train.fit_and_test` on all labeled training clips (`--epochs` epochs, no early
+- full: `after.experiments.fit_and_test` on all labeled training clips (`--epochs` epochs, no early
   stop), timed from the call to its return (it evaluates on dev every epoch and tests once);
 - AL: `start_run` + `run_loop` of `after.loop.runner` (the cold start, then per round: fine-tune
   from the backbone for `--epochs` epochs, evaluate, score the pool, select), timed from the
@@ -59,9 +59,9 @@ def main() -> None:
     from after.config import ALConfig, TrainConfig
     from after.data.corpora import prepare
     from after.data.folds import make_folds
+    from after.experiments import fit_and_test
     from after.loop.runner import Run, run_loop, start_run
     from after.models.features import is_feature_backbone
-    from after.train import fit_and_test
 
     manifest = prepare("emodb", args.data)
     folds = make_folds(manifest, "loso", seed=0)

@@ -6,9 +6,9 @@ on all labels, Whisper tiny.en on EmoDB, leave-one-speaker-out, side by side in 
 For every fold x seed, timed from the call to its return, on one shared cache (filled once
 before anything is timed: what is frozen is computed once per clip, its time reported apart):
 
-- all labels: `after.train.fit_and_test` on every labeled training clip (`--epochs` epochs; the
-  conv stem and bottom two layers frozen and cached; no epoch picked on dev, as active learning
-  picks none);
+- all labels: `after.experiments.fit_and_test` on every labeled training clip (`--epochs`
+  epochs; the conv stem and bottom two layers frozen and cached; no epoch picked on dev, as
+  active learning picks none);
 - AL fresh (AFTER's way): `start_run` + `run_loop`, entropy from a 2% k-means seed set to 20%,
   every round fine-tuned from the pretrained model for `--epochs` epochs;
 - AL warm: the same, each round after the first starting from the last round's model shrunk
@@ -52,10 +52,11 @@ def main() -> None:
     from after.config import ALConfig, TrainConfig
     from after.data.corpora import prepare
     from after.data.folds import make_folds
+    from after.experiments import fit_and_test
     from after.loop.runner import Run, run_loop, start_run
     from after.metrics import paired_difference
     from after.models.features import embed_manifest, load_feature_backbone
-    from after.train import fit_and_test, fresh_classifier, predict
+    from after.train import fresh_classifier, predict
 
     manifest = prepare("emodb", args.data)
     all_folds = make_folds(manifest, "loso", seed=0)

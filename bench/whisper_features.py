@@ -17,7 +17,7 @@ how fast, and whether the project's learner matches a tuned scikit-learn logisti
    multinomial `LogisticRegression` (class-balanced) whose C is chosen by 5-fold cross-validation
    grouped by speaker over the training speakers (balanced accuracy), on the default features of
    `frozen:whisper-tiny.en`, `resemblyzer` and `egemaps`.
-3. Through the real path: `after.train.fit_and_test` (what `after cv` runs) with the default
+3. Through the real path: `after.experiments.fit_and_test` (what `after cv` runs) with the default
    features, 10 folds x seeds 0,1,2 (the learner has no randomness: the seeds agree exactly).
 
 Prints one JSON object. EmoDB is read from ../shared/data/emodb.
@@ -163,8 +163,8 @@ def main() -> None:
     from after.config import TrainConfig
     from after.data.corpora import prepare
     from after.data.folds import make_folds
+    from after.experiments import fit_and_test
     from after.models.features import embed_manifest, load_feature_backbone
-    from after.train import fit_and_test
 
     manifest = prepare("emodb", args.data)
     all_folds = make_folds(manifest, "loso", seed=0).folds[: args.folds]

@@ -4,11 +4,11 @@ the frozen-bottom cache saves in pool scoring.
     .venv/bin/python bench/whisper_finetune.py [--folds 0,1,6] [--seeds 0,1,2]
         [--freeze-layers 0]
 
-1. For each fold x seed: `after.train.fit_and_test` (what `after train` and `after cv` run) with
-   `whisper-tiny.en` and the default training settings (the conv stem frozen and cached, every
-   layer trained; `--freeze-layers N` also freezes and caches the bottom N), and the frozen
-   features (`frozen:whisper-tiny.en`, deterministic: one run per fold) on the same fold. Paired
-   per-(fold, seed) differences with a Wilcoxon signed-rank test.
+1. For each fold x seed: `after.experiments.fit_and_test` (what `after train` and `after cv`
+   run) with `whisper-tiny.en` and the default training settings (the conv stem frozen and
+   cached, every layer trained; `--freeze-layers N` also freezes and caches the bottom N), and
+   the frozen features (`frozen:whisper-tiny.en`, deterministic: one run per fold) on the same
+   fold. Paired per-(fold, seed) differences with a Wilcoxon signed-rank test.
 2. Scoring the 535 clips with the last fine-tuned classifier, its bottom two layers read from the
    cache: clips per second with the cache empty and filled, side by side.
 
@@ -60,7 +60,8 @@ def main() -> None:
     from after.config import TrainConfig
     from after.data.corpora import prepare
     from after.data.folds import make_folds
-    from after.train import describe_training, fit_and_test, predict
+    from after.experiments import fit_and_test
+    from after.train import describe_training, predict
 
     manifest = prepare("emodb", args.data)
     all_folds = make_folds(manifest, "loso", seed=0).folds

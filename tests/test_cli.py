@@ -15,10 +15,10 @@ import pytest
 import soundfile as sf
 
 from after.cli import main
-from after.data.folds import Folds
+from after.data.folds import Folds, make_folds
 from after.data.manifest import Manifest
 from after.errors import AfterError
-from after.testing.dummies import TONE_HZ, write_tone
+from after.testing.dummies import TONE_HZ, tone_corpus, write_tone
 
 
 def run(*args: str) -> int:
@@ -200,6 +200,36 @@ def test_train_evaluate_predict_and_cv(tmp_path: Path, capsys: pytest.CaptureFix
     assert run("cv", *common, *fast[:4], "--out", str(cv_out), "--seeds", "0,1") == 0
     redone = re.findall(r"^fold \S+ seed \d: UA", capsys.readouterr().out, flags=re.M)
     assert len(redone) == 1  # the deleted run is redone, the others kept
+
+
+def test_cv_refuses_runs_made_with_other_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    m = tone_corpus(tmp_path / "tones").to_jsonl(tmp_path / "m.jsonl")
+    folds = make_folds(Manifest.from_jsonl(m), "loso").to_json(tmp_path / "folds.json")
+    out = tmp_path / "cv"
+    args = ["cv", "--manifest", str(m), "--folds", str(folds), "--fold", "0", "--out", str(out)]
+    args += ["--cache-dir", str(tmp_path / "cache")]
+    assert run(*args, "--backbone", "egemaps", "--epochs", "3") == 0
+    table = (out / "cv.md").read_text()
+    (record,) = out.glob("runs/*_seed0.json")
+    capsys.readouterr()
+    # Other settings into the same --out: refused, naming the file, what differs, and the fix.
+    assert run(*args, "--backbone", "resemblyzer", "--epochs", "4") == 2
+    message = " ".join(capsys.readouterr().err.split())
+    assert (
+        f"{record}: made with other settings (backbone 'egemaps' there, 'resemblyzer' here; "
+        in message
+    )
+    assert "config.epochs 3 there, 4 here)" in message
+    assert "choose another output folder (--out) for these" in message
+    assert (out / "cv.md").read_text() == table  # not relabeled with the new settings
+    # A record of an earlier version, which did not say how it was made, is not trusted either.
+    old = json.loads(record.read_text())
+    keep = ("fold", "seed", "num_train", "best_epoch", "dev", "test", "seconds")
+    record.write_text(json.dumps({k: old[k] for k in keep}))
+    assert run(*args, "--backbone", "egemaps", "--epochs", "3") == 2
+    assert "did not record its settings" in capsys.readouterr().err
 
 
 def test_help_has_no_value_for_flags_and_there_is_a_version(

@@ -17,6 +17,7 @@ from after.data.audio import load_audio
 from after.data.folds import Fold, make_folds
 from after.data.manifest import Manifest, Utterance
 from after.errors import AfterError
+from after.experiments import save_result
 from after.models.classifier import load_classifier
 from after.testing.dummies import TONE_HZ, tone_corpus
 
@@ -95,7 +96,7 @@ def test_feature_backbone_learns_the_tones(tones: tuple[Manifest, Fold], tmp_pat
     config = TrainConfig(epochs=30, batch_size=8, patience=0)
     r = train.fit(m, fold.train, fold.dev, "egemaps", config, cache_dir=tmp_path, progress=False)
     assert train.evaluate(r.classifier, m, fold.test, cache_dir=tmp_path)["ua"] >= 0.75
-    saved = train.save_result(tmp_path / "run", r)
+    saved = save_result(tmp_path / "run", r)
     again = load_classifier(saved)
     np.testing.assert_allclose(
         train.predict(again, m, fold.test), train.predict(r.classifier, m, fold.test), atol=1e-6
@@ -170,7 +171,7 @@ def test_saved_model_works_in_the_transformers_pipeline(
     trained: train.FitResult, tones: tuple[Manifest, Fold], tmp_path: Path
 ) -> None:
     m, fold = tones
-    saved = train.save_result(tmp_path / "run", trained)
+    saved = save_result(tmp_path / "run", trained)
     classify = pipeline("audio-classification", model=str(saved), device="cpu")
     clip = m[fold.test[0]]
     out = classify(load_audio(clip.path), top_k=len(LABELS))

@@ -58,7 +58,7 @@ def compare(
     """Run everything missing in `out_dir`, then write `curve.csv`, `curve.json` and
     `summary.md` there; returns the summary. `progress` shows bars for the feature caches and
     for every fine-tuning (each all-labels run and each round)."""
-    from after.train import fit_and_test
+    from after.experiments import fit_and_test
 
     out = Path(out_dir)
 
