@@ -733,6 +733,11 @@ def predict(
         help="Audio files (any format soundfile reads), or folders of them.",
     ),
     model: Path = typer.Option(..., help="Model folder.", show_default=False),
+    speaker_by: str = typer.Option(
+        "folder",
+        help="For a model on speaker-standardised features: the files of one folder are one "
+        "speaker's (folder), or each file stands alone (file).",
+    ),
     threads: int | None = THREADS,
     device: str = DEVICE,
 ) -> None:
@@ -755,8 +760,13 @@ def predict(
         bad.append(e)
         _print_error(e)
 
+    if speaker_by not in ("folder", "file"):
+        raise typer.BadParameter(
+            f"{speaker_by!r}: choose folder or file", param_hint="--speaker-by"
+        )
     found = audio_files(files, on_error=report)
-    for record in predict_files(load_classifier(model), found, on_error=report):
+    clf = load_classifier(model)
+    for record in predict_files(clf, found, on_error=report, speaker_by=speaker_by):
         sys.stdout.write(json.dumps(record) + "\n")
         sys.stdout.flush()
     if bad:

@@ -86,7 +86,14 @@ def paired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, float
         raise AfterError(f"paired values: {len(a)} against {len(b)}")
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     p = float(wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
-    return {**mean_std(list(d)), "wilcoxon_p": p}
+    return {**mean_std(list(d)), "wilcoxon_p": p, "min_p": smallest_wilcoxon_p(len(d))}
+
+
+def smallest_wilcoxon_p(n: int) -> float:
+    """The smallest two-sided p that Wilcoxon's exact signed-rank test can give on `n` pairs
+    (every difference of one sign): 2 / 2^n. With n <= 5 it is >= 0.0625, so no result on so few
+    pairs can reach p < 0.05, however large the effect."""
+    return min(1.0, 2.0 / 2.0**n)
 
 
 def summarize(

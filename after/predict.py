@@ -34,15 +34,29 @@ def predict_files(
     *,
     on_error: Callable[[AudioError], None],
     config: TrainConfig | None = None,
+    speaker_by: str = "folder",
 ) -> Iterator[dict[str, Any]]:
     """One record per file, or per window of a long file: `file`, `label`, `scores` (label ->
     probability) and, for windows, `start_s` and `end_s`. A file that cannot be used goes to
-    `on_error` and yields nothing."""
+    `on_error` and yields nothing.
+
+    A model on speaker-standardised features (`FeatureHead.view` "speaker") standardises each
+    speaker's files on all of that speaker's files given: with `speaker_by` "folder" the files
+    of one folder are one speaker's, with "file" each file stands alone (its statistics are then
+    the training ones, `after.models.linear.SPEAKER_PRIOR_CLIPS`). Such a model classifies the
+    short files in one pass, so that a speaker's statistics cover every file of theirs; a window
+    of a long file stands alone."""
+    if speaker_by not in ("folder", "file"):
+        raise ValueError(f"speaker_by={speaker_by!r}: folder or file")
     config = config or TrainConfig(cache_cnn=False)
+    per_pass = FILES_PER_PASS if getattr(clf.module, "view", "clip") == "clip" else None
     short: list[Path] = []  # checked, waiting to be classified together
 
+    def speaker(path: Path) -> str:
+        return str(path.resolve().parent) if speaker_by == "folder" else str(path)
+
     def classify_short() -> Iterator[dict[str, Any]]:
-        probs = _classify(clf, [str(p) for p in short], config) if short else []
+        probs = _classify(clf, [str(p) for p in short], config, list(map(speaker, short)))
         yield from (_record(clf, p, x) for p, x in zip(short, probs, strict=True))
         short.clear()
 
@@ -54,7 +68,7 @@ def predict_files(
             continue
         if info.duration_s <= config.max_eval_seconds:
             short.append(path)
-            if len(short) == FILES_PER_PASS:
+            if len(short) == per_pass:
                 yield from classify_short()
             continue
         yield from classify_short()
@@ -115,10 +129,19 @@ def _windows(clf: Classifier, path: Path, config: TrainConfig) -> Iterator[dict[
                 yield {**_record(clf, path, p), "start_s": round(start, 3), "end_s": round(end, 3)}
 
 
-def _classify(clf: Classifier, paths: list[str], config: TrainConfig) -> Any:
+def _classify(
+    clf: Classifier, paths: list[str], config: TrainConfig, speakers: list[str] | None = None
+) -> Any:
+    """Class probabilities of `paths`, each of `speakers` (default: each path alone)."""
     from after.train import predict
 
-    m = Manifest(Utterance(f"clip{k}", p, None, "unknown", "predict") for k, p in enumerate(paths))
+    if not paths:
+        return []
+    speakers = speakers or [f"clip{k}" for k in range(len(paths))]
+    m = Manifest(
+        Utterance(f"clip{k}", p, None, s, "predict")
+        for k, (p, s) in enumerate(zip(paths, speakers, strict=True))
+    )
     return predict(clf, m, m.ids, config=config)
 
 

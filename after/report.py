@@ -324,7 +324,8 @@ def vs_random_table(
             if len(reached) >= 2:
                 ours, theirs = zip(*reached, strict=True)
                 d = paired_difference(ours, theirs)
-                cells[budget] = f"{100 * d['mean']:+.1f} (p={d['wilcoxon_p']:.2g}, n={d['n']})"
+                few = "*" if d["min_p"] >= 0.05 else ""
+                cells[budget] = f"{100 * d['mean']:+.1f} (p={d['wilcoxon_p']:.2g}, n={d['n']}{few})"
         rows.append([name, *(cells.get(b, "-") for b in budgets)])
     if not rows:
         return None
@@ -566,7 +567,8 @@ img { max-width: 100%; }
 
 PAIRED_NOTE = (
     "Test UA minus random's in points, paired by fold and seed; p: two-sided Wilcoxon "
-    "signed-rank test over the n pairs."
+    "signed-rank test over the n pairs. n*: too few pairs for the test ever to reach p < 0.05 "
+    "(it needs n >= 6); run more folds or seeds before reading a p there."
 )
 
 

@@ -774,7 +774,23 @@ def describe_training(backbone: str, config: dict[str, Any]) -> str:
     labels = "soft" if t["soft_labels"] else "hard"
     if kind_of(backbone) == "features":
         c = t["l2_c"] if t["l2_c"] is not None else "chosen by CV within the labeled clips"
-        return f"logistic regression (L-BFGS to convergence), C {c}, {weighting}, {labels} labels"
+        view = {
+            "clip": "clip features",
+            "speaker": "speaker-standardised features (transductive: each speaker's own clips, "
+            "test speakers included, no label read)",
+            "auto": "clip or speaker-standardised features chosen by the inner CV (speaker: "
+            "transductive, no label read)",
+        }[t["feature_view"]]
+        selftrain = (
+            f", self-training on the pool (weight {t['self_training']}, predicted probability "
+            f">= {t['pseudo_threshold']})"
+            if t["self_training"]
+            else ""
+        )
+        return (
+            f"logistic regression (L-BFGS to convergence) on {view}, C {c}, {weighting}, "
+            f"{labels} labels{selftrain}"
+        )
     front = "frozen" if t["freeze_cnn"] else "trained"
     layers = "all layers" if t["num_layers"] is None else f"bottom {t['num_layers']} layers"
     epochs = (

@@ -352,14 +352,16 @@ def _markdown(summary: dict[str, Any]) -> str:
     if paired:
         lines += [
             "Against random, paired by fold and seed: mean difference in points (two-sided "
-            "Wilcoxon signed-rank p).",
+            "Wilcoxon signed-rank p; *: too few pairs for the test ever to reach p < 0.05).",
             "",
             "| strategy | " + " | ".join(map(budget_name, budgets)) + " |",
             "| --- | " + " | ".join("---:" for _ in budgets) + " |",
         ]
         for name, points in paired.items():
             by_budget = {
-                pt["budget"]: f"{100 * pt['mean']:+.1f} (p={pt['wilcoxon_p']:.2g})" for pt in points
+                pt["budget"]: f"{100 * pt['mean']:+.1f} (p={pt['wilcoxon_p']:.2g}, n={pt['n']}"
+                + ("*)" if pt.get("min_p", 0.0) >= 0.05 else ")")
+                for pt in points
             }
             row = " | ".join(by_budget.get(b, "-") for b in budgets)
             lines.append(f"| {name.replace('_', '-')} | {row} |")

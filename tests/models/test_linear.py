@@ -182,6 +182,7 @@ def test_the_speaker_view_and_self_training_go_through_fit_predict_and_save(
     from dataclasses import replace
 
     from after.models.classifier import load_classifier
+    from after.predict import predict_files
 
     m, fold = tones
     labeled, pool = list(fold.train[::3]), [i for i in fold.train if i not in fold.train[::3]]
@@ -205,6 +206,15 @@ def test_the_speaker_view_and_self_training_go_through_fit_predict_and_save(
     loaded = load_classifier(clf.save(tmp_path / "model"))
     assert loaded.module.view == "speaker"  # type: ignore[union-attr]
     np.testing.assert_allclose(train.predict(loaded, m, fold.test, cache_dir=tmp_path), probs)
+    # predict reads a speaker's files from their folder: the same statistics, the same output.
+    files = [Path(m[i].path) for i in fold.test]
+    assert {f.parent for f in files} == {files[0].parent}
+    records = list(predict_files(loaded, files, on_error=pytest.fail, speaker_by="folder"))
+    np.testing.assert_allclose(
+        [[r["scores"][label] for label in loaded.labels] for r in records], probs, atol=1e-6
+    )
+    alone = list(predict_files(loaded, files, on_error=pytest.fail, speaker_by="file"))
+    assert [r["scores"] for r in alone] != [r["scores"] for r in records]
     # The view is applied: the same head on the clip view predicts otherwise.
     loaded.module.view = "clip"  # type: ignore[union-attr]
     assert not np.allclose(train.predict(loaded, m, fold.test, cache_dir=tmp_path), probs)
