@@ -84,3 +84,13 @@ def test_mean_std_across_folds() -> None:
     # One run has no spread: no "± 0.00" that reads as a measured zero.
     assert format_mean_std(mean_std([0.262]), digits=1) == "26.2 (n=1)"
     assert format_mean_std(mean_std([0.262]), digits=1, with_n=False) == "26.2"
+
+
+@pytest.mark.parametrize("n", [2, 5, 6, 9])
+def test_the_smallest_wilcoxon_p_is_what_n_pairs_of_one_sign_give(n: int) -> None:
+    from after.metrics import paired_difference, smallest_wilcoxon_p
+
+    d = paired_difference(list(np.arange(1.0, n + 1)), [0.0] * n)
+    assert d["wilcoxon_p"] == pytest.approx(smallest_wilcoxon_p(n)) == pytest.approx(2 / 2**n)
+    assert d["min_p"] == smallest_wilcoxon_p(n)
+    assert (d["min_p"] >= 0.05) == (n <= 5)  # below 6 pairs, p < 0.05 cannot happen
