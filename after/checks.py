@@ -53,6 +53,16 @@ def check_active_learning(al: ALConfig, backbone: str) -> None:
     if "alps" in (al.strategy, al.cold_start):
         asked = "--strategy alps" if al.strategy == "alps" else "--cold-start alps"
         _check_surprisal_model(asked, al.surprisal_model or backbone, al.surprisal_model is None)
+    if al.finetune is not None:
+        from after.models.features import is_feature_backbone
+
+        if not is_feature_backbone(backbone) or is_feature_backbone(al.finetune):
+            raise AfterError(
+                f"--finetune {al.finetune} with --backbone {backbone}: the hybrid recipe selects "
+                "with a frozen feature backbone (e.g. --backbone frozen:whisper-tiny.en) and "
+                "fine-tunes a speech encoder once at the end (e.g. --finetune whisper-tiny.en)"
+            )
+        check_backbone(al.finetune)
     if al.oracle == "simulated" and al.min_votes > 1:
         raise AfterError(
             f"--min-votes {al.min_votes} counts people's answers: it needs --oracle human (a "

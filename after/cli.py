@@ -909,6 +909,12 @@ def run(
         "start).",
     ),
     spread: bool = SPREAD,
+    finetune: str | None = typer.Option(
+        None,
+        help="The hybrid recipe: select with the frozen-features --backbone, then fine-tune this "
+        "speech encoder (e.g. whisper-tiny.en) once on the final labeled set (model_finetuned/; "
+        "the last row of rounds.csv).",
+    ),
     target_ua: float | None = typer.Option(None, help="Stop once dev UA reaches this (0-1)."),
     stabilize: float | None = typer.Option(
         None, help="Stop once successive rounds agree (Cohen's kappa) this much on a stop set."
@@ -987,6 +993,7 @@ def run(
         warm_start=warm_start,
         shrink=shrink,
         spread=spread,
+        finetune=finetune,
         mc_passes=mc_passes,
         target_ua=target_ua,
         stabilize_kappa=stabilize,
@@ -1035,7 +1042,7 @@ def run(
 
 def _continue_run(the_run: Any, log_with: str | None, log_dir: Path | None) -> None:
     """Start (or continue) an active-learning run and report its rounds."""
-    from after.loop.runner import check_run, load_state, run_loop
+    from after.loop.runner import FINAL_MODEL_DIR, check_run, load_state, run_loop
     from after.tracking import open_tracker
 
     try:
@@ -1057,6 +1064,13 @@ def _continue_run(the_run: Any, log_with: str | None, log_dir: Path | None) -> N
     tracker = open_tracker(log_with, the_run.run_dir.name, log_folder, settings)
 
     def show(r: dict[str, Any]) -> None:
+        if r["round"] == "final":
+            console.print(
+                f"final: {r['model']}, {r['num_labeled']} labeled, test UA "
+                f"{100 * r['test_ua']:.2f}%, train {r['train_s']:.1f}s",
+                highlight=False,
+            )
+            return
         if tracker:
             tracker.log(r, r["round"])
         console.print(
@@ -1072,7 +1086,10 @@ def _continue_run(the_run: Any, log_with: str | None, log_dir: Path | None) -> N
         if tracker:
             tracker.finish()
     if state.phase == "done":
-        console.print(f"{the_run.run_dir}: done ({state.stopped_because}); rounds.csv, model/")
+        final = f", {FINAL_MODEL_DIR}/" if state.final else ""
+        console.print(
+            f"{the_run.run_dir}: done ({state.stopped_because}); rounds.csv, model/{final}"
+        )
     elif the_run.al.oracle == "human":
         console.print(
             f"{the_run.run_dir}: round {state.round} waits for {len(state.pending)} label(s). "

@@ -202,6 +202,9 @@ class ALConfig:
     shrink: float = 0.5
     # Spread each round's queries over speakers and predicted classes (`after.loop.runner.spread`)
     spread: bool = False
+    # The hybrid recipe: rounds select with the run's (frozen-features) learner, then this
+    # transformers backbone is fine-tuned once on the final labeled set (None: no final fit).
+    finetune: str | None = None
     mc_passes: int = 10  # MC-dropout passes for bald / dbal_*
     target_ua: float | None = None  # stop once dev UA reaches this
     stabilize_kappa: float | None = None  # stop once successive rounds agree this much

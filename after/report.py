@@ -261,6 +261,15 @@ def report_protocol(inputs: ReportInputs) -> dict[str, str]:
             if (lines := sorted({t for r in runs if (t := tapt_summary(r.setting("backbone")))}))
             else {}
         ),
+        **(
+            {
+                "final model": f"{distinct(f['model'] for f in finals)} (the hybrid recipe; every "
+                "figure above comes from the selection learner): test UA "
+                + format_mean_std(mean_std([f["test_ua"] for f in finals]), digits=1)
+            }
+            if (finals := [r.state.final for r in runs if r.state.final])
+            else {}
+        ),
         "runs": f"{len(runs)}; mean ± sample std over runs (folds x seeds)",
     }
 

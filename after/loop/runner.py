@@ -62,6 +62,7 @@ CONFIG_FILE = "config.json"
 ROUND_STAGES = ("train_s", "eval_s", "score_s", "select_s")  # a round's seconds, in order
 ROUNDS_FILE = "rounds.csv"
 MODEL_DIR = "model"
+FINAL_MODEL_DIR = "model_finetuned"  # the hybrid recipe's final fine-tuned model
 SURPRISAL_FILE = "surprisal.npz"
 QUERIES_DIR = "queries"
 LOCK_FILE = "run.lock"
@@ -271,6 +272,10 @@ def run_loop(
                     return state
             elif state.phase == "train":
                 record = loop.train()
+                if on_round is not None:
+                    on_round(record)
+            elif state.phase == "final":
+                record = loop.finetune()
                 if on_round is not None:
                     on_round(record)
     return state
@@ -489,6 +494,7 @@ class _Loop:
         minutes = sum(self.durations[i] for i in labeled) / 60
         record: dict[str, Any] = {
             "round": state.round,
+            "model": run.backbone,
             "num_labeled": len(labeled),
             "fraction": len(labeled) / len(self.pool_ids),
             "minutes": round(minutes, 3),
@@ -535,13 +541,60 @@ class _Loop:
         state.rounds.append(record)
         fault_point("train")
         if stop:
-            state.phase, state.stopped_because = "done", stop
+            state.phase = "final" if run.al.finetune else "done"
+            state.stopped_because = stop
         else:
             state.round += 1
             state.phase = "select"
         state.save(run.run_dir)
         atomic_write_text(run.run_dir / ROUNDS_FILE, _csv(state.rounds))
         return record
+
+    def finetune(self) -> dict[str, Any]:
+        """The hybrid recipe's last step: `ALConfig.finetune` fine-tuned once on the final
+        labeled set (the selection learner chose every query), then tested; its record is
+        `state.final` and the last row of rounds.csv (model: the fine-tuned backbone)."""
+        from after.train import describe_training, evaluate, fit
+
+        run, state = self.run, self.state
+        assert run.al.finetune is not None
+        view, labeled = self.view(), state.labeled_ids()
+        t0 = time.perf_counter()
+        result = fit(
+            view,
+            labeled,
+            run.fold.dev,
+            run.al.finetune,
+            run.train,
+            labels=run.manifest.labels,
+            cache_dir=run.cache_dir,
+            progress=self.progress,
+        )
+        train_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        test = evaluate(
+            result.classifier, view, run.fold.test, config=run.train, cache_dir=run.cache_dir
+        )
+        eval_s = time.perf_counter() - t0
+        _save_model(result.classifier, run.run_dir / FINAL_MODEL_DIR, round="final")
+        last = state.rounds[-1]
+        state.final = {
+            "round": "final",
+            "model": f"{run.al.finetune} fine-tuned once on the final labeled set",
+            "training": describe_training(run.al.finetune, run.train.to_dict()),
+            **{k: last[k] for k in ("num_labeled", "fraction", "minutes", "budget")},
+            "dev_ua": result.dev["ua"] if result.dev else None,
+            "test_ua": test["ua"],
+            "test_wa": test["wa"],
+            "test_macro_f1": test["macro_f1"],
+            "test_confusion": test["confusion"],
+            "train_s": round(train_s, 3),
+            "eval_s": round(eval_s, 3),
+        }
+        state.phase = "done"
+        state.save(run.run_dir)
+        atomic_write_text(run.run_dir / ROUNDS_FILE, _csv([*state.rounds, state.final]))
+        return state.final
 
     # -- selection
 

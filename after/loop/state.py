@@ -18,7 +18,7 @@ from after.io import atomic_write_json, read_json
 
 SCHEMA_VERSION = 1
 STATE_FILE = "state.json"
-Phase = Literal["select", "label", "train", "done"]
+Phase = Literal["select", "label", "train", "final", "done"]
 
 
 @dataclass
@@ -27,7 +27,9 @@ class LoopState:
 
     - select: choose the queries of `round` (round 0: the cold start);
     - label: `pending` ids wait for the oracle (their order is the strategy's);
-    - train: fine-tune on everything labeled, evaluate, decide whether to stop.
+    - train: fine-tune on everything labeled, evaluate, decide whether to stop;
+    - final: with the hybrid recipe (`ALConfig.finetune`), fine-tune that backbone once on the
+      final labeled set (its record goes to `final`, not `rounds`).
     """
 
     config_hash: str
@@ -44,6 +46,7 @@ class LoopState:
     rounds: list[dict[str, Any]] = field(default_factory=list)  # metrics and timings per round
     stop_predictions: list[int] = field(default_factory=list)  # last round's, on the stop set
     stopped_because: str = ""
+    final: dict[str, Any] = field(default_factory=dict)  # the hybrid recipe's final fit
     schema_version: int = SCHEMA_VERSION
 
     def save(self, run_dir: str | os.PathLike[str]) -> Path:

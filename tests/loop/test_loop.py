@@ -353,3 +353,35 @@ def test_shrink_toward_a_fresh_start() -> None:
     shrink_toward(trained, start, 0.25)
     for name, value in trained.state_dict().items():
         torch.testing.assert_close(value, 0.25 * before[name] + 0.75 * start.state_dict()[name])
+
+
+def test_the_hybrid_recipe_selects_with_frozen_features_then_fine_tunes_once(
+    corpus: tuple[Manifest, Path, Path], tmp_path: Path
+) -> None:
+    from after.models.classifier import load_classifier
+
+    def frozen(out: Path, **al: object) -> Run:
+        return dataclasses.replace(_run(corpus, out, strategy="margin", **al), backbone="egemaps")
+
+    plain = run_loop(r := frozen(tmp_path / "plain"), start_run(r))
+    run = frozen(tmp_path / "hybrid", finetune="scratch:tiny")
+    check_run(run)
+    state = run_loop(run, start_run(run))
+    assert state.phase == "done"
+    # The frozen learner chose every query: the same labeled set as without the final fit.
+    assert state.labeled == plain.labeled and state.rounds[-1]["model"] == "egemaps"
+    final = state.final
+    assert final["model"].startswith("scratch:tiny fine-tuned once")
+    assert final["num_labeled"] == 12 and final["train_s"] > 0
+    rows = (tmp_path / "hybrid" / "rounds.csv").read_text().splitlines()
+    assert len(rows) == 5 and rows[-1].startswith("final,scratch:tiny fine-tuned once")
+    clf = load_classifier(tmp_path / "hybrid" / "model_finetuned")
+    assert clf.kind == "transformers" and clf.labels == run.manifest.labels
+    from after.report import read_report_inputs, report_protocol
+
+    said = report_protocol(read_report_inputs([tmp_path / "hybrid"]))["final model"]
+    assert (
+        said.startswith("scratch:tiny fine-tuned once") and f"{100 * final['test_ua']:.1f}" in said
+    )
+    with pytest.raises(AfterError, match="hybrid recipe"):
+        check_run(frozen(tmp_path / "bad", finetune="egemaps"))
