@@ -107,6 +107,70 @@ BENCHES = (
         "Test UA at each label budget for every strategy vs random and all labels.",
     ),
     Bench(
+        "label_efficiency_urdu",
+        "Label efficiency on URDU: frozen Whisper tiny.en features",
+        (
+            "bench/label_efficiency.py",
+            "--corpus=urdu",
+            "--strategies=random,entropy,margin",
+            "--out=runs/bench/label_efficiency_urdu",
+        ),
+        "The same comparison on natural Urdu speech (5 speaker folds), where most speakers have a "
+        "few clips of one emotion.",
+    ),
+    *(
+        Bench(
+            f"label_efficiency_{corpus}_{lever}",
+            f"Label efficiency on {title}: {about}",
+            (
+                "bench/label_efficiency.py",
+                f"--corpus={corpus}",
+                "--strategies=random,entropy,margin",
+                *flags,
+                f"--out=runs/bench/label_efficiency_{corpus}_{lever}",
+            ),
+            f"The comparison above with {about}: the inner cross-validation that chooses C also "
+            "chooses, at every fit, between clip features and speaker-standardised ones "
+            "(transductive: test speakers are standardised on their own clips, no label read)"
+            + (
+                "; after each fit, pool clips predicted with probability >= 0.9 join a second "
+                "fit with their predicted class."
+                if "st" in lever
+                else "."
+            ),
+        )
+        for corpus, title in (("emodb", "EmoDB"), ("urdu", "URDU"))
+        for lever, about, flags in (
+            ("auto", "the speaker view chosen by inner CV", ("--feature-view=auto",)),
+            (
+                "auto_st",
+                "the speaker view chosen by inner CV and self-training",
+                ("--feature-view=auto", "--self-training=1"),
+            ),
+        )
+    ),
+    *(
+        Bench(
+            f"label_levers_{corpus}_{lever}",
+            f"Levers paired on {title}: {about} minus clip features",
+            (
+                "bench/label_levers.py",
+                f"--base=runs/bench/{base}",
+                f"--lever=runs/bench/label_efficiency_{corpus}_{lever}",
+            ),
+            f"Each strategy's test UA with {about} minus the same run on clip features (same "
+            "fold, seed and seed set), paired with Wilcoxon's test; all labels likewise.",
+        )
+        for corpus, title, base in (
+            ("emodb", "EmoDB", "label_efficiency"),
+            ("urdu", "URDU", "label_efficiency_urdu"),
+        )
+        for lever, about in (
+            ("auto", "the speaker view chosen by inner CV"),
+            ("auto_st", "the speaker view and self-training"),
+        )
+    ),
+    Bench(
         "label_efficiency_tapt",
         "Label efficiency on EmoDB: a scratch wav2vec 2.0 with and without TAPT",
         (
@@ -278,11 +342,19 @@ def render_label_efficiency(r: dict[str, Any]) -> list[str]:
         ]
         for name, s in r["strategies"].items()
     ]
+    view = r.get("feature_view", "clip")
+    learner = (
+        f" Features: {view} view"
+        + (" (transductive)" if r.get("transductive") else "")
+        + (f", self-training weight {r['self_training']}" if r.get("self_training") else "")
+        + (f"; views chosen over all rounds: {r['views_chosen']}" if r.get("views_chosen") else "")
+        + "."
+    )
     lines = [
         f"{r['corpus']}; {r['protocol']}; backbone `{r['backbone']}`. Test UA % (mean ± sample "
         "std over fold x seed runs); AUC: the area under the UA curve over the labeled fraction "
         "divided by its span (a mean UA over the budgets); time: one AL run over one all-labels "
-        "fine-tuning.",
+        "fine-tuning." + learner,
         "",
         *table(
             ["strategy", *(f"{100 * float(b):g}%" for b in budgets), "AUC", "time"],
@@ -313,6 +385,33 @@ def render_label_efficiency(r: dict[str, Any]) -> list[str]:
             ),
         ]
     return lines
+
+
+def render_label_levers(r: dict[str, Any]) -> list[str]:
+    budgets = r["schedule"]
+
+    def cell(v: dict[str, Any]) -> str:
+        few = "*" if v["min_p"] >= 0.05 else ""
+        return f"{v['points']:+.1f} ± {v['std']:.1f} (p={v['wilcoxon_p']:.2g}, n={v['n']}{few})"
+
+    a = r["all_labels_lever_minus_base"]
+    lever = r["lever"]
+    return [
+        f"{r['corpus']}; {r['runs_paired']} runs paired by strategy, fold and seed. Lever: feature "
+        f"view {lever['feature_view']}, self-training {lever['self_training']}; base: feature view "
+        f"{r['base']['feature_view']}, self-training {r['base']['self_training']}. Test UA points, "
+        "lever minus base (mean ± sample std, two-sided Wilcoxon p; n*: too few pairs to ever "
+        "reach p < 0.05).",
+        "",
+        *table(
+            ["strategy", *(f"{100 * float(b):g}%" for b in budgets)],
+            [[n, *(cell(v[b]) for b in budgets)] for n, v in r["lever_minus_base"].items()],
+        ),
+        "",
+        f"All labels: {a['points']:+.1f} ± {a['std']:.1f} points (p={a['wilcoxon_p']:.2g}, "
+        f"n={a['n']}). Views the inner CV chose over every round: "
+        f"{r['views_chosen_under_lever'] or 'none recorded'}.",
+    ]
 
 
 def render_label_efficiency_tapt(r: dict[str, Any]) -> list[str]:
@@ -705,6 +804,17 @@ RENDER: dict[str, Callable[[dict[str, Any]], list[str]]] = {
     "tapt_levers": render_tapt_levers,
     "whisper_features": render_whisper_features,
     "label_efficiency": render_label_efficiency,
+    "label_efficiency_urdu": render_label_efficiency,
+    **{
+        f"label_efficiency_{c}_{lever}": render_label_efficiency
+        for c in ("emodb", "urdu")
+        for lever in ("auto", "auto_st")
+    },
+    **{
+        f"label_levers_{c}_{lever}": render_label_levers
+        for c in ("emodb", "urdu")
+        for lever in ("auto", "auto_st")
+    },
     "label_efficiency_tapt": render_label_efficiency_tapt,
     "time_ratio": render_time_ratio,
     "scoring": render_scoring,

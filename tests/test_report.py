@@ -153,7 +153,9 @@ def test_report_of_a_compare_folder(corpus: tuple[Manifest, Path, Path], tmp_pat
     # Margin against random, paired by fold and seed, as compare computed it.
     paired = _ua_row(markdown, "margin")
     for cell, point in zip(paired, summary["strategies"]["margin"]["vs_random"], strict=True):
-        assert cell.startswith(f"{100 * point['mean']:+.1f} (p=") and cell.endswith(", n=2)")
+        # Two pairs can never give p < 0.05: the cell is starred and the note says why.
+        assert cell.startswith(f"{100 * point['mean']:+.1f} (p=") and cell.endswith(", n=2*)")
+    assert "n*: too few pairs for the test ever to reach p < 0.05" in markdown
     assert "Against random" in page and "Wilcoxon" in page
 
 
