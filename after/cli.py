@@ -500,6 +500,12 @@ FREEZE_LAYERS = typer.Option(
 NUM_LAYERS = typer.Option(
     None, min=1, help="Keep only the encoder's bottom N layers (default: all)."
 )
+LAYER_SUM = typer.Option(
+    TrainConfig.layer_sum,
+    "--layer-sum/--last-layer",
+    help="Whisper: the head reads a learned weighted sum of the layers from --freeze-layers up, "
+    "or the last layer.",
+)
 CACHE = typer.Option(
     None, "--cache-dir", help="Feature cache (default $AFTER_CACHE_DIR or ~/.cache/after)."
 )
@@ -561,6 +567,7 @@ def train(
     freeze_cnn: bool = FREEZE,
     freeze_layers: int = FREEZE_LAYERS,
     num_layers: int | None = NUM_LAYERS,
+    layer_sum: bool = LAYER_SUM,
     cache_dir: Path | None = CACHE,
     seed: int = SEED,
     grad_accum: int = GRAD_ACCUM,
@@ -588,6 +595,7 @@ def train(
         freeze_cnn=freeze_cnn,
         freeze_layers=freeze_layers,
         num_layers=num_layers,
+        layer_sum=layer_sum,
         seed=seed,
         grad_accum=grad_accum,
         num_processes=num_processes,
@@ -761,6 +769,7 @@ def cv(
     freeze_cnn: bool = FREEZE,
     freeze_layers: int = FREEZE_LAYERS,
     num_layers: int | None = NUM_LAYERS,
+    layer_sum: bool = LAYER_SUM,
     cache_dir: Path | None = CACHE,
     threads: int | None = THREADS,
     device: str = DEVICE,
@@ -793,6 +802,7 @@ def cv(
         freeze_cnn=freeze_cnn,
         freeze_layers=freeze_layers,
         num_layers=num_layers,
+        layer_sum=layer_sum,
     )
     runs = []
     for f in chosen:
@@ -905,6 +915,7 @@ def run(
     freeze_cnn: bool = FREEZE,
     freeze_layers: int = FREEZE_LAYERS,
     num_layers: int | None = NUM_LAYERS,
+    layer_sum: bool = LAYER_SUM,
     cache_dir: Path | None = CACHE,
     grad_accum: int = GRAD_ACCUM,
     num_processes: int = typer.Option(
@@ -969,6 +980,7 @@ def run(
         freeze_cnn=freeze_cnn,
         freeze_layers=freeze_layers,
         num_layers=num_layers,
+        layer_sum=layer_sum,
         seed=seed,
         grad_accum=grad_accum,
         num_processes=num_processes,
@@ -1200,6 +1212,7 @@ def compare(
     freeze_cnn: bool = FREEZE,
     freeze_layers: int = FREEZE_LAYERS,
     num_layers: int | None = NUM_LAYERS,
+    layer_sum: bool = LAYER_SUM,
     cache_dir: Path | None = CACHE,
     threads: int | None = THREADS,
     device: str = DEVICE,
@@ -1229,6 +1242,7 @@ def compare(
         freeze_cnn=freeze_cnn,
         freeze_layers=freeze_layers,
         num_layers=num_layers,
+        layer_sum=layer_sum,
     )
     run_compare(
         m,

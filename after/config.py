@@ -117,6 +117,9 @@ class TrainConfig:
     freeze_cnn: bool = True  # the convolutional front end (wav2vec 2.0's CNN, Whisper's conv stem)
     freeze_layers: int = 0  # also freeze the encoder's bottom N transformer layers
     num_layers: int | None = None  # keep only the encoder's bottom N layers (None: all)
+    # Whisper: the head reads a learned softmax-weighted sum of the layers from `freeze_layers`
+    # up (SUPERB style); False: the last layer. Other families read the last layer.
+    layer_sum: bool = True
     # Cache the frozen bottom's outputs per clip (the CNN; for Whisper also the frozen layers).
     cache_cnn: bool = True
     # Frozen features: the logistic regression's C (None: chosen by CV within the labeled clips),
@@ -125,7 +128,9 @@ class TrainConfig:
     weight_posterior: bool = False
     class_weighted: bool = True  # loss weighted by inverse class frequency of the labeled set
     soft_labels: bool = False  # train on annotator vote distributions where `votes` exist
-    spec_time_prob: float = 0.05  # SpecAugment on the encoder's input frames during training
+    # SpecAugment on the encoder's input frames during training: about this share of each
+    # clip's frames is masked (Whisper: not when the frozen bottom is cached above layer 0).
+    spec_time_prob: float = 0.05
     spec_feature_prob: float = 0.0
     seed: int = 0
     precision: Precision = "auto"

@@ -639,6 +639,7 @@ def fresh_classifier(backbone: str, labels: Sequence[str], config: TrainConfig) 
         num_layers=config.num_layers,
         spec_time_prob=config.spec_time_prob,
         spec_feature_prob=config.spec_feature_prob,
+        layer_sum=config.layer_sum,
     )
 
 
