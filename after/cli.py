@@ -479,6 +479,12 @@ def tapt(
 # ---- fine-tuning -------------------------------------------------------------------------------
 
 EPOCHS = typer.Option(TrainConfig.epochs, min=1, help="Maximum epochs.")
+MIN_STEPS = typer.Option(
+    TrainConfig.min_steps,
+    min=0,
+    help="At least this many optimiser steps per fit: a small labeled set takes several passes "
+    "per epoch (0: just the epochs).",
+)
 BATCH = typer.Option(TrainConfig.batch_size, min=1, help="Clips per step and device.")
 LR = typer.Option(TrainConfig.lr, help="Learning rate of the backbone.")
 HEAD_LR = typer.Option(TrainConfig.head_lr, help="Learning rate of the new head.")
@@ -558,6 +564,7 @@ def train(
     ),
     out: Path = typer.Option(..., help="Output folder.", show_default=False),
     epochs: int = EPOCHS,
+    min_steps: int = MIN_STEPS,
     batch_size: int = BATCH,
     lr: float = LR,
     head_lr: float = HEAD_LR,
@@ -586,6 +593,7 @@ def train(
     m, chosen = _load_fold(manifest, folds_file, fold)
     config = TrainConfig(
         epochs=epochs,
+        min_steps=min_steps,
         batch_size=batch_size,
         lr=lr,
         head_lr=head_lr,
@@ -760,6 +768,7 @@ def cv(
     out: Path = typer.Option(..., help="Output folder.", show_default=False),
     seeds: str = typer.Option("0", help="Comma-separated seeds; every fold runs with each."),
     epochs: int = EPOCHS,
+    min_steps: int = MIN_STEPS,
     batch_size: int = BATCH,
     lr: float = LR,
     head_lr: float = HEAD_LR,
@@ -793,6 +802,7 @@ def cv(
     cache = cache_dir or default_cache_dir()
     config = TrainConfig(
         epochs=epochs,
+        min_steps=min_steps,
         batch_size=batch_size,
         lr=lr,
         head_lr=head_lr,
@@ -906,6 +916,7 @@ def run(
         None, help="Continue the run in this folder (its settings are in its config.json)."
     ),
     epochs: int = EPOCHS,
+    min_steps: int = MIN_STEPS,
     batch_size: int = BATCH,
     lr: float = LR,
     head_lr: float = HEAD_LR,
@@ -971,6 +982,7 @@ def run(
     )
     config = TrainConfig(
         epochs=epochs,
+        min_steps=min_steps,
         batch_size=batch_size,
         lr=lr,
         head_lr=head_lr,
@@ -1205,6 +1217,7 @@ def compare(
         ..., help="Output folder; the same command again continues in it.", show_default=False
     ),
     epochs: int = EPOCHS,
+    min_steps: int = MIN_STEPS,
     batch_size: int = BATCH,
     lr: float = LR,
     head_lr: float = HEAD_LR,
@@ -1235,6 +1248,7 @@ def compare(
     )
     config = TrainConfig(
         epochs=epochs,
+        min_steps=min_steps,
         batch_size=batch_size,
         lr=lr,
         head_lr=head_lr,
@@ -1301,8 +1315,9 @@ def rerun(
             "after train again with the options in its config"
         )
     m, chosen = _load_fold(Path(record["manifest"]), Path(record["folds"]), record["fold"])
-    saved = {k: v for k, v in record["config"].items() if k in TrainConfig.__dataclass_fields__}
-    config = TrainConfig(**{**saved, **({} if seed is None else {"seed": seed})})
+    config = TrainConfig.from_record(
+        {**record["config"], **({} if seed is None else {"seed": seed})}
+    )
     paths = {"manifest": record["manifest"], "folds": record["folds"]}
     cache = Path(record["cache_dir"]) if record.get("cache_dir") else None
     _train_and_save(m, chosen, record["backbone"], config, out, cache, paths, None, None)

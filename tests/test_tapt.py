@@ -254,7 +254,7 @@ def test_whisper_tapt_continues_the_encoder_and_its_output_fine_tunes(
     key = "encoder.layers.1.fc1.weight"
     assert not torch.equal(saved[key], start[f"model.{key}"])  # the encoder trained
     labeled = [i for i in fold.train if m[i].label is not None]
-    r = fit(m, labeled, fold.dev, str(out), TrainConfig(epochs=1), progress=False)
+    r = fit(m, labeled, fold.dev, str(out), TrainConfig(epochs=1, min_steps=0), progress=False)
     assert type(r.classifier.module).__name__ == "WhisperEncoderForAudioClassification"
     assert evaluate(r.classifier, m, fold.test)["num_clips"] == len(fold.test)
 
@@ -275,6 +275,6 @@ def test_a_tapt_output_fine_tunes(
     m, fold = corpus
     out = tapt.run_tapt(m, fold, str(models["wav2vec2"]), tmp_path / "t", FAST, progress=False)
     labeled = [i for i in fold.train if m[i].label is not None]
-    r = fit(m, labeled, fold.dev, str(out), TrainConfig(epochs=1), progress=False)
+    r = fit(m, labeled, fold.dev, str(out), TrainConfig(epochs=1, min_steps=0), progress=False)
     assert type(r.classifier.module).__name__ == "Wav2Vec2ForSequenceClassification"
     assert evaluate(r.classifier, m, fold.test)["num_clips"] == len(fold.test)
