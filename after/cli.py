@@ -479,6 +479,12 @@ def tapt(
 # ---- fine-tuning -------------------------------------------------------------------------------
 
 EPOCHS = typer.Option(TrainConfig.epochs, min=1, help="Maximum epochs.")
+MIN_STEPS = typer.Option(
+    TrainConfig.min_steps,
+    min=0,
+    help="At least this many optimiser steps per fit: a small labeled set takes several passes "
+    "per epoch (0: just the epochs).",
+)
 BATCH = typer.Option(TrainConfig.batch_size, min=1, help="Clips per step and device.")
 LR = typer.Option(TrainConfig.lr, help="Learning rate of the backbone.")
 HEAD_LR = typer.Option(TrainConfig.head_lr, help="Learning rate of the new head.")
@@ -499,6 +505,12 @@ FREEZE_LAYERS = typer.Option(
 )
 NUM_LAYERS = typer.Option(
     None, min=1, help="Keep only the encoder's bottom N layers (default: all)."
+)
+LAYER_SUM = typer.Option(
+    TrainConfig.layer_sum,
+    "--layer-sum/--last-layer",
+    help="Whisper: the head reads a learned weighted sum of the layers from --freeze-layers up, "
+    "or the last layer.",
 )
 CACHE = typer.Option(
     None, "--cache-dir", help="Feature cache (default $AFTER_CACHE_DIR or ~/.cache/after)."
@@ -570,6 +582,7 @@ def train(
     ),
     out: Path = typer.Option(..., help="Output folder.", show_default=False),
     epochs: int = EPOCHS,
+    min_steps: int = MIN_STEPS,
     batch_size: int = BATCH,
     lr: float = LR,
     head_lr: float = HEAD_LR,
@@ -580,6 +593,7 @@ def train(
     freeze_layers: int = FREEZE_LAYERS,
     feature_view: str = FEATURE_VIEW,
     num_layers: int | None = NUM_LAYERS,
+    layer_sum: bool = LAYER_SUM,
     cache_dir: Path | None = CACHE,
     seed: int = SEED,
     grad_accum: int = GRAD_ACCUM,
@@ -598,6 +612,7 @@ def train(
     m, chosen = _load_fold(manifest, folds_file, fold)
     config = TrainConfig(
         epochs=epochs,
+        min_steps=min_steps,
         batch_size=batch_size,
         lr=lr,
         head_lr=head_lr,
@@ -608,6 +623,7 @@ def train(
         freeze_layers=freeze_layers,
         feature_view=feature_view,
         num_layers=num_layers,
+        layer_sum=layer_sum,
         seed=seed,
         grad_accum=grad_accum,
         num_processes=num_processes,
@@ -782,6 +798,7 @@ def cv(
     out: Path = typer.Option(..., help="Output folder.", show_default=False),
     seeds: str = typer.Option("0", help="Comma-separated seeds; every fold runs with each."),
     epochs: int = EPOCHS,
+    min_steps: int = MIN_STEPS,
     batch_size: int = BATCH,
     lr: float = LR,
     head_lr: float = HEAD_LR,
@@ -792,6 +809,7 @@ def cv(
     freeze_layers: int = FREEZE_LAYERS,
     feature_view: str = FEATURE_VIEW,
     num_layers: int | None = NUM_LAYERS,
+    layer_sum: bool = LAYER_SUM,
     cache_dir: Path | None = CACHE,
     threads: int | None = THREADS,
     device: str = DEVICE,
@@ -817,6 +835,7 @@ def cv(
     cache = cache_dir or default_cache_dir()
     config = TrainConfig(
         epochs=epochs,
+        min_steps=min_steps,
         batch_size=batch_size,
         lr=lr,
         head_lr=head_lr,
@@ -827,6 +846,7 @@ def cv(
         freeze_layers=freeze_layers,
         feature_view=feature_view,
         num_layers=num_layers,
+        layer_sum=layer_sum,
     )
 
     def done(fit: FitResult, record: dict[str, Any]) -> None:
@@ -936,6 +956,7 @@ def run(
         None, help="Continue the run in this folder (its settings are in its config.json)."
     ),
     epochs: int = EPOCHS,
+    min_steps: int = MIN_STEPS,
     batch_size: int = BATCH,
     lr: float = LR,
     head_lr: float = HEAD_LR,
@@ -948,6 +969,7 @@ def run(
     self_training: float = SELF_TRAINING,
     pseudo_threshold: float = PSEUDO_THRESHOLD,
     num_layers: int | None = NUM_LAYERS,
+    layer_sum: bool = LAYER_SUM,
     cache_dir: Path | None = CACHE,
     grad_accum: int = GRAD_ACCUM,
     num_processes: int = typer.Option(
@@ -1004,6 +1026,7 @@ def run(
     )
     config = TrainConfig(
         epochs=epochs,
+        min_steps=min_steps,
         batch_size=batch_size,
         lr=lr,
         head_lr=head_lr,
@@ -1016,6 +1039,7 @@ def run(
         self_training=self_training,
         pseudo_threshold=pseudo_threshold,
         num_layers=num_layers,
+        layer_sum=layer_sum,
         seed=seed,
         grad_accum=grad_accum,
         num_processes=num_processes,
@@ -1250,6 +1274,7 @@ def compare(
         ..., help="Output folder; the same command again continues in it.", show_default=False
     ),
     epochs: int = EPOCHS,
+    min_steps: int = MIN_STEPS,
     batch_size: int = BATCH,
     lr: float = LR,
     head_lr: float = HEAD_LR,
@@ -1260,6 +1285,7 @@ def compare(
     self_training: float = SELF_TRAINING,
     pseudo_threshold: float = PSEUDO_THRESHOLD,
     num_layers: int | None = NUM_LAYERS,
+    layer_sum: bool = LAYER_SUM,
     cache_dir: Path | None = CACHE,
     threads: int | None = THREADS,
     device: str = DEVICE,
@@ -1282,6 +1308,7 @@ def compare(
     )
     config = TrainConfig(
         epochs=epochs,
+        min_steps=min_steps,
         batch_size=batch_size,
         lr=lr,
         head_lr=head_lr,
@@ -1292,6 +1319,7 @@ def compare(
         self_training=self_training,
         pseudo_threshold=pseudo_threshold,
         num_layers=num_layers,
+        layer_sum=layer_sum,
     )
     run_compare(
         m,
@@ -1350,8 +1378,9 @@ def rerun(
             "after train again with the options in its config"
         )
     m, chosen = _load_fold(Path(record["manifest"]), Path(record["folds"]), record["fold"])
-    saved = {k: v for k, v in record["config"].items() if k in TrainConfig.__dataclass_fields__}
-    config = TrainConfig(**{**saved, **({} if seed is None else {"seed": seed})})
+    config = TrainConfig.from_record(
+        {**record["config"], **({} if seed is None else {"seed": seed})}
+    )
     paths = {"manifest": record["manifest"], "folds": record["folds"]}
     cache = Path(record["cache_dir"]) if record.get("cache_dir") else None
     _train_and_save(m, chosen, record["backbone"], config, out, cache, paths, None, None)

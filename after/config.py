@@ -96,6 +96,11 @@ class TrainConfig:
 
     The backbone and its new head learn at different rates (`lr`, `head_lr`); a frozen feature
     backbone has only the head. Warm-up over `warmup_ratio` of the steps, then linear decay.
+
+    A fit takes `epochs` passes over the labeled clips, and at least `min_steps` optimiser steps:
+    where `epochs` passes are fewer (20 epochs of 10 clips in batches of 8 are 40 steps), each
+    epoch (one dev evaluation, one unit of `patience`) takes as many passes as the floor needs.
+    `max_steps` caps both.
     """
 
     epochs: int = 20
@@ -108,6 +113,7 @@ class TrainConfig:
     # At most this many optimiser steps (None: `epochs` epochs); an active-learning round that
     # starts from the last round's model gets a budget tied to its new labels (after.loop).
     max_steps: int | None = None
+    min_steps: int = 100  # 0: `epochs` passes, however few steps they are
     # Keep the epoch with the best dev UA and stop after `patience` epochs without a gain; off,
     # the last epoch is kept and dev labels pick nothing (active learning: see after.loop).
     select_on_dev: bool = True
@@ -117,6 +123,9 @@ class TrainConfig:
     freeze_cnn: bool = True  # the convolutional front end (wav2vec 2.0's CNN, Whisper's conv stem)
     freeze_layers: int = 0  # also freeze the encoder's bottom N transformer layers
     num_layers: int | None = None  # keep only the encoder's bottom N layers (None: all)
+    # Whisper: the head reads a learned softmax-weighted sum of the layers from `freeze_layers`
+    # up (SUPERB style); False: the last layer. Other families read the last layer.
+    layer_sum: bool = True
     # Cache the frozen bottom's outputs per clip (the CNN; for Whisper also the frozen layers).
     cache_cnn: bool = True
     # Frozen features: the logistic regression's C (None: chosen by CV within the labeled clips),
@@ -134,7 +143,9 @@ class TrainConfig:
     pseudo_threshold: float = 0.9
     class_weighted: bool = True  # loss weighted by inverse class frequency of the labeled set
     soft_labels: bool = False  # train on annotator vote distributions where `votes` exist
-    spec_time_prob: float = 0.05  # SpecAugment on the encoder's input frames during training
+    # SpecAugment on the encoder's input frames during training: about this share of each
+    # clip's frames is masked (Whisper: not when the frozen bottom is cached above layer 0).
+    spec_time_prob: float = 0.05
     spec_feature_prob: float = 0.0
     seed: int = 0
     precision: Precision = "auto"
@@ -166,6 +177,7 @@ class TrainConfig:
             "precision": self.precision in ("auto", "no", "fp16", "bf16"),
             "freeze_layers": self.freeze_layers >= 0,
             "max_steps": self.max_steps is None or self.max_steps >= 1,
+            "min_steps": self.min_steps >= 0,
             "num_layers": self.num_layers is None or self.num_layers >= 1,
             "l2_c": self.l2_c is None or self.l2_c > 0,
             "feature_view": self.feature_view in ("clip", "speaker", "auto"),
@@ -181,6 +193,19 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> TrainConfig:
+        """The settings of a written `to_dict()` (keys that are no setting are left out); a
+        setting it predates takes the value that reproduces it (`TRAIN_BEFORE`), not today's
+        default."""
+        known = {k: v for k, v in record.items() if k in cls.__dataclass_fields__}
+        return cls(**{**TRAIN_BEFORE, **known})
+
+
+# Training settings added since records were first written, at the value that reproduces what ran
+# before they existed.
+TRAIN_BEFORE: dict[str, Any] = {"min_steps": 0, "layer_sum": False}
 
 
 @dataclass(frozen=True)

@@ -538,7 +538,7 @@ def run_tapt(
                 "audio_seconds": audio_s,
             }
             if accelerator.is_main_process and (
-                (step + 1) % config.log_every == 0 or step == start
+                (step + 1) % config.log_every == 0 or step in (start, config.steps - 1)
             ):
                 _append_jsonl(log_path, last)
             bar.update(task, advance=1, info=f"loss {last['loss']:.3f}")

@@ -553,11 +553,14 @@ def fit(
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     num_processes = accelerator.num_processes
     micro_per_epoch = math.ceil(math.ceil(len(train_ids) / config.batch_size) / num_processes)
-    steps_per_epoch = math.ceil(micro_per_epoch / config.grad_accum)
-    total = config.epochs * steps_per_epoch
+    steps_per_pass = math.ceil(micro_per_epoch / config.grad_accum)
+    total = max(config.epochs * steps_per_pass, config.min_steps)
     if config.max_steps is not None:
         total = min(total, config.max_steps)
-    num_epochs = math.ceil(total / steps_per_epoch)
+    # Where `epochs` passes fall short of `min_steps`, an epoch is several passes (TrainConfig).
+    passes = max(1, math.ceil(total / (config.epochs * steps_per_pass)))
+    micro_per_epoch *= passes
+    num_epochs = math.ceil(total / (passes * steps_per_pass))
     warmup = round(config.warmup_ratio * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -585,10 +588,17 @@ def fit(
         for epoch in range(num_epochs):
             epoch_t0 = time.perf_counter()
             model.train()
-            batches = bucket_batches(
-                durations, config.batch_size, derived_rng(config.seed, "epoch", epoch)
-            )
-            mine = rank_batches(batches, accelerator.process_index, num_processes)
+            mine = [
+                batch
+                for p in range(epoch * passes, (epoch + 1) * passes)
+                for batch in rank_batches(
+                    bucket_batches(
+                        durations, config.batch_size, derived_rng(config.seed, "epoch", p)
+                    ),
+                    accelerator.process_index,
+                    num_processes,
+                )
+            ]
             losses = []
             for k, batch in enumerate(mine):
                 ids = [train_ids[i] for i in batch]
@@ -668,6 +678,7 @@ def fresh_classifier(backbone: str, labels: Sequence[str], config: TrainConfig) 
         num_layers=config.num_layers,
         spec_time_prob=config.spec_time_prob,
         spec_feature_prob=config.spec_feature_prob,
+        layer_sum=config.layer_sum,
     )
 
 
@@ -768,8 +779,8 @@ def _fit_linear(
 
 def describe_training(backbone: str, config: dict[str, Any]) -> str:
     """One line on how a classifier on `backbone` was trained, from `TrainConfig.to_dict()`
-    (missing keys take their defaults: records made before they existed)."""
-    t = {**TrainConfig().to_dict(), **config}
+    (missing keys take the values that reproduce records made before they existed)."""
+    t = TrainConfig.from_record(config).to_dict()
     weighting = "class-weighted" if t["class_weighted"] else "unweighted"
     labels = "soft" if t["soft_labels"] else "hard"
     if kind_of(backbone) == "features":
@@ -793,14 +804,20 @@ def describe_training(backbone: str, config: dict[str, Any]) -> str:
         )
     front = "frozen" if t["freeze_cnn"] else "trained"
     layers = "all layers" if t["num_layers"] is None else f"bottom {t['num_layers']} layers"
+    bounds = [f"at least {t['min_steps']} steps"] if t["min_steps"] else []
+    if t["max_steps"] is not None:
+        bounds.append(f"at most {t['max_steps']}")
+    steps = f" ({', '.join(bounds)})" if bounds else ""
     epochs = (
-        f"{t['epochs']} epochs max, the best dev-UA epoch kept (patience {t['patience']})"
+        f"{t['epochs']} epochs max{steps}, the best dev-UA epoch kept (patience {t['patience']})"
         if t["select_on_dev"]
-        else f"{t['epochs']} epochs, the last kept (dev labels not used)"
+        else f"{t['epochs']} epochs{steps}, the last kept (dev labels not used)"
     )
+    pooled = "a learned sum of layers (Whisper)" if t["layer_sum"] else "the last layer"
     return (
         f"{epochs}, lr {t['lr']}, head lr {t['head_lr']}, batch {t['batch_size']}, {layers}, "
-        f"front end {front}, {t['freeze_layers']} layers frozen, {weighting}, {labels} labels"
+        f"front end {front}, {t['freeze_layers']} layers frozen, head on {pooled}, "
+        f"{weighting}, {labels} labels"
     )
 
 

@@ -79,7 +79,7 @@ def test_gradient_accumulation_steps_once_per_group_and_at_the_end_of_an_epoch(
     steps: list[int] = []
     hook = register_optimizer_step_post_hook(lambda *_: steps.append(1))
     try:
-        config = TrainConfig(epochs=2, batch_size=4, grad_accum=3, patience=0)
+        config = TrainConfig(epochs=2, min_steps=0, batch_size=4, grad_accum=3, patience=0)
         r = train.fit(
             m, m.ids, [], "scratch:tiny", config, cache_dir=tmp_path / "c", progress=False
         )

@@ -19,7 +19,7 @@ from after.loop.runner import Run, run_loop, start_run
 from after.loop.state import LoopState
 from after.report import write_report
 
-FAST = TrainConfig(epochs=3, batch_size=8, patience=0, lr=1e-3)
+FAST = TrainConfig(epochs=3, min_steps=0, batch_size=8, patience=0, lr=1e-3)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -261,19 +261,38 @@ def test_whisper_tapt_continues_the_encoder_and_its_output_fine_tunes(
     from after.train import evaluate, fit
 
     m, fold = corpus
-    config = TaptConfig(**{**FAST.to_dict(), "kmeans_max_frames": 300, "lr": 1e-3})
+    changes = {"kmeans_max_frames": 300, "lr": 1e-3, "log_every": 5}
+    config = TaptConfig(**{**FAST.to_dict(), **changes})
     out = tapt.run_tapt(m, fold, str(models["whisper"]), tmp_path / "w", config, progress=False)
     log = _log(out)
-    assert len(log) == FAST.steps and all("masked_accuracy" in r for r in log)
+    assert [r["step"] for r in log] == [1, 5, 10, 12]  # the first, every 5th and the last
+    assert all("masked_accuracy" in r for r in log)
     saved = load_file(str(out / "model.safetensors"))
     assert saved and all(k.startswith("encoder.") for k in saved)  # no head to mislead
     start = load_file(str(models["whisper"] / "model.safetensors"))
     key = "encoder.layers.1.fc1.weight"
     assert not torch.equal(saved[key], start[f"model.{key}"])  # the encoder trained
     labeled = [i for i in fold.train if m[i].label is not None]
-    r = fit(m, labeled, fold.dev, str(out), TrainConfig(epochs=1), progress=False)
+    r = fit(m, labeled, fold.dev, str(out), TrainConfig(epochs=1, min_steps=0), progress=False)
     assert type(r.classifier.module).__name__ == "WhisperEncoderForAudioClassification"
     assert evaluate(r.classifier, m, fold.test)["num_clips"] == len(fold.test)
+
+
+def test_whisper_masked_frames_keep_their_positions(models: dict[str, Path]) -> None:
+    """Whisper's only position signal is added to the conv stem's output: the mask embedding
+    replaces that output, so masked frames of one clip still see different inputs."""
+    from after.models.backbones import family_of, load_backbone, load_feature_extractor
+    from after.testing.dummies import tone
+
+    encoder = load_backbone(str(models["whisper"]), pretraining=True).eval()
+    family = family_of(encoder.config)
+    inputs = family.inputs([tone(220, 1.0)], load_feature_extractor(str(models["whisper"])))
+    mask = torch.zeros(1, 50, dtype=torch.bool)
+    mask[0, 10:30] = True
+    embedding = torch.randn(encoder.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = family.masked_output(encoder, inputs, mask, embedding)[0, 10:30]
+    assert (out - out[0]).abs().amax(dim=-1)[1:].min() > 1e-3  # every masked frame differs
 
 
 def test_data2vec_has_no_tapt_objective(corpus: tuple[Manifest, Fold], tmp_path: Path) -> None:
@@ -292,6 +311,6 @@ def test_a_tapt_output_fine_tunes(
     m, fold = corpus
     out = tapt.run_tapt(m, fold, str(models["wav2vec2"]), tmp_path / "t", FAST, progress=False)
     labeled = [i for i in fold.train if m[i].label is not None]
-    r = fit(m, labeled, fold.dev, str(out), TrainConfig(epochs=1), progress=False)
+    r = fit(m, labeled, fold.dev, str(out), TrainConfig(epochs=1, min_steps=0), progress=False)
     assert type(r.classifier.module).__name__ == "Wav2Vec2ForSequenceClassification"
     assert evaluate(r.classifier, m, fold.test)["num_clips"] == len(fold.test)

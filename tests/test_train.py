@@ -34,7 +34,9 @@ def tones(tmp_path_factory: pytest.TempPathFactory) -> tuple[Manifest, Fold]:
 @pytest.fixture(scope="module")
 def trained(tones: tuple[Manifest, Fold]) -> train.FitResult:
     m, fold = tones
-    config = TrainConfig(epochs=12, batch_size=8, lr=1e-3, freeze_cnn=False, patience=0)
+    config = TrainConfig(
+        epochs=12, min_steps=0, batch_size=8, lr=1e-3, freeze_cnn=False, patience=0
+    )
     return train.fit(m, fold.train, fold.dev, "scratch:tiny", config, progress=False)
 
 
@@ -116,7 +118,7 @@ def test_every_labeled_clip_is_seen_every_epoch(
         return real(self, ids, rng)
 
     monkeypatch.setattr(train._Inputs, "batch", spy)
-    config = TrainConfig(epochs=3, batch_size=5, patience=0)
+    config = TrainConfig(epochs=3, min_steps=0, batch_size=5, patience=0)
     train.fit(m, fold.train, [], "scratch:tiny", config, progress=False)
     per_epoch = len(seen) // 3
     epochs = [[i for b in seen[e * per_epoch : (e + 1) * per_epoch] for i in b] for e in range(3)]
@@ -136,7 +138,7 @@ def test_early_stopping_keeps_the_best_epoch(
         return {**real(*args), "ua": next(uas)}  # type: ignore[arg-type]
 
     monkeypatch.setattr(train, "classification_scores", scripted)
-    config = TrainConfig(epochs=6, patience=2)
+    config = TrainConfig(epochs=6, min_steps=0, patience=2)
     r = train.fit(m, fold.train, fold.dev, "scratch:tiny", config, progress=False)
     assert [h["epoch"] for h in r.history] == [1, 2, 3, 4]  # no gain in epochs 3 and 4
     assert r.best_epoch == 2 and r.dev is not None and r.dev["ua"] == 0.6
@@ -221,3 +223,25 @@ def test_a_step_budget_ends_training_early(tones: tuple[Manifest, Fold]) -> None
     config = TrainConfig(epochs=5, batch_size=4, max_steps=7, patience=0)  # 12 steps an epoch
     r = train.fit(m, fold.train, [], "scratch:tiny", config, progress=False)
     assert r.history[-1]["steps"] == 7 and len(r.history) == 1  # stopped within epoch 1
+
+
+def test_a_small_labeled_set_gets_its_floor_of_steps(tones: tuple[Manifest, Fold]) -> None:
+    m, fold = tones
+    few = fold.train[:6]  # one batch: 4 epochs are 4 steps
+    config = TrainConfig(epochs=4, batch_size=8, min_steps=10, patience=0)
+    r = train.fit(m, few, fold.dev, "scratch:tiny", config, progress=False)
+    # Still 4 epochs (dev evaluations), of 3 passes each; the last ends at the floor.
+    assert [h["steps"] for h in r.history] == [3, 6, 9, 10]
+    capped = TrainConfig(**{**config.to_dict(), "max_steps": 5})
+    r = train.fit(m, few, [], "scratch:tiny", capped, progress=False)
+    assert [h["steps"] for h in r.history] == [2, 4, 5]
+
+
+def test_the_training_description_states_the_step_floor_and_the_pooling() -> None:
+    now = train.describe_training("whisper-tiny.en", TrainConfig().to_dict())
+    assert "(at least 100 steps)" in now and "head on a learned sum of layers" in now
+    # A record made before these settings existed: trained as they were then.
+    old = TrainConfig().to_dict()
+    del old["min_steps"], old["layer_sum"]
+    before = train.describe_training("whisper-tiny.en", old)
+    assert "at least" not in before and "head on the last layer" in before

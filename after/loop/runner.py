@@ -179,7 +179,7 @@ class Run:
             fold=Folds.from_json(c["folds"], manifest).get(c["fold"]),
             backbone=c["backbone"],
             al=ALConfig(**al),
-            train=TrainConfig(**c["train"]),
+            train=TrainConfig.from_record(c["train"]),
             run_dir=folder,
             cache_dir=c["cache_dir"],
         )
@@ -607,8 +607,9 @@ class _Loop:
         """With `--warm-start`, a fine-tuned round after the first starts from the last round's
         model, shrunk toward a fresh start (`after.train.shrink_toward`), and trains for as many
         steps as `epochs` passes over the clips labeled since (its batches drawn from all of
-        them): it costs what it adds. Otherwise (AFTER's way, and always for frozen features,
-        whose learner is convex) a round starts afresh with the full budget."""
+        them), at least `min_steps`: it costs what it adds. Otherwise (AFTER's way, and always
+        for frozen features, whose learner is convex) a round starts afresh with the full
+        budget."""
         from after.train import fresh_classifier, kind_of, shrink_toward
 
         run, state = self.run, self.state
@@ -626,7 +627,8 @@ class _Loop:
             shrink_toward(init.module, start.module, run.al.shrink)
         new = len(labeled) - state.rounds[-1]["num_labeled"]
         batches = math.ceil(max(1, new) / run.train.batch_size)
-        return init, dataclasses.replace(run.train, max_steps=run.train.epochs * batches)
+        steps = max(run.train.min_steps, run.train.epochs * batches)
+        return init, dataclasses.replace(run.train, max_steps=steps)
 
     def _cold_start(self, unlabeled: list[str], n: int) -> list[str]:
         from after.strategies import cold_start

@@ -559,8 +559,10 @@ class WhisperFamily(Family):
         m: Any = model
         h, valid = m.embed(inputs["input_features"], inputs.get("attention_mask"))
         hidden = mask[:, : h.shape[1], None].to(h.device)
-        h = torch.where(hidden, mask_embedding.to(h.dtype), h)
-        out: torch.Tensor = m.encode(h, valid)
+        # The embedding stands in for the conv stem's output: masked frames keep their position,
+        # Whisper's only clue to where they are.
+        masked = mask_embedding.to(h.dtype) + m.positions(h.shape[1])
+        out: torch.Tensor = m.encode(torch.where(hidden, masked, h), valid)
         return out
 
 

@@ -1,9 +1,10 @@
 """Emotion classifiers: one interface over two kinds of model.
 
 - "transformers": a speech encoder (wav2vec 2.0, HuBERT, WavLM, data2vec-audio, Whisper) with the
-  stock audio-classification head of transformers: a linear projection of the encoder outputs, mean
-  pooling over the valid (unpadded) frames, and a linear layer. AFTER's head puts a ReLU where
-  the projection is; we keep the stock head so that a saved model loads in
+  stock audio-classification head of transformers: a linear projection of the encoder outputs (for
+  Whisper, by default, of a learned weighted sum of its layers), mean pooling over the valid
+  (unpadded) frames, and a linear layer. AFTER's head puts a ReLU where the projection is; we
+  keep the stock head so that a saved model loads in
   `transformers.pipeline("audio-classification", model=DIR)`: with no custom code for the wav2vec
   2.0-like families, with `trust_remote_code=True` for Whisper, whose saved folder carries the
   file `whisper_model.py` that reads each clip's own frames (see `after.models.whisper_model`).
@@ -125,7 +126,8 @@ class Classifier:
         if self.kind == "features":
             return list(self.module.parameters())
         m: Any = self.module
-        return [*m.projector.parameters(), *m.classifier.parameters()]
+        mixing = [m.layer_weights] if getattr(m.config, "use_weighted_layer_sum", False) else []
+        return [*mixing, *m.projector.parameters(), *m.classifier.parameters()]
 
     def output_layer(self) -> nn.Linear:
         """The last linear layer: its input is the pooled embedding, its output the logits."""
@@ -174,10 +176,15 @@ def new_classifier(
     num_layers: int | None = None,
     spec_time_prob: float = 0.05,
     spec_feature_prob: float = 0.0,
+    layer_sum: bool = True,
 ) -> Classifier:
     """A classifier with a new, random head on `backbone` (a feature backbone name, or a
     transformers backbone spec: see `after.models.backbones`). `num_layers` keeps only the
-    encoder's bottom layers; `freeze_layers` freezes the bottom ones (and the CNN / conv stem)."""
+    encoder's bottom layers; `freeze_layers` freezes the bottom ones (and the CNN / conv stem).
+    With `layer_sum`, a Whisper head reads a learned softmax-weighted sum of the layers from
+    `freeze_layers` up (`after.models.whisper_model`); otherwise, and for the other families,
+    the last layer. Time masks hide about `spec_time_prob` of each clip's frames, however short
+    the clip (no minimum number of spans)."""
     if len(labels) < 2:
         raise AfterError(f"need at least 2 labels to classify, got {labels}")
     if is_feature_backbone(backbone):
@@ -200,6 +207,9 @@ def new_classifier(
                 f"keep 1 to {config.num_hidden_layers}"
             )
         changes["num_hidden_layers"] = num_layers
+    layer_sum = layer_sum and config.model_type == "whisper"
+    if layer_sum:
+        changes["layer_sum_from"] = freeze_layers
     model = load_audio_classifier(
         backbone,
         num_labels=len(labels),
@@ -208,7 +218,8 @@ def new_classifier(
         apply_spec_augment=spec_time_prob > 0 or spec_feature_prob > 0,
         mask_time_prob=spec_time_prob,
         mask_feature_prob=spec_feature_prob,
-        use_weighted_layer_sum=False,
+        mask_time_min_masks=0,
+        use_weighted_layer_sum=layer_sum,
         **changes,
     )
     family_of(model.config).freeze(model, cnn=freeze_cnn, layers=freeze_layers)

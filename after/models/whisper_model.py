@@ -12,6 +12,19 @@ more accurate (see BENCHMARKS.md).
 `config.num_hidden_layers` may be smaller than the pretrained model's: the top layers are then
 dropped (the middle layers carry most of the emotion information, and half the layers cost half).
 
+With `config.use_weighted_layer_sum` the head reads a learned softmax-weighted sum of the layers'
+outputs (SUPERB style; `layer_weights` as in transformers: the input to the first layer, each
+layer's output, the last after the final layer norm) instead of the last layer alone. The sum runs
+over layers `config.layer_sum_from` (default 0) and up: a classifier whose bottom N layers are
+frozen and cached from layer N's output (`frames_layer`) sums layers N and up, whichever way it
+is run, so that cached training and the exported model agree.
+
+SpecAugment-style time masking (training only) replaces the conv stem's output of the masked
+frames by zeros before the positions are added, so masked frames keep their position. About
+`mask_time_prob` of each clip's frames are masked, short clips included
+(`config.mask_time_min_masks` 0). Frames cached above layer 0 are not masked: the masked input
+would pass through frozen layers that the cache has already run.
+
 It imports only numpy, torch and transformers: it is copied into every saved Whisper classifier, so
 that `transformers.pipeline("audio-classification", model=DIR, trust_remote_code=True)` and
 `AutoModelForAudioClassification.from_pretrained(DIR, trust_remote_code=True)` run it.
@@ -75,21 +88,28 @@ class WhisperEncoderForAudioClassification(WhisperForAudioClassification):
         h = nn.functional.gelu(enc.conv1(x))
         h = nn.functional.gelu(enc.conv2(h)).permute(0, 2, 1)
         num_frames = h.shape[1]
-        if num_frames > enc.embed_positions.num_embeddings:
-            raise ValueError(
-                f"{num_frames} frames is longer than Whisper's window "
-                f"({enc.embed_positions.num_embeddings}); cut the audio to 30 s"
-            )
-        h = h + enc.embed_positions.weight[:num_frames]
+        h = h + self.positions(num_frames)
         lengths = torch.div(mel_lengths + 1, 2, rounding_mode="floor").clamp(1, num_frames)
         mask = torch.arange(num_frames, device=h.device)[None, :] < lengths[:, None]
         return h, mask.long()
 
-    def encode(
+    def positions(self, num_frames: int) -> torch.Tensor:
+        """Whisper's sinusoidal position table for the first `num_frames` frames, (T, D)."""
+        table = self.encoder.embed_positions
+        if num_frames > table.num_embeddings:
+            raise ValueError(
+                f"{num_frames} frames is longer than Whisper's window "
+                f"({table.num_embeddings}); cut the audio to 30 s"
+            )
+        weight: torch.Tensor = table.weight[:num_frames]
+        return weight
+
+    def states(
         self, frames: torch.Tensor, mask: torch.Tensor, start: int = 0, end: int | None = None
-    ) -> torch.Tensor:
-        """Layers `start` to `end` (default: all, then the final layer norm) on `frames`
-        (B, T, D), with padded frames (mask 0) hidden from attention."""
+    ) -> list[torch.Tensor]:
+        """`frames` (B, T, D), the output of layer `start` (0: `embed`'s), and the outputs of
+        layers `start` + 1 to `end` (default: all, the last then layer-normed), with padded
+        frames (mask 0) hidden from attention."""
         enc = self.encoder
         end = len(enc.layers) if end is None else end
         h = (
@@ -98,26 +118,53 @@ class WhisperEncoderForAudioClassification(WhisperForAudioClassification):
             else frames
         )
         bias = (1.0 - mask[:, None, None, :].to(h.dtype)) * torch.finfo(h.dtype).min
+        out = [h]
         for layer in enc.layers[start:end]:
-            if self.training and enc.layerdrop > 0 and torch.rand([]) < enc.layerdrop:
-                continue
-            h = layer(h, bias)
-        return enc.layer_norm(h) if end == len(enc.layers) else h
+            if not (self.training and enc.layerdrop > 0 and torch.rand([]) < enc.layerdrop):
+                h = layer(h, bias)
+            out.append(h)
+        if end == len(enc.layers):
+            out[-1] = enc.layer_norm(out[-1])
+        return out
 
-    def _spec_augment(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """SpecAugment-style time masking (zeroed frames) in training, where the config asks."""
+    def encode(
+        self, frames: torch.Tensor, mask: torch.Tensor, start: int = 0, end: int | None = None
+    ) -> torch.Tensor:
+        """The last of `states`: layer `end`'s output (default: the last, layer-normed)."""
+        return self.states(frames, mask, start, end)[-1]
+
+    def mix(self, states: list[torch.Tensor], start: int) -> torch.Tensor:
+        """What the head reads from `states` (layers `start` and up): the last layer, or with
+        `config.use_weighted_layer_sum` the softmax-weighted sum of layers
+        `config.layer_sum_from` and up (see the module docstring)."""
+        if not self.config.use_weighted_layer_sum:
+            return states[-1]
+        first = getattr(self.config, "layer_sum_from", 0)
+        if start > first:
+            raise ValueError(
+                f"this model sums layers {first} and up, but was given the frames of layer {start}"
+            )
+        weights = nn.functional.softmax(self.layer_weights[first:], dim=-1)
+        stacked = torch.stack(states[first - start :])
+        mixed: torch.Tensor = torch.einsum("l,lbtd->btd", weights.to(stacked.dtype), stacked)
+        return mixed
+
+    def _spec_augment(self, frames: torch.Tensor, mask: torch.Tensor, layer: int) -> torch.Tensor:
+        """SpecAugment-style time masking in training, where the config asks: the masked frames
+        of `embed`'s output become their positions alone (a zero conv-stem output). Frames of a
+        layer above 0 are left as they are (see the module docstring)."""
         cfg = self.config
-        if not (self.training and cfg.apply_spec_augment and cfg.mask_time_prob > 0):
-            return h
+        if not (self.training and cfg.apply_spec_augment and cfg.mask_time_prob > 0 and layer == 0):
+            return frames
         spans = _compute_mask_indices(
-            (h.shape[0], h.shape[1]),
+            (frames.shape[0], frames.shape[1]),
             mask_prob=cfg.mask_time_prob,
             mask_length=cfg.mask_time_length,
             attention_mask=mask,  # type: ignore[arg-type]
             min_masks=cfg.mask_time_min_masks,
         )
-        hide = torch.tensor(spans, device=h.device, dtype=torch.bool)
-        return h.masked_fill(hide[..., None], 0.0)
+        hide = torch.tensor(spans, device=frames.device, dtype=torch.bool)
+        return torch.where(hide[..., None], self.positions(frames.shape[1]).to(frames), frames)
 
     def pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The projector, then the mean over each clip's frames: (B, classifier_proj_size)."""
@@ -142,8 +189,9 @@ class WhisperEncoderForAudioClassification(WhisperForAudioClassification):
         elif frame_mask is None:
             frame_mask = torch.ones(frames.shape[:2], dtype=torch.long, device=frames.device)
         assert frame_mask is not None
-        frames = self._spec_augment(frames, frame_mask)
-        hidden = self.encode(frames, frame_mask, start=frames_layer)
+        frames = self._spec_augment(frames, frame_mask, frames_layer)
+        states = self.states(frames, frame_mask, start=frames_layer)
+        hidden = self.mix(states, frames_layer)
         logits = self.classifier(self.final_dropout(self.pool(hidden, frame_mask)))
         loss = None
         if labels is not None:

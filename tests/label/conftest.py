@@ -13,7 +13,7 @@ from after.data.manifest import Manifest
 from after.loop.runner import Run, run_loop, start_run
 from after.loop.state import LoopState
 
-FAST = TrainConfig(epochs=3, batch_size=8, patience=0, lr=1e-3)
+FAST = TrainConfig(epochs=3, min_steps=0, batch_size=8, patience=0, lr=1e-3)
 
 
 def human_run(corpus: tuple[Manifest, Path, Path], out: Path, **al: Any) -> tuple[Run, LoopState]:

@@ -34,7 +34,7 @@ from after.loop.runner import (
 )
 from after.loop.state import LoopState
 
-FAST = TrainConfig(epochs=3, batch_size=8, patience=0, lr=1e-3)
+FAST = TrainConfig(epochs=3, min_steps=0, batch_size=8, patience=0, lr=1e-3)
 
 
 def _run(corpus: tuple[Manifest, Path, Path], out: Path, **al: object) -> Run:
@@ -156,6 +156,7 @@ def test_kill_9_mid_round_then_resume_gives_the_clean_result(
     args = ["--manifest", str(manifest), "--folds", str(folds), "--fold", "0"]
     args += ["--backbone", "scratch:tiny", "--strategy", "margin", "--schedule", "4,8,12,16"]
     args += ["--cold-start", "random", "--epochs", "3", "--lr", "0.001", "--patience", "0"]
+    args += ["--min-steps", "0"]
     env = {**os.environ, "AFTER_CACHE_DIR": str(tmp_path / "cache")}
     clean = tmp_path / "clean"
     cmd = [sys.executable, "-m", "after", "run", *args]
@@ -341,6 +342,12 @@ def test_a_warm_started_round_costs_what_it_adds(
     # Round 0 from the backbone, the full budget; rounds 1 and 2 from the last model, for
     # `epochs` passes over their 4 new clips (one batch of 8): 3 steps each.
     assert calls == [(False, None), (True, 3), (True, 3)]
+    # With a floor of steps per fit, warm rounds take at least that many too.
+    calls.clear()
+    run = _run(corpus, tmp_path / "floor", strategy="entropy", warm_start=True, shrink=0.5)
+    run = dataclasses.replace(run, train=dataclasses.replace(FAST, min_steps=5))
+    run_loop(run, start_run(run))
+    assert calls == [(False, None), (True, 5), (True, 5)]
 
 
 def test_shrink_toward_a_fresh_start() -> None:

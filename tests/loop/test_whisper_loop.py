@@ -17,7 +17,7 @@ from after.models.classifier import load_classifier
 from after.scoring import score_pool
 
 # One of tiny.en's four layers trains; the conv stem and three layers are frozen and cached.
-FINE_TUNE = TrainConfig(epochs=2, batch_size=4, lr=1e-4, patience=0, freeze_layers=3)
+FINE_TUNE = TrainConfig(epochs=2, min_steps=0, batch_size=4, lr=1e-4, patience=0, freeze_layers=3)
 
 
 def _run(

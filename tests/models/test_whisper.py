@@ -166,3 +166,70 @@ def test_frozen_whisper_features() -> None:
     for bad in ("frozen:whisper-tiny.en@5", "frozen:whisper-tiny.en@x", "frozen:"):
         with pytest.raises(AfterError):
             load_feature_backbone(bad)
+
+
+def test_the_head_reads_a_learned_weighted_sum_of_the_layers() -> None:
+    clf = new_classifier("whisper-tiny.en", ["a", "b", "c"])
+    model, fe = clf.module.eval(), clf.feature_extractor
+    family = family_of(model.config)
+    weights = model.layer_weights
+    assert len(weights) == 5 and any(p is weights for p in clf.head_parameters())
+    inputs = family.inputs(_clips()[:2], fe)
+
+    def logits() -> torch.Tensor:
+        with torch.no_grad():
+            out: torch.Tensor = model(**inputs).logits
+        return out
+
+    uniform = logits()
+    for k in (2, 4):  # a middle layer's output; the last layer's, after the final layer norm
+        with torch.no_grad():
+            weights.copy_(torch.full((5,), -1e4))
+            weights[k] = 0.0  # the softmax: all weight on layer k
+            hidden, mask = family.hidden(model, inputs, k)
+            alone = model.classifier(model.pool(hidden, mask))
+        torch.testing.assert_close(logits(), alone, atol=1e-5, rtol=0)
+        assert (logits() - uniform).abs().max() > 1e-3
+
+
+def test_time_masks_hide_their_share_of_a_short_clip_and_keep_its_positions() -> None:
+    # One layer is enough: what is measured is that layer's input.
+    clf = new_classifier("whisper-tiny.en", ["a", "b"], num_layers=1, spec_time_prob=0.05)
+    model, fe = clf.module, clf.feature_extractor
+    family = family_of(model.config)
+    inputs = family.inputs([tone(220, 2.0, seed=0)] * 8, fe)  # 2.0 s: 100 frames
+    seen: list[torch.Tensor] = []
+    model.encoder.layers[0].register_forward_pre_hook(lambda _m, a: seen.append(a[0]))
+    with torch.no_grad():
+        model.eval()(**inputs)
+        clean = seen.pop()
+        assert clean.shape[1] == 100
+        np.random.seed(0)  # transformers draws the masks from numpy's global generator
+        model.train()
+        for _ in range(200):
+            model(**inputs)
+    masked = torch.stack([(x != clean).any(dim=-1) for x in seen])  # (draws, B, T)
+    assert abs(float(masked.float().mean()) - 0.05) < 0.01
+    # A masked frame's conv-stem output is zero; its position is kept.
+    positions = model.positions(100).expand_as(clean)
+    for x, hide in zip(seen, masked, strict=True):
+        torch.testing.assert_close(x[hide], positions[hide], atol=0, rtol=0)
+    # So two masked frames of one clip differ.
+    rows = next(
+        x[b][h[b]] for x, h in zip(seen, masked, strict=True) for b in range(len(h)) if h[b].any()
+    )
+    assert len(rows) >= 2 and (rows[0] - rows[-1]).abs().max() > 0.1
+
+
+def test_frames_cached_above_the_first_layer_are_not_masked() -> None:
+    clf = new_classifier("whisper-tiny.en", ["a", "b"], num_layers=2, freeze_layers=1)
+    model, fe = clf.module, clf.feature_extractor
+    family = family_of(model.config)
+    frames = [family.frozen_frames(model, tone(220, 2.0, seed=0), fe, 1)] * 4
+    cached = family.frames_inputs(frames, 1)
+    seen: list[torch.Tensor] = []
+    model.encoder.layers[1].register_forward_pre_hook(lambda _m, a: seen.append(a[0]))
+    model.config.mask_time_prob = 0.5
+    with torch.no_grad():
+        model.train()(**cached)
+    torch.testing.assert_close(seen[0], cached["frames"], atol=0, rtol=0)

@@ -20,6 +20,7 @@ from after.loop.state import LoopState
 
 ARGS = ["--backbone", "scratch:tiny", "--strategy", "margin", "--schedule", "4,8,12"]
 ARGS += ["--cold-start", "random", "--epochs", "3", "--lr", "0.001", "--patience", "0"]
+ARGS += ["--min-steps", "0"]
 
 # Each resumed process is killed at the n-th time it reaches the point; later points of a
 # chain apply to the process that resumes after the previous kill.

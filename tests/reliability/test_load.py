@@ -31,7 +31,7 @@ def _people_run(corpus: tuple[Manifest, Path, Path], root: Path) -> tuple[Run, l
     m, manifest, folds = corpus
     config = ALConfig(schedule=("6", "10"), cold_start="random", oracle="human")
     fold = Folds.from_json(folds, m).get(0)
-    train = TrainConfig(epochs=1, batch_size=8)
+    train = TrainConfig(epochs=1, min_steps=0, batch_size=8)
     run = Run(m, str(manifest), str(folds), fold, "scratch:tiny", config, train, root / "run", None)
     state = run_loop(run, start_run(run))
     return run, state.pending

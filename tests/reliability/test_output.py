@@ -72,7 +72,7 @@ def test_plots_show_labels_and_names_verbatim(
     folds = make_folds(m, "loso", seed=0).to_json(weird.with_name("folds.json"))
     fold = make_folds(m, "loso", seed=0).get(0)
     al = ALConfig(strategy="entropy", schedule=("4", "8"), cold_start="random")
-    fast = TrainConfig(epochs=2, batch_size=8, patience=0)
+    fast = TrainConfig(epochs=2, min_steps=0, batch_size=8, patience=0)
     cache = str(tmp_path_factory.getbasetemp() / "features")
     out = weird.parent / "run $\\bad$ [" / "]"
     run = Run(m, str(weird), str(folds), fold, "egemaps", al, fast, out, cache)

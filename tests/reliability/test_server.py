@@ -39,7 +39,7 @@ def people(corpus: tuple[Manifest, Path, Path], tmp_path: Path) -> tuple[Run, Lo
     m, manifest, folds = corpus
     al = ALConfig(schedule=("6", "10"), cold_start="random", oracle="human")
     fold = Folds.from_json(folds, m).get(0)
-    train = TrainConfig(epochs=1, batch_size=8)
+    train = TrainConfig(epochs=1, min_steps=0, batch_size=8)
     run = Run(m, str(manifest), str(folds), fold, "scratch:tiny", al, train, tmp_path / "run", None)
     return run, run_loop(run, start_run(run))
 
