@@ -25,7 +25,7 @@ import numpy as np
 
 from after.data.manifest import Utterance
 from after.errors import AfterError
-from after.io import temp_file_for
+from after.io import open_regular, temp_file_for
 
 _MAGIC = b"AFTER-FEATURES 2\n"
 _DTYPES = ("<f4", "<f2")
@@ -51,9 +51,10 @@ class ArrayCache:
         stat = _stat(utt.path)
         if stat is None:
             return None
-        try:
-            data = self.path(utt.id).read_bytes()
-        except OSError:
+        try:  # an entry that is not a regular file (a link to /dev/zero) is a miss, not read
+            with open_regular(self.path(utt.id), "") as f:
+                data = f.read()
+        except (OSError, AfterError):
             return None
         if not data.startswith(_MAGIC):
             return None
