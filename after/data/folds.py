@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 
 from after.data.manifest import Manifest, Utterance, shared_audio
-from after.errors import FoldError, ManifestError, quoted
+from after.errors import FoldError, ManifestError, cut, quoted
 from after.io import atomic_write_json, check_file_name, read_text_file
 
 Protocol = Literal["loso", "loso-session", "kfold", "official"]
@@ -82,9 +82,9 @@ class Folds:
             for f in self.folds:
                 if f.name == fold:
                     return f
-        names = ", ".join(f.name for f in self.folds)
+        names = cut(", ".join(f.name for f in self.folds), 400)
         raise FoldError(
-            f"no fold {fold!r}; use an index 0..{len(self.folds) - 1} or one of: {names}"
+            f"no fold {quoted(fold)}; use an index 0..{len(self.folds) - 1} or one of: {names}"
         )
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
