@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import zlib
 from pathlib import Path
 
@@ -32,8 +33,11 @@ _DTYPES = ("<f4", "<f2")
 
 
 def cache_folder(root: str | os.PathLike[str], name: str, version: str) -> Path:
-    """`<root>/<name>-<sha256(version)[:12]>`: one folder per extractor and version."""
-    return Path(root) / f"{name}-{hashlib.sha256(version.encode()).hexdigest()[:12]}"
+    """`<root>/<name>-<sha256(version)[:12]>`: one folder per extractor and version. The name
+    (`frozen:SPEC` may hold a path, `../..` among it) keeps only `A-Z a-z 0-9 . _ -`, the rest
+    `_`, so the folder is always one level inside `root`."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "cache"
+    return Path(root) / f"{safe}-{hashlib.sha256(version.encode()).hexdigest()[:12]}"
 
 
 class ArrayCache:

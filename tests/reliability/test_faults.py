@@ -31,6 +31,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
+from after.cache import cache_folder
 from after.cli import main
 from after.config import ALConfig, TrainConfig
 from after.data.folds import Folds, make_folds
@@ -134,6 +135,16 @@ def test_a_folds_file_with_a_climbing_fold_name_is_refused(
     code, text = _cli([*args, "--backbone", "scratch:tiny", "--epochs", "1"], capsys)
     assert code == 2 and "cannot name a file" in text, text
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["deep", "er", "folds.json"]
+
+
+def test_a_backbone_spec_never_takes_the_cache_folder_out_of_the_cache(
+    tmp_path: Path, tally: dict[str, int]
+) -> None:
+    root = tmp_path / "cache"
+    for name in ("frozen:../../../escaped@3", "frozen:/abs/model@2", "..", "a\x00b"):
+        folder = cache_folder(root, name, "v1")
+        assert folder.parent == root and folder.resolve().parent == root.resolve(), folder
+        _count(tally, "path_escapes")
 
 
 # ---- 2. one labeling server per run -------------------------------------------------------------
