@@ -43,7 +43,7 @@ from after.config import ALConfig, TrainConfig, config_hash
 from after.data.audio import clip_duration
 from after.data.folds import Fold, Folds, manifest_digest
 from after.data.manifest import Manifest
-from after.errors import AfterError
+from after.errors import AfterError, cut
 from after.faults import fault_point
 from after.io import (
     atomic_write_json,
@@ -197,7 +197,16 @@ class Run:
         path = folder / CONFIG_FILE
         if not path.is_file():
             raise AfterError(f"{path}: not found; is {folder} a run folder of after run?")
-        c = read_json(path, "restore it from a backup, or start a new run")
+        fix = "restore it from a backup, or start a new run"
+        c = read_json(path, fix)
+        try:
+            return cls._from_config(c, folder)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # valid JSON, wrong shape
+            reason = cut(str(e) or type(e).__name__, 80)
+            raise AfterError(f"{path}: not the config of a run ({reason}); {fix}") from None
+
+    @classmethod
+    def _from_config(cls, c: dict[str, Any], folder: Path) -> Run:
         manifest = Manifest.from_jsonl(c["manifest"])
         if manifest_digest(manifest) != c["manifest_digest"]:
             raise AfterError(
@@ -227,6 +236,8 @@ def check_same_settings(where: Path, found: dict[str, Any], wanted: dict[str, An
     (else a changed option would silently reuse stale runs). Options a result predates are not
     checked, so results of earlier versions stay reusable."""
     wanted = json.loads(json.dumps(wanted))  # tuples as lists, as written
+    if not isinstance(found, dict):
+        raise AfterError(f"{where}: not a record of after (wrong shape); delete it to run it again")
     differ = []
     for key, value in wanted.items():
         if key not in found:

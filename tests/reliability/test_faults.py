@@ -250,6 +250,21 @@ def test_a_state_file_of_another_shape_is_named(
     assert LoopState.load(run.run_dir).pending
 
 
+def test_a_config_file_of_another_shape_is_named(
+    people: tuple[Run, LoopState], capsys: pytest.CaptureFixture[str], tally: dict[str, int]
+) -> None:
+    run, _ = people
+    path = run.run_dir / "config.json"
+    good = json.loads(path.read_text())
+    wrongs = [[], "run", {**good, "al": []}, {**good, "train": {"epochs": 1, "x": 2}}, {"a": 1}]
+    for wrong in wrongs:
+        path.write_text(json.dumps(wrong))
+        for args in (["run", "--resume", str(run.run_dir)], ["label", "status", str(run.run_dir)]):
+            code, text = _cli(args, capsys)
+            assert code == 2 and "config.json" in text, text
+        _count(tally, "faults")
+
+
 def test_a_truncated_queries_file_is_named_by_export_import_and_the_page(
     people: tuple[Run, LoopState], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
