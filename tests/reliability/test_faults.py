@@ -464,6 +464,18 @@ def test_a_damaged_model_folder_is_refused_naming_the_file(
     _count(tally, "faults")
 
 
+def test_a_features_model_whose_labels_do_not_fit_its_head_is_refused(
+    tmp_path: Path, tally: dict[str, int]
+) -> None:
+    out = new_classifier("egemaps", ["anger", "joy"]).save(tmp_path / "model")
+    info = json.loads((out / "after_model.json").read_text())
+    info["labels"] = ["anger", "joy", "sadness"]
+    (out / "after_model.json").write_text(json.dumps(info))
+    with pytest.raises(AfterError, match=r"model.safetensors: does not fit the 3 labels"):
+        load_classifier(out)
+    _count(tally, "faults")
+
+
 def test_a_pickled_model_is_refused_never_run(
     saved: Path, tmp_path: Path, tally: dict[str, int]
 ) -> None:
