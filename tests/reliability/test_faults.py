@@ -524,11 +524,14 @@ def test_cache_entries_that_are_not_files_are_misses(tmp_path: Path, tally: dict
         print(cache.get(u))
         entry.unlink(); os.mkfifo(entry)
         print(cache.get(u))
+        entry.unlink(); cache.put(u, np.ones(4, dtype=np.float32))
+        os.truncate(entry, 8 << 30)  # a regular file of 8 GB (sparse): read only its header
+        print(cache.get(u))
         """
     )
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and r.stdout.split() == ["None", "None"], r.stderr[-2000:]
-    _count(tally, "faults", 2)
+    assert r.returncode == 0 and r.stdout.split() == ["None"] * 3, r.stderr[-2000:]
+    _count(tally, "faults", 3)
 
 
 # ---- 7. rows that share audio -------------------------------------------------------------------
