@@ -38,7 +38,8 @@ within `BODY_TIMEOUT_S`), an idle one is closed after `KEEP_ALIVE_S`, and at mos
 `MAX_CONNECTIONS` are open: a new one closes the longest-idle first, so idle or slow connections
 cannot lock people out. Answers are written one at a time, each waiting at most `WRITE_WAIT_S` for
 the label store's lock (another process may hold it): then 503, nothing stored, try again. Reads
-never wait behind writes.
+never wait behind writes, and wait at most `READ_WAIT_S` for a store held exclusively. One server
+serves a run (`serve.lock`, with its address): a second would hand the same clips out twice.
 """
 
 from __future__ import annotations
