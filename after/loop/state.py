@@ -112,4 +112,14 @@ def _shape_problem(data: Any) -> str | None:
     ids = [*data.get("pending", []), *data.get("dropped", []), *data.get("labeled", {})]
     if not all(isinstance(i, str) for i in ids):
         return "a clip id that is not a string"
+    inner: list[tuple[str, Any, type]] = [
+        ("labeled", data.get("labeled", {}).values(), int),
+        ("labels", data.get("labels", {}).values(), str),
+        ("votes", data.get("votes", {}).values(), dict),
+        ("rounds", data.get("rounds", []), dict),
+        ("stop_predictions", data.get("stop_predictions", []), int),
+    ]
+    for name, values, kind in inner:
+        if not all(isinstance(v, kind) and not isinstance(v, bool) for v in values):
+            return f"{name!r} holds a value that is not a JSON {kind.__name__}"
     return None

@@ -229,6 +229,8 @@ WRONG_STATES: list[Any] = [
     {"config_hash": "x", "seed": 0, "schema_version": 1, "pending": [1, 2]},
     {"config_hash": "x", "seed": 0, "schema_version": 1, "extra": True},
     {"seed": 0, "schema_version": 1},
+    {"config_hash": "x", "seed": 0, "schema_version": 1, "labeled": {"a": "zero"}},
+    {"config_hash": "x", "seed": 0, "schema_version": 1, "rounds": [1]},
 ]
 
 
