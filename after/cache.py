@@ -17,23 +17,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
 import zlib
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
 from after.data.manifest import Utterance
 from after.errors import AfterError
-from after.io import temp_file_for
+from after.io import open_regular, temp_file_for
 
 _MAGIC = b"AFTER-FEATURES 2\n"
 _DTYPES = ("<f4", "<f2")
 
 
 def cache_folder(root: str | os.PathLike[str], name: str, version: str) -> Path:
-    """`<root>/<name>-<sha256(version)[:12]>`: one folder per extractor and version."""
-    return Path(root) / f"{name}-{hashlib.sha256(version.encode()).hexdigest()[:12]}"
+    """`<root>/<name>-<sha256(version)[:12]>`: one folder per extractor and version. The name
+    (`frozen:SPEC` may hold a path, `../..` among it) keeps only `A-Z a-z 0-9 . _ -`, the rest
+    `_`, so the folder is always one level inside `root`."""
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "cache"
+    return Path(root) / f"{safe}-{hashlib.sha256(version.encode()).hexdigest()[:12]}"
 
 
 class ArrayCache:
@@ -51,35 +57,11 @@ class ArrayCache:
         stat = _stat(utt.path)
         if stat is None:
             return None
-        try:
-            data = self.path(utt.id).read_bytes()
-        except OSError:
+        try:  # an entry that is not a regular file (a link to /dev/zero) is a miss, not read
+            with open_regular(self.path(utt.id), "") as f:
+                return _read_entry(f, utt, stat)
+        except (OSError, AfterError, ValueError, TypeError, OverflowError, RecursionError):
             return None
-        if not data.startswith(_MAGIC):
-            return None
-        end = data.find(b"\n", len(_MAGIC))
-        if end < 0:
-            return None
-        try:
-            meta = json.loads(data[len(_MAGIC) : end])
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return None
-        body = data[end + 1 :]
-        if (
-            not isinstance(meta, dict)
-            or meta.get("id") != utt.id
-            or meta.get("size") != stat.st_size
-            or meta.get("mtime_ns") != stat.st_mtime_ns
-            or meta.get("dtype") not in _DTYPES
-            or not isinstance(meta.get("shape"), list)
-            or meta.get("crc32") != zlib.crc32(body)
-        ):
-            return None
-        dtype = np.dtype(meta["dtype"])
-        shape = tuple(int(n) for n in meta["shape"])
-        if len(body) != dtype.itemsize * int(np.prod(shape)):
-            return None
-        return np.frombuffer(body, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
     def put(self, utt: Utterance, array: np.ndarray) -> None:
         """Store `array` (float32 or float16) for `utt`, atomically."""
@@ -115,6 +97,36 @@ class ArrayCache:
         except OSError as e:
             Path(tmp).unlink(missing_ok=True)
             raise AfterError(f"{path}: writing the feature cache failed ({e.strerror})") from e
+
+
+def _read_entry(f: BinaryIO, utt: Utterance, audio: os.stat_result) -> np.ndarray | None:
+    """The array of an open cache entry if it is whole and for this audio, else None. Reads the
+    header (bounded by the id's length), then exactly the bytes the header promises, never more:
+    a huge or endless file costs no memory."""
+    size = os.fstat(f.fileno()).st_size
+    head = f.read(min(size, len(_MAGIC) + 12 * len(utt.id) + 4096))  # ids are \u-escaped
+    end = head.find(b"\n", len(_MAGIC))
+    if not head.startswith(_MAGIC) or end < 0:
+        return None
+    meta = json.loads(head[len(_MAGIC) : end])
+    if (
+        not isinstance(meta, dict)
+        or meta.get("id") != utt.id
+        or meta.get("size") != audio.st_size
+        or meta.get("mtime_ns") != audio.st_mtime_ns
+        or meta.get("dtype") not in _DTYPES
+        or not isinstance(meta.get("shape"), list)
+    ):
+        return None
+    dtype = np.dtype(meta["dtype"])
+    shape = tuple(int(n) for n in meta["shape"])
+    if min(shape, default=0) < 0 or end + 1 + dtype.itemsize * math.prod(shape) != size:
+        return None
+    f.seek(end + 1)
+    body = f.read(size - end - 1)
+    if len(body) != size - end - 1 or meta.get("crc32") != zlib.crc32(body):
+        return None
+    return np.frombuffer(body, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def _stat(path: str) -> os.stat_result | None:

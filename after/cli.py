@@ -17,9 +17,9 @@ from rich.text import Text
 from after.config import ALConfig, TaptConfig, TrainConfig
 from after.data.audio import DECODE_LIMIT_S, MAX_DURATION_S, validate_manifest, write_rejections
 from after.data.folds import PROTOCOLS, Folds, make_folds
-from after.data.manifest import Manifest
+from after.data.manifest import Manifest, shared_audio_warning
 from after.data.stats import summarize
-from after.errors import AfterError
+from after.errors import AfterError, cut
 from after.io import atomic_write_json, atomic_write_text, read_json
 from after.progress import progress_bar
 
@@ -78,15 +78,38 @@ def _print_table(table: Table, to: Console) -> None:
     Console(file=to.file, width=width, soft_wrap=True, markup=False, emoji=False).print(table)
 
 
+class _Interrupted(BaseException):
+    """Ctrl-C, raised by our SIGINT handler: click turns a KeyboardInterrupt into "Aborted!"
+    (exit 1) before `main` could say how to continue."""
+
+
+def _on_sigint(signum: int, frame: object) -> None:
+    raise _Interrupted
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors print one clear message (exit 2), never a traceback."""
+    """Entry point: user errors print one clear message (exit 2), never a traceback; Ctrl-C
+    says how to continue (exit 130)."""
+    import shlex
+    import signal
+    import threading
+
+    args = sys.argv[1:] if argv is None else list(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, _on_sigint) if in_main_thread else None
     try:
-        app(args=argv, prog_name="after")
+        app(args=args, prog_name="after")
     except AfterError as e:
         _print_error(e)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        err.print("interrupted")
+    except OSError as e:  # a full disk, a read-only folder: what, where, what to do
+        from after.io import os_error_message
+
+        _print_error(AfterError(os_error_message(e)))
+        raise SystemExit(2) from None
+    except (KeyboardInterrupt, _Interrupted):
+        again = cut(shlex.join(["after", *args]), MAX_LINE)
+        err.print(f"interrupted; continue with: {again} (what was saved is kept)", highlight=False)
         raise SystemExit(130) from None
     except SystemExit as e:
         if e.code in (0, None) and "torch.distributed" in sys.modules:  # else no group to leave
@@ -94,15 +117,15 @@ def main(argv: list[str] | None = None) -> None:
 
             leave_process_group()
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _print_error(e: Exception) -> None:
     """`error: MESSAGE` on stderr, each line cut to `MAX_LINE` characters (a message may quote a
     value megabytes long)."""
-    lines = [
-        line if len(line) <= MAX_LINE else f"{line[:MAX_LINE]}… ({len(line)} characters)"
-        for line in str(e).split("\n")
-    ]
+    lines = [cut(line, MAX_LINE) for line in str(e).split("\n")]
     err.print(Text("error:", style="bold red"), "\n".join(lines), highlight=False)
 
 
@@ -129,10 +152,17 @@ def _validate(
     return report.usable, report.rejected
 
 
+def _warn_shared_audio(m: Manifest) -> None:
+    """A warning when one audio file backs several rows (counted twice, or a speaker leak)."""
+    warning = shared_audio_warning(m)
+    if warning is not None:
+        err.print(f"warning: {warning}", highlight=False)
+
+
 def _print_rejections(rejected: list[Any], limit: int = 50) -> None:
     table = _table("id", "reason", "detail", "fix", title=f"{len(rejected)} unusable clip(s)")
     for r in rejected[:limit]:
-        table.add_row(r.id, r.reason, r.detail, r.fix)
+        table.add_row(cut(r.id), r.reason, cut(r.detail), r.fix)
     _print_table(table, err)
     if len(rejected) > limit:
         err.print(f"... and {len(rejected) - limit} more")
@@ -196,9 +226,10 @@ def prepare(
     if not len(usable):
         raise AfterError(f"{corpus}: no usable clip in {data_dir}; see {rejected_path}")
     usable.to_jsonl(out)
+    _warn_shared_audio(usable)
     console.print(
         f"{out}: {len(usable)} clips, {len(usable.speakers)} speakers, "
-        f"{len(usable.labels)} labels ({', '.join(usable.labels)})",
+        f"{len(usable.labels)} labels ({cut(', '.join(usable.labels))})",
         highlight=False,
     )
 
@@ -227,6 +258,7 @@ def validate(
     )
     if rejected:
         _print_rejections(rejected)
+    _warn_shared_audio(m)
     console.print(
         f"{manifest}: {len(usable)} usable, {len(rejected)} with problems", highlight=False
     )
@@ -255,6 +287,7 @@ def folds(
 ) -> None:
     """Write speaker-independent train/dev/test folds."""
     m = Manifest.from_jsonl(manifest)
+    _warn_shared_audio(m)
     result = make_folds(
         m,
         protocol,  # type: ignore[arg-type]  # checked by make_folds against PROTOCOLS
@@ -282,9 +315,9 @@ def _print_folds(info: dict[str, Any]) -> None:
     )
     for f in info["folds"]:
         table.add_row(
-            f["name"],
-            ",".join(f["test_groups"]) or "-",
-            ",".join(f["dev_groups"]) or "-",
+            cut(f["name"]),
+            cut(",".join(f["test_groups"])) or "-",
+            cut(",".join(f["dev_groups"])) or "-",
             str(f["train"]["total"]),
             str(f["dev"]["total"]),
             str(f["test"]["total"]),
@@ -300,6 +333,7 @@ def stats(
 ) -> None:
     """Summarise a manifest: clips per label, per speaker, per fold, and durations."""
     m = Manifest.from_jsonl(manifest)
+    _warn_shared_audio(m)
     f = Folds.from_json(folds_file, m) if folds_file else None
     s = summarize(m, f)
     if as_json:
@@ -317,15 +351,16 @@ def _print_summary(s: dict[str, Any]) -> None:
     labels = _table("label", "clips", "share", title="clips per label", right=("clips", "share"))
     total = max(1, s["num_labeled"])
     for lab, n in s["labels"].items():
-        labels.add_row(lab, str(n), f"{100 * n / total:.1f}%")
+        labels.add_row(cut(lab), str(n), f"{100 * n / total:.1f}%")
     _print_table(labels, console)
     names = [*s["labels"], "(unlabeled)"]
+    heads = [cut(n) for n in names]
     speakers = _table(
-        "speaker", *names, "total", title="clips per speaker", right=(*names, "total")
+        "speaker", *heads, "total", title="clips per speaker", right=(*heads, "total")
     )
     for spk, counts in s["speakers"].items():
         speakers.add_row(
-            spk, *(str(counts.get(lab, 0)) for lab in names), str(sum(counts.values()))
+            cut(spk), *(str(counts.get(lab, 0)) for lab in names), str(sum(counts.values()))
         )
     _print_table(speakers, console)
     d = s["durations"]
@@ -1169,14 +1204,17 @@ def label_serve(
     create_app(run_dir, host=host, guidelines=text, **options)  # type: ignore[arg-type]
     url = f"http://{url_host(host)}:{port}/" + (f"?token={token}" if token else "")
     owner = url + ("&" if token else "?") + f"owner={owner_key}"
-    console.print(f"labeling {run_dir}  (Ctrl+C to stop)", highlight=False)
-    console.print(f"  annotators: {url}", highlight=False)
-    console.print(
-        f"  owner (may train the next round; keep it to yourself): {owner}", highlight=False
-    )
+
+    def announce() -> None:
+        console.print(f"labeling {run_dir}  (Ctrl+C to stop)", highlight=False)
+        console.print(f"  annotators: {url}", highlight=False)
+        console.print(
+            f"  owner (may train the next round; keep it to yourself): {owner}", highlight=False
+        )
+
     from after.label.app import serve
 
-    serve(run_dir, host=host, port=port, guidelines=text, **options)  # type: ignore[arg-type]
+    serve(run_dir, host=host, port=port, guidelines=text, announce=announce, **options)  # type: ignore[arg-type]
 
 
 @label_app.command("status")

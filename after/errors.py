@@ -48,6 +48,13 @@ class FoldError(AfterError):
     fold)."""
 
 
+def cut(text: str, limit: int = 200) -> str:
+    """`text` cut to `limit` characters, saying how long it was: every value a message or a
+    table echoes from a user's file (an id may be megabytes long) goes through here or
+    `quoted`."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 def quoted(value: object, limit: int = 80) -> str:
     """`repr(value)` for a message, cut to about `limit` characters: an id or a label from a file
     may be megabytes long, and a message must stay readable."""

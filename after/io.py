@@ -9,17 +9,53 @@ from __future__ import annotations
 
 import codecs
 import csv
+import errno
 import json
 import os
 import stat
 import tempfile
+import unicodedata
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from after.errors import AfterError
+from after.errors import AfterError, quoted
 from after.faults import fault_point
+
+
+def check_file_name(name: str, what: str, fix: str, error: type[AfterError] = AfterError) -> str:
+    """`name` if it can be one file name inside a folder: not empty, not `.` or `..`, no `/` or
+    `\\`, no control characters. A name from a user's file (a speaker id that names a fold) that
+    could climb out of its folder, or hide in a listing, is `error` naming it and `fix`."""
+    problem = None
+    if name in ("", ".", ".."):
+        problem = "it is empty, '.' or '..'"
+    elif "/" in name or "\\" in name:
+        problem = "it holds '/' or '\\'"
+    elif any(unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in name):
+        problem = "it holds a control character"
+    elif len(name.encode("utf-8", "surrogateescape")) > 200:
+        problem = "it is over 200 bytes"
+    if problem is not None:
+        raise error(f"{what} {quoted(name)} cannot name a file ({problem}); {fix}")
+    return name
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an operating-system error that reached the command line: what happened,
+    to which file, what to do. Files already written are whole (every write is atomic)."""
+    where = f"{e.filename}: " if e.filename else ""
+    reason = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some space (or choose another folder) and run the command again"
+    elif e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        fix = "make it writable (or choose another folder) and run the command again"
+    elif e.errno in (errno.EISDIR, errno.ENOTDIR):
+        fix = "a folder and a file are mixed up at that path; move the one in the way"
+    else:
+        fix = "fix that and run the command again"
+    return f"{where}{reason}; {fix} (what was saved before is intact)"
 
 
 def not_a_file(path: str | os.PathLike[str]) -> str | None:
@@ -34,8 +70,10 @@ def not_a_file(path: str | os.PathLike[str]) -> str | None:
         return "the path contains a NUL character"
     except OSError as e:
         return e.strerror or str(e)
-    if stat.S_ISREG(mode):
-        return None
+    return None if stat.S_ISREG(mode) else _what_is(mode)
+
+
+def _what_is(mode: int) -> str:
     if stat.S_ISDIR(mode):
         return "a folder, not a file"
     if stat.S_ISFIFO(mode):
@@ -43,6 +81,24 @@ def not_a_file(path: str | os.PathLike[str]) -> str | None:
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
         return "a device, not a regular file"
     return "not a regular file"
+
+
+def open_regular(path: str | os.PathLike[str], fix: str) -> BinaryIO:
+    """`path` opened for reading in binary, if it is a regular file (or a link to one): a FIFO
+    is not waited on and a device (a link to /dev/zero) never read, whatever happens to the path
+    between a check and the open. Anything else is an `AfterError` naming the file and `fix`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except ValueError:
+        raise AfterError(f"{path}: the path contains a NUL character; {fix}") from None
+    except OSError as e:
+        raise AfterError(f"{path}: {e.strerror or e}; {fix}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise AfterError(f"{path}: {_what_is(mode)}; {fix}")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def read_text_file(

@@ -37,7 +37,7 @@ from after.data.manifest import Manifest
 from after.dist import job_folder, launch, must_launch, state
 from after.errors import AfterError
 from after.faults import fault_point
-from after.io import temp_file_for
+from after.io import open_regular, temp_file_for
 from after.models.classifier import Classifier
 from after.progress import progress_bar
 
@@ -228,12 +228,12 @@ def _chunk_path(folder: Path, k: int) -> Path:
 
 def _read_chunk(path: Path, ids: list[str], key: str) -> dict[str, np.ndarray] | None:
     """The chunk's outputs when the file holds exactly `ids` under `key`; else None."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
+    try:  # a chunk that is not a regular file (a FIFO, a link to /dev/zero) is not read
+        with open_regular(path, "") as f, np.load(f, allow_pickle=False) as data:
             if str(data["key"]) != key or data["ids"].tolist() != ids:
                 return None
             out = {f: data[f] for f in _FIELDS if f in data.files}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, AfterError):
         return None
     if "probs" not in out or any(len(v) != len(ids) for v in out.values()):
         return None

@@ -107,5 +107,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         f"a locked label store ({r.get('locked_store_writes', 0)} writes refused, then stored), "
         f"{r.get('late_changes_refused', 0)} changes to clips already taken refused, "
         f"{r.get('verbatim', 0)} markup-like strings shown verbatim, "
+        f"{r.get('path_escapes', 0)} ids that would climb out of a folder refused, "
+        f"{r.get('second_servers', 0)} second labeling servers on a run refused, "
+        f"{r.get('look_alike_names', 0)} look-alike annotator names taken for one, "
+        f"{r.get('faults', 0)} disk, run-folder, model-file and cache faults told in one line, "
+        f"{r.get('shared_audio', 0)} manifests whose rows share audio caught, "
+        f"{r.get('round_trips', 0)} round trips and messages kept whole, "
         + ("nothing lost" if lost == 0 else f"{lost} LOST")
     )

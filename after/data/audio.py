@@ -28,7 +28,7 @@ import soundfile as sf
 import soxr
 
 from after.data.manifest import Manifest, Utterance
-from after.errors import AudioError
+from after.errors import AudioError, quoted
 from after.io import atomic_write_text, not_a_file
 
 SAMPLE_RATE = 16_000
@@ -337,7 +337,7 @@ def check_utterance(
         )
     if labels is not None and u.label is not None and u.label not in set(labels):
         return Rejection(
-            u.id, u.path, "unknown_label", f"label {u.label!r} not in {sorted(labels)}"
+            u.id, u.path, "unknown_label", f"label {quoted(u.label)} not in {sorted(labels)}"
         )
     try:
         info = inspect_audio(

@@ -26,9 +26,9 @@ from typing import Literal
 
 import numpy as np
 
-from after.data.manifest import Manifest
-from after.errors import FoldError, ManifestError, quoted
-from after.io import atomic_write_json, read_text_file
+from after.data.manifest import Manifest, Utterance, shared_audio
+from after.errors import FoldError, ManifestError, cut, quoted
+from after.io import atomic_write_json, check_file_name, read_text_file
 
 Protocol = Literal["loso", "loso-session", "kfold", "official"]
 PROTOCOLS: tuple[str, ...] = ("loso", "loso-session", "kfold", "official")
@@ -46,6 +46,17 @@ class Fold:
     test: tuple[str, ...]
     test_groups: tuple[str, ...]
     dev_groups: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        # A fold's name goes into file names (evaluation_FOLD_test.json, runs/FOLD_seed0.json):
+        # LOSO folds are named after a speaker or session id, which comes from the manifest.
+        check_file_name(
+            self.name,
+            "fold name",
+            "it comes from a speaker or session id (leave-one-out folds are named after them): "
+            "give speakers ids without '/', '..' or control characters in the manifest",
+            FoldError,
+        )
 
 
 @dataclass(frozen=True)
@@ -71,9 +82,9 @@ class Folds:
             for f in self.folds:
                 if f.name == fold:
                     return f
-        names = ", ".join(f.name for f in self.folds)
+        names = cut(", ".join(f.name for f in self.folds), 400)
         raise FoldError(
-            f"no fold {fold!r}; use an index 0..{len(self.folds) - 1} or one of: {names}"
+            f"no fold {quoted(fold)}; use an index 0..{len(self.folds) - 1} or one of: {names}"
         )
 
     def to_json(self, path: str | os.PathLike[str]) -> Path:
@@ -104,6 +115,8 @@ class Folds:
             raise ManifestError(
                 f"{file}: not a valid folds file ({reason}); re-create it with `after folds`"
             ) from None
+        except FoldError as e:
+            raise ManifestError(f"{file}: {e}; then re-create it with `after folds`") from None
         if manifest is not None:
             for f in folds.folds:
                 missing = [i for i in (*f.train, *f.dev, *f.test) if i not in manifest]
@@ -185,6 +198,7 @@ def make_folds(
             )
             for i, test in enumerate(chunks)
         ]
+    _check_one_side_per_file(manifest, protocol)
     for f in folds:
         _check_independent(manifest, f, allow_overlap=allow_speaker_overlap)
     return Folds(protocol, seed, num_dev_groups, manifest_digest(manifest), tuple(folds))
@@ -247,6 +261,27 @@ def _official(manifest: Manifest) -> Fold:
     return Fold(
         "official", tuple(parts["train"]), tuple(parts["dev"]), tuple(parts["test"]), (), ()
     )
+
+
+def _check_one_side_per_file(manifest: Manifest, protocol: str) -> None:
+    """Refuse an audio file that backs rows of several speakers (sessions for loso-session,
+    splits for official): the folds would put the same audio in training and test."""
+
+    def side(u: Utterance) -> str | None:
+        if protocol == "official":
+            return u.split
+        return u.session if protocol == "loso-session" else u.speaker
+
+    crossing = [r for r in shared_audio(manifest) if len({side(u) for u in r}) > 1]
+    if crossing:
+        kind = {"official": "splits", "loso-session": "sessions"}.get(protocol, "speakers")
+        rows = crossing[0]
+        raise FoldError(
+            f"{len(crossing)} audio file(s) back rows of several {kind}, e.g. "
+            f"{quoted(rows[0].path)} for {len(rows)} rows (ids "
+            f"{', '.join(quoted(u.id, 40) for u in rows[:3])}): the folds would put the same "
+            "audio in training and test. Give each row its own file (after validate lists them)"
+        )
 
 
 def _speakers(manifest: Manifest, ids: Iterable[str]) -> set[str]:

@@ -103,6 +103,43 @@ def _has_control(text: str) -> bool:
     return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text)
 
 
+def shared_audio(manifest: Manifest) -> list[list[Utterance]]:
+    """The rows of `manifest` grouped by audio file, for every file that backs more than one
+    row (the same file under two paths, or linked, counts as one). Such rows count the same
+    audio twice; under two speakers they put it on both sides of a speaker-independent split."""
+    by_file: dict[object, list[Utterance]] = {}
+    for u in manifest:
+        by_file.setdefault(_audio_key(u.path), []).append(u)
+    return [rows for rows in by_file.values() if len(rows) > 1]
+
+
+def _audio_key(path: str) -> object:
+    try:
+        st = os.stat(path)
+        return (st.st_dev, st.st_ino)
+    except (OSError, ValueError):
+        return os.path.normpath(os.path.abspath(path))
+
+
+def shared_audio_warning(manifest: Manifest) -> str | None:
+    """One line on the files that back several rows (`shared_audio`), or None."""
+    shared = shared_audio(manifest)
+    if not shared:
+        return None
+    rows = sum(len(r) for r in shared)
+    crossing = [r for r in shared if len({u.speaker for u in r}) > 1]
+    example = max(shared, key=lambda r: (len({u.speaker for u in r}), len(r)))
+    speakers = sorted({u.speaker for u in example})
+    return (
+        f"{len(shared)} audio file(s) back {rows} rows, {len(crossing)} of them under several "
+        f"speakers; e.g. {quoted(example[0].path)} backs {len(example)} rows (ids "
+        f"{', '.join(quoted(u.id, 40) for u in example[:3])}{', …' if len(example) > 3 else ''}) "
+        f"of {len(speakers)} speaker(s) ({', '.join(quoted(s, 40) for s in speakers[:3])}). "
+        "The same audio is counted more than once, and under several speakers it lands in both "
+        "training and test; give each row its own file"
+    )
+
+
 class Manifest:
     """An ordered collection of utterances with unique ids."""
 

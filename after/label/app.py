@@ -38,12 +38,14 @@ within `BODY_TIMEOUT_S`), an idle one is closed after `KEEP_ALIVE_S`, and at mos
 `MAX_CONNECTIONS` are open: a new one closes the longest-idle first, so idle or slow connections
 cannot lock people out. Answers are written one at a time, each waiting at most `WRITE_WAIT_S` for
 the label store's lock (another process may hold it): then 503, nothing stored, try again. Reads
-never wait behind writes.
+never wait behind writes, and wait at most `READ_WAIT_S` for a store held exclusively. One server
+serves a run (`serve.lock`, with its address): a second would hand the same clips out twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import io
 import ipaddress
 import json
@@ -54,7 +56,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -71,8 +74,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from after.errors import AfterError, AudioError, quoted
+from after.io import os_error_message
 from after.label.store import ClipTaken, LabelStore, NameInUse, StoreBusy, check_annotator
-from after.loop.runner import Run, queries_path
+from after.loop.runner import Run, queries_path, read_queries
 from after.loop.state import STATE_FILE, LoopState
 
 MAX_BODY = 16 * 1024
@@ -88,6 +92,8 @@ BODY_TIMEOUT_S = 10.0
 KEEP_ALIVE_S = 5
 MAX_CONNECTIONS = 256
 WRITE_WAIT_S = 5.0
+READ_WAIT_S = 0.5  # reads wait this long for a store another process holds exclusively
+SERVE_LOCK = "serve.lock"  # held by the one server of a run; holds its address
 SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": "frame-ancestors 'none'; object-src 'none'; base-uri 'none'",
@@ -156,6 +162,7 @@ class LabelingSession:
         *,
         show_guess: bool = False,
         wait_s: float = 60.0,
+        read_wait_s: float | None = None,
     ) -> None:
         self.run_dir = Path(run_dir)
         self.run = Run.from_dir(self.run_dir)
@@ -166,7 +173,7 @@ class LabelingSession:
             )
         self.labels = list(self.run.manifest.labels)
         self.min_votes = self.run.al.min_votes
-        self.store = LabelStore(self.run_dir, wait_s=wait_s)
+        self.store = LabelStore(self.run_dir, wait_s=wait_s, read_wait_s=read_wait_s)
         self.show_guess = show_guess
         self._lock = threading.Lock()
         self._leases: dict[str, tuple[str, float]] = {}
@@ -187,7 +194,7 @@ class LabelingSession:
                 guesses: dict[str, tuple[str, float]] = {}
                 path = queries_path(self.run_dir, state.round)
                 if state.phase == "label" and path.is_file():
-                    queries = json.loads(path.read_text())
+                    queries = read_queries(self.run_dir, state.round)
                     ids = list(queries["ids"])
                     if queries.get("probs"):
                         for i, p in zip(ids, queries["probs"], strict=True):
@@ -426,7 +433,9 @@ def create_app(
             f"binding {host} would let anyone on the network read the audio and write labels; "
             "give a token (after label serve makes one for you), or bind 127.0.0.1"
         )
-    session = LabelingSession(run_dir, show_guess=show_guess, wait_s=WRITE_WAIT_S)
+    session = LabelingSession(
+        run_dir, show_guess=show_guess, wait_s=WRITE_WAIT_S, read_wait_s=READ_WAIT_S
+    )
     page = PAGE.read_text()
     one_writer = anyio.Lock()
 
@@ -502,14 +511,20 @@ def create_app(
         if label is not None and not isinstance(label, str):
             raise HTTPError(400, "label must be a string, or null to skip")
         await write(session.answer, name, clip, label, handle=handle, key=key(request))
-        progress = await run_in_threadpool(session.progress, name)
-        return JSONResponse({"stored": True, "progress": progress})
+        return JSONResponse({"stored": True, **await progress_after_write(name)})
 
     async def undo(request: Request) -> Response:
         name = _annotator((await _json_body(request)).get("annotator"))
         clip = await write(session.undo, name, key=key(request))
-        progress = await run_in_threadpool(session.progress, name)
-        return JSONResponse({"clip": clip, "progress": progress})
+        return JSONResponse({"clip": clip, **await progress_after_write(name)})
+
+    async def progress_after_write(name: str) -> dict[str, Any]:
+        """The progress after a write that succeeded; if the store cannot be read just then
+        (another process holds it), the write still stands: say so, never answer an error."""
+        try:
+            return {"progress": await run_in_threadpool(session.progress, name)}
+        except AfterError as e:
+            return {"progress": None, "note": f"stored; progress not available now ({e})"}
 
     async def audio(request: Request) -> Response:
         data = await run_in_threadpool(session.audio, request.path_params["clip"])
@@ -540,7 +555,8 @@ def create_app(
             return JSONResponse({"error": str(exc)}, status_code=403)
         # The store could not write (locked by another process, disk full, permissions, a
         # damaged file): nothing was stored, earlier answers are intact, the client may retry.
-        return JSONResponse({"error": str(exc)}, status_code=503, headers={"Retry-After": "5"})
+        message = os_error_message(exc) if isinstance(exc, OSError) else str(exc)
+        return JSONResponse({"error": message}, status_code=503, headers={"Retry-After": "5"})
 
     app = Starlette(
         routes=[
@@ -553,7 +569,7 @@ def create_app(
             Route("/api/advance", advance, methods=["POST"]),
             Route("/api/status", status),
         ],
-        exception_handlers={HTTPError: on_error, AfterError: on_error},
+        exception_handlers={HTTPError: on_error, AfterError: on_error, OSError: on_error},
     )
     app.state.session = session
     return Guard(app, token=token, check_host=is_loopback(host))  # type: ignore[return-value]
@@ -670,6 +686,35 @@ def make_server(app: ASGIApp, host: str, port: int) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
+@contextmanager
+def serving(run_dir: str | os.PathLike[str], address: str) -> Iterator[None]:
+    """Hold the run's serving lock (`serve.lock`, which records `address`) while the block
+    runs: two servers on one run would hand the same clip to two people. A second one is
+    refused with the first one's address. The lock goes with the process, even on kill -9."""
+    path = Path(run_dir) / SERVE_LOCK
+    try:
+        f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held for the block)
+    except OSError as e:
+        raise AfterError(os_error_message(e)) from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise AfterError(
+                f"{run_dir}: another after label serve serves this run already, at "
+                f"{f.read(200).strip() or 'an unknown address'}; open that one, or stop it first"
+            ) from None
+        f.truncate(0)
+        f.write(f"{address} (pid {os.getpid()})\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def serve(
     run_dir: str | os.PathLike[str],
     *,
@@ -679,14 +724,19 @@ def serve(
     show_guess: bool = False,
     owner_key: str | None = None,
     guidelines: str = "",
+    announce: Callable[[], None] | None = None,
 ) -> None:
-    """Run the app with uvicorn until interrupted."""
-    app = create_app(
-        run_dir,
-        host=host,
-        token=token,
-        show_guess=show_guess,
-        owner_key=owner_key,
-        guidelines=guidelines,
-    )
-    make_server(app, host, port).run()
+    """Run the app with uvicorn until interrupted, as the run's only server; `announce` is
+    called once the run is ours (to print the addresses)."""
+    with serving(run_dir, f"http://{url_host(host)}:{port}/"):
+        app = create_app(
+            run_dir,
+            host=host,
+            token=token,
+            show_guess=show_guess,
+            owner_key=owner_key,
+            guidelines=guidelines,
+        )
+        if announce is not None:
+            announce()
+        make_server(app, host, port).run()

@@ -12,7 +12,8 @@ task and export formats for teams that already label there.
 
 Cells of the CSVs that start with `= + - @` (or a tab or carriage return) get a leading `'`, so
 that a spreadsheet shows an annotator's name or a label as text instead of running it as a formula;
-importing such a CSV removes the `'` again.
+so do cells that start with `'` themselves, and importing such a CSV removes the one `'` again:
+every clip id, name and label comes back as it was.
 
 `import_labels` reads a CSV (clip_id, label, optional annotator; an empty label is a skip) or a
 Label Studio JSON / JSON-MIN export of those tasks, checks every row first (annotator names as the
@@ -36,7 +37,7 @@ from xml.sax.saxutils import quoteattr
 from after.errors import AfterError, quoted
 from after.io import atomic_write_json, atomic_write_text, parsing, read_text_file
 from after.label.store import LabelStore, check_annotator
-from after.loop.runner import Run, queries_path
+from after.loop.runner import Run, queries_path, read_queries
 from after.loop.state import LoopState
 
 CHOICES = "emotion"  # the name of the Label Studio question
@@ -49,8 +50,9 @@ Row = tuple[str, str, str, str | None]  # (where, clip, annotator, label or None
 
 
 def _cell(value: object) -> object:
-    """A CSV cell that a spreadsheet shows as text: a string starting like a formula gets `'`."""
-    if isinstance(value, str) and value.startswith(FORMULA_START):
+    """A CSV cell that a spreadsheet shows as text: a string starting like a formula gets `'`,
+    and so does one starting with `'` (so that `_uncell` can tell the two apart)."""
+    if isinstance(value, str) and value.startswith((*FORMULA_START, "'")):
         return "'" + value
     return value
 
@@ -68,8 +70,15 @@ def _check_audio_url(template: str) -> None:
 
 
 def _uncell(value: str) -> str:
-    """The inverse of `_cell` for cells read back."""
-    return value[1:] if value.startswith("'") and value[1:].startswith(FORMULA_START) else value
+    """The inverse of `_cell` for cells read back: `_uncell(_cell(x)) == x` for every string."""
+    guarded = value.startswith("'") and value[1:].startswith((*FORMULA_START, "'"))
+    return value[1:] if guarded else value
+
+
+def _waiting(run_dir: Path) -> bool:
+    """Whether a round waits for labels (its queries file is then read, and must be whole)."""
+    state = LoopState.load(run_dir)
+    return state.phase == "label" and queries_path(run_dir, state.round).is_file()
 
 
 def _round(run_dir: Path) -> tuple[Run, LoopState, dict[str, Any]]:
@@ -80,7 +89,7 @@ def _round(run_dir: Path) -> tuple[Run, LoopState, dict[str, Any]]:
             f"{run_dir}: round {state.round} is not waiting for labels (phase {state.phase}); "
             f"continue the run with after run --resume {run_dir}"
         )
-    return run, state, json.loads(path.read_text())
+    return run, state, read_queries(run_dir, state.round)
 
 
 def export(
@@ -105,10 +114,9 @@ def export(
         writer.writerow([_cell(c) for c in cells])
     atomic_write_text(out_dir / "labels.csv", buf.getvalue())
     result: dict[str, Any] = {"answers": len(rows), "tasks": 0, "folder": str(out_dir)}
-    try:
-        run, state, queries = _round(folder)
-    except AfterError:
+    if not _waiting(folder):
         return result  # no round open: only the answers
+    run, state, queries = _round(folder)
     ids, labels, probs = queries["ids"], queries["labels"], queries.get("probs")
     buf = io.StringIO()
     writer = csv.writer(buf)

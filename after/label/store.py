@@ -13,7 +13,8 @@ decided clip (`take`), the store records it in the same transaction, and from th
 change its answers (`ClipTaken`): a change the loop would never see must not be accepted.
 
 Writers wait at most `wait_s` for another process's write lock (an import, the loop, a backup,
-a `sqlite3` shell), then fail with `StoreBusy`, having stored nothing. An annotator name given
+a `sqlite3` shell), then fail with `StoreBusy`, having stored nothing; readers wait `read_wait_s`
+(a process holding the file in `locking_mode=EXCLUSIVE` blocks readers too). An annotator name given
 with a browser key (`key`) belongs to the first key that used it (`NameInUse` for the others), so
 nobody can answer or undo in another person's name.
 """
@@ -24,6 +25,7 @@ import hashlib
 import os
 import sqlite3
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -88,8 +90,10 @@ class NameInUse(AfterError):
 
 
 def check_annotator(value: object) -> str:
-    """An annotator name, stripped: 1 to `MAX_NAME` printable characters; else `AfterError`."""
-    name = value.strip() if isinstance(value, str) else ""
+    """An annotator name, stripped and in Unicode NFC (`José` typed as one character or as `e`
+    and a combining accent is one person): 1 to `MAX_NAME` printable characters; else
+    `AfterError`."""
+    name = unicodedata.normalize("NFC", value).strip() if isinstance(value, str) else ""
     if not name or len(name) > MAX_NAME or not name.isprintable():
         raise AfterError(
             f"give an annotator name of at most {MAX_NAME} printable characters, not "
@@ -113,9 +117,16 @@ class LabelStore:
     threads and processes: every call opens its own connection. A call waits at most `wait_s`
     for another process's write lock."""
 
-    def __init__(self, run_dir: str | os.PathLike[str], *, wait_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        *,
+        wait_s: float = 60.0,
+        read_wait_s: float | None = None,
+    ) -> None:
         self.path = Path(run_dir) / STORE_FILE
         self.wait_s = wait_s
+        self.read_wait_s = wait_s if read_wait_s is None else read_wait_s
         if not self.path.parent.is_dir():
             raise AfterError(f"{self.path.parent}: no such run folder")
         with self._connect() as db:
@@ -133,31 +144,49 @@ class LabelStore:
                 )
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
+    def _connect(self, *, read: bool = False) -> Iterator[sqlite3.Connection]:
+        """A connection that turns SQLite's failures into one line: what happened, to which
+        file, what to do. A reader waits `read_wait_s` for a lock, a writer `wait_s`."""
+        wait_s = self.read_wait_s if read else self.wait_s
         try:
-            db = sqlite3.connect(self.path, timeout=self.wait_s, isolation_level=None)
+            db = sqlite3.connect(self.path, timeout=wait_s, isolation_level=None)
         except sqlite3.Error as e:
-            raise AfterError(f"{self.path}: cannot open the label store ({e})") from None
+            raise self._failed(e, wait_s, read) from None
         try:
             db.execute("PRAGMA synchronous=FULL")
-            db.execute(f"PRAGMA busy_timeout={int(self.wait_s * 1000)}")
+            db.execute(f"PRAGMA busy_timeout={int(wait_s * 1000)}")
             yield db
         except sqlite3.DatabaseError as e:
-            code = getattr(e, "sqlite_errorname", "")
-            if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-                raise StoreBusy(
-                    f"{self.path}: another process (an import, the active-learning loop, a "
-                    f"backup or a sqlite3 shell) has held the label store's write lock for over "
-                    f"{self.wait_s:g} s; nothing was stored, try again when it is done"
-                ) from None
-            if code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
-                raise AfterError(
-                    f"{self.path}: damaged ({e}); restore it from a backup (every answer is "
-                    "also in its history table)"
-                ) from None
-            raise AfterError(f"{self.path}: {e}; nothing was stored") from None
+            raise self._failed(e, wait_s, read) from None
         finally:
             db.close()
+
+    def _failed(self, e: sqlite3.Error, wait_s: float, read: bool) -> AfterError:
+        outcome = "nothing was read" if read else "nothing was stored"
+        code = getattr(e, "sqlite_errorname", "")
+        if code.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            return StoreBusy(
+                f"{self.path}: another process (an import, the active-learning loop, a backup "
+                f"or a sqlite3 shell) has held the label store locked for over {wait_s:g} s; "
+                f"{outcome}, try again when it is done"
+            )
+        if code.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+            return AfterError(
+                f"{self.path}: damaged ({e}); restore it from a backup (every answer is also in "
+                "its history table)"
+            )
+        if code.startswith("SQLITE_FULL"):
+            fix = "the disk is full: free some space and try again"
+        elif code.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM")):
+            fix = (
+                "the run folder or the file cannot be written (read-only, or not a file): make "
+                "them writable and try again"
+            )
+        elif code.startswith("SQLITE_IOERR"):
+            fix = "the disk failed a read or a write (often: it is full); check it, try again"
+        else:
+            fix = "try again"
+        return AfterError(f"{self.path}: {e}; {outcome}, earlier answers are intact; {fix}")
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -198,7 +227,7 @@ class LabelStore:
         none. Returns how many were written. Raises `ClipTaken` if a clip was taken by the loop,
         `NameInUse` if `key` is given and a name belongs to another key."""
         now = time.time()
-        rows = list(rows)
+        rows = [(clip, _nfc(annotator), label) for clip, annotator, label in rows]
         count = 0
         with self._write() as db:
             taken = _taken(db, [clip for clip, _, _ in rows])
@@ -232,6 +261,7 @@ class LabelStore:
         """Withdraw `annotator`'s latest answer of `round`; returns its clip id (None if there
         is nothing to undo). The answer stays in the history. Raises `ClipTaken` if the loop has
         taken that clip, `NameInUse` if `key` is given and the name belongs to another key."""
+        annotator = _nfc(annotator)
         with self._write() as db:
             if key is not None:
                 _claim(db, annotator, key)
@@ -264,18 +294,18 @@ class LabelStore:
         self, clip_ids: Sequence[str] | None = None, round: int | None = None
     ) -> list[Annotation]:
         """Current answers, oldest change first; filtered by clips and/or round."""
-        with self._connect() as db:
+        with self._connect(read=True) as db:
             return _annotations(db, clip_ids, round)
 
     def history(self) -> list[dict[str, Any]]:
         """Every change ever made, in order."""
-        with self._connect() as db:
+        with self._connect(read=True) as db:
             db.row_factory = sqlite3.Row
             return [dict(r) for r in db.execute("SELECT * FROM history ORDER BY seq")]
 
     def taken(self, clip_ids: Sequence[str]) -> set[str]:
         """The clips among `clip_ids` that the loop has taken (their answers are final)."""
-        with self._connect() as db:
+        with self._connect(read=True) as db:
             return _taken(db, clip_ids)
 
     def take(self, clip_ids: Sequence[str], min_votes: int = 1) -> Answers:
@@ -305,6 +335,11 @@ def _annotations(
         for r in rows
         if wanted is None or r[0] in wanted
     ]
+
+
+def _nfc(annotator: str) -> str:
+    """The one spelling of a name that the store keeps, claims and counts."""
+    return unicodedata.normalize("NFC", annotator)
 
 
 def _taken(db: sqlite3.Connection, clip_ids: Iterable[str]) -> set[str]:

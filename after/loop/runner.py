@@ -43,11 +43,12 @@ from after.config import ALConfig, TrainConfig, config_hash
 from after.data.audio import clip_duration
 from after.data.folds import Fold, Folds, manifest_digest
 from after.data.manifest import Manifest
-from after.errors import AfterError
+from after.errors import AfterError, cut
 from after.faults import fault_point
 from after.io import (
     atomic_write_json,
     atomic_write_text,
+    os_error_message,
     read_json,
     remove_stale_temps,
 )
@@ -70,6 +71,39 @@ LOCK_FILE = "run.lock"
 
 def queries_path(run_dir: str | os.PathLike[str], round: int) -> Path:
     return Path(run_dir) / QUERIES_DIR / f"round_{round:03d}.json"
+
+
+def read_queries(run_dir: str | os.PathLike[str], round: int) -> dict[str, Any]:
+    """A round's queries file (ids in the strategy's order, labels, the model's guesses or
+    null, the method); a damaged one, or one of another shape, is an `AfterError` naming it."""
+    path = queries_path(run_dir, round)
+    fix = "restore it from a backup"
+    q = read_json(path, fix)
+    ids = q.get("ids") if isinstance(q, dict) else None
+    labels = q.get("labels") if isinstance(q, dict) else None
+    probs = q.get("probs") if isinstance(q, dict) else None
+    if (
+        not isinstance(ids, list)
+        or not all(isinstance(i, str) for i in ids)
+        or not isinstance(labels, list)
+        or not all(isinstance(x, str) for x in labels)
+        or not isinstance(q.get("method", ""), str)
+        or not (
+            probs is None
+            or (
+                isinstance(probs, list)
+                and len(probs) == len(ids)
+                and all(
+                    isinstance(p, list)
+                    and len(p) == len(labels)
+                    and all(isinstance(v, int | float) for v in p)
+                    for p in probs
+                )
+            )
+        )
+    ):
+        raise AfterError(f"{path}: not a queries file of after run (wrong shape); {fix}")
+    return q
 
 
 # ---- schedule ------------------------------------------------------------------------------------
@@ -164,7 +198,16 @@ class Run:
         path = folder / CONFIG_FILE
         if not path.is_file():
             raise AfterError(f"{path}: not found; is {folder} a run folder of after run?")
-        c = read_json(path, "restore it from a backup, or start a new run")
+        fix = "restore it from a backup, or start a new run"
+        c = read_json(path, fix)
+        try:
+            return cls._from_config(c, folder)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # valid JSON, wrong shape
+            reason = cut(str(e) or type(e).__name__, 80)
+            raise AfterError(f"{path}: not the config of a run ({reason}); {fix}") from None
+
+    @classmethod
+    def _from_config(cls, c: dict[str, Any], folder: Path) -> Run:
         manifest = Manifest.from_jsonl(c["manifest"])
         if manifest_digest(manifest) != c["manifest_digest"]:
             raise AfterError(
@@ -194,6 +237,8 @@ def check_same_settings(where: Path, found: dict[str, Any], wanted: dict[str, An
     (else a changed option would silently reuse stale runs). Options a result predates are not
     checked, so results of earlier versions stay reusable."""
     wanted = json.loads(json.dumps(wanted))  # tuples as lists, as written
+    if not isinstance(found, dict):
+        raise AfterError(f"{where}: not a record of after (wrong shape); delete it to run it again")
     differ = []
     for key, value in wanted.items():
         if key not in found:
@@ -286,7 +331,11 @@ def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
     """Hold the run folder's lock: a second process working on the same run would interleave
     its state writes with ours. The lock goes with the process, even on kill -9."""
     path = Path(run_dir) / LOCK_FILE
-    with open(path, "a+") as f:
+    try:
+        f = open(path, "a+")  # noqa: SIM115 (held for the block)
+    except OSError as e:
+        raise AfterError(os_error_message(e)) from None
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from after.errors import AfterError
+from after.errors import AfterError, quoted
 from after.io import atomic_write_json, read_json
 
 SCHEMA_VERSION = 1
@@ -57,14 +57,72 @@ class LoopState:
         path = Path(run_dir) / STATE_FILE
         if not path.exists():
             raise AfterError(f"{path}: not found; is {run_dir} a run folder of after run?")
-        data = read_json(path, "restore it from a backup, or start the run again")
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        fix = "restore it from a backup, or start the run again"
+        data = read_json(path, fix)
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if isinstance(data, dict) and version != SCHEMA_VERSION:
             raise AfterError(
                 f"{path}: state schema {version}, this version of after reads {SCHEMA_VERSION}"
             )
+        problem = _shape_problem(data)
+        if problem is not None:
+            raise AfterError(f"{path}: not the state of a run ({problem}); {fix}")
         return cls(**data)
 
     def labeled_ids(self) -> list[str]:
         """Labeled ids in the order they were labeled (round, then query order)."""
         return list(self.labeled)
+
+
+# The JSON type of each field of state.json, as `LoopState.save` writes it.
+_JSON_TYPES: dict[str, type] = {
+    "config_hash": str,
+    "seed": int,
+    "round": int,
+    "phase": str,
+    "labeled": dict,
+    "labels": dict,
+    "votes": dict,
+    "dropped": list,
+    "pending": list,
+    "memo": dict,
+    "cold_start": dict,
+    "rounds": list,
+    "stop_predictions": list,
+    "stopped_because": str,
+    "schema_version": int,
+}
+PHASES = ("select", "label", "train", "done")
+
+
+def _shape_problem(data: Any) -> str | None:
+    """What in a parsed state.json is not as `LoopState.save` writes it (None: all is): valid
+    JSON of another shape must be refused here, not end in a traceback later."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    for name, kind in _JSON_TYPES.items():
+        if name not in data:
+            if name in ("config_hash", "seed"):
+                return f"no {name!r}"
+            continue
+        value = data[name]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"{name!r} is {quoted(value, 40)}, not a JSON {kind.__name__}"
+    if unknown := sorted(set(data) - set(_JSON_TYPES)):
+        return f"unknown field {quoted(unknown[0])}"
+    if data.get("phase", "select") not in PHASES:
+        return f"phase {quoted(data['phase'])} is not one of {', '.join(PHASES)}"
+    ids = [*data.get("pending", []), *data.get("dropped", []), *data.get("labeled", {})]
+    if not all(isinstance(i, str) for i in ids):
+        return "a clip id that is not a string"
+    inner: list[tuple[str, Any, type]] = [
+        ("labeled", data.get("labeled", {}).values(), int),
+        ("labels", data.get("labels", {}).values(), str),
+        ("votes", data.get("votes", {}).values(), dict),
+        ("rounds", data.get("rounds", []), dict),
+        ("stop_predictions", data.get("stop_predictions", []), int),
+    ]
+    for name, values, kind in inner:
+        if not all(isinstance(v, kind) and not isinstance(v, bool) for v in values):
+            return f"{name!r} holds a value that is not a JSON {kind.__name__}"
+    return None

@@ -30,8 +30,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from after.errors import AfterError
-from after.io import apply_umask, atomic_write_json
+from after.errors import AfterError, cut
+from after.io import (
+    apply_umask,
+    atomic_write_json,
+    check_file_name,
+    not_a_file,
+    open_regular,
+    os_error_message,
+    read_json,
+)
 from after.models.features import FeatureBackbone, is_feature_backbone, load_feature_backbone
 from after.models.linear import LinearFit
 
@@ -137,8 +145,22 @@ class Classifier:
         return layer
 
     def save(self, out_dir: str | os.PathLike[str], **extra: Any) -> Path:
-        """Write the model folder; `extra` goes into after_model.json (e.g. training provenance)."""
+        """Write the model folder; `extra` goes into after_model.json (e.g. training provenance).
+        A full disk or a folder that cannot be written is one `AfterError` naming the folder."""
+        from safetensors import SafetensorError
+
         out = Path(out_dir)
+        try:
+            return self._save(out, extra)
+        except OSError as e:
+            raise AfterError(f"saving the model in {out} failed: {os_error_message(e)}") from None
+        except SafetensorError as e:  # its own wrapping of the OS error
+            raise AfterError(
+                f"{out}: saving the model failed ({cut(str(e), 300)}); free some space (or "
+                "choose another folder) and run the command again"
+            ) from None
+
+    def _save(self, out: Path, extra: dict[str, Any]) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         info: dict[str, Any] = {"kind": self.kind, "backbone": self.backbone, "labels": self.labels}
         if self.kind == "transformers":
@@ -228,16 +250,23 @@ def new_classifier(
     )
 
 
+PICKLES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "model.ckpt")
+_LOAD_FIX = "retrain it, or restore the model folder from a backup"
+
+
 def load_classifier(model_dir: str | os.PathLike[str]) -> Classifier:
-    """A saved classifier: one of ours, or any transformers audio-classification folder."""
+    """A saved classifier: one of ours, or any transformers audio-classification folder with
+    safetensors weights. A damaged folder is one clear `AfterError` naming the file."""
     folder = Path(model_dir)
     if not folder.is_dir():
         raise AfterError(f"{folder}: no such model folder; give a folder written by after train")
-    info_path = folder / INFO_FILE
-    info: dict[str, Any] = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    _check_files(folder)
+    info = _read_info(folder)
     if info.get("kind") == "features":
         from safetensors.torch import load_file
 
+        weights = folder / "model.safetensors"
+        _check_safetensors(weights)
         features = load_feature_backbone(info["backbone"])
         if info.get("feature_version") != features.version:
             raise AfterError(
@@ -246,10 +275,15 @@ def load_classifier(model_dir: str | os.PathLike[str]) -> Classifier:
                 "retrain it, or install the package versions it was trained with"
             )
         head = FeatureHead(features.dim, len(info["labels"]))
-        # A model of an earlier version has no posterior: it predicts, BALD refuses it.
-        missing, unexpected = head.load_state_dict(
-            load_file(str(folder / "model.safetensors")), strict=False
-        )
+        try:
+            # A model of an earlier version has no posterior: it predicts, BALD refuses it.
+            missing, unexpected = head.load_state_dict(load_file(str(weights)), strict=False)
+        except (RuntimeError, ValueError, OSError) as e:  # shapes: labels or dim do not fit
+            raise AfterError(
+                f"{weights}: does not fit the {len(info['labels'])} labels of {INFO_FILE} on "
+                f"{features.dim}-dim {info['backbone']} features ({cut(str(e).strip(), 160)}); "
+                f"{_LOAD_FIX}"
+            ) from None
         if set(missing) - {"precision_tril", "prior_mean", "prior_var"} or unexpected:
             raise AfterError(f"{folder}: not a frozen-features model of this version; retrain it")
         head.view = info.get("view", "clip")
@@ -258,18 +292,122 @@ def load_classifier(model_dir: str | os.PathLike[str]) -> Classifier:
         return Classifier("features", info["backbone"], info["labels"], head, None, features, info)
     if not (folder / "config.json").is_file():
         raise AfterError(f"{folder}: not a model folder (no {INFO_FILE} or config.json)")
+    shapes = {k: v for weights in _weight_files(folder) for k, v in _check_safetensors(weights)}
     from transformers import AutoConfig, AutoFeatureExtractor
 
     from after.models.backbones import family_of
 
     try:
         config = AutoConfig.from_pretrained(folder)
-        model: Any = family_of(config).classifier_class().from_pretrained(folder)
+        last = {k: v for k, v in shapes.items() if k.split(".")[-2:-1] == ["classifier"]}
+        if any(v[:1] != [config.num_labels] for v in last.values()):
+            raise AfterError(
+                f"{folder / 'config.json'}: its {config.num_labels} labels do not fit the head "
+                f"in the weights ({', '.join(f'{k} {v}' for k, v in sorted(last.items()))}); "
+                + _LOAD_FIX
+            )
+        model: Any = (
+            family_of(config).classifier_class().from_pretrained(folder, use_safetensors=True)
+        )
         fe = AutoFeatureExtractor.from_pretrained(folder)
-    except (OSError, ValueError) as e:
-        raise AfterError(f"{folder}: cannot load the classifier ({e})") from None
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError) as e:
+        reason = cut(" ".join(str(e).split()), 300)
+        raise AfterError(f"{folder}: cannot load the classifier ({reason}); {_LOAD_FIX}") from None
     fe.return_attention_mask = True
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    if "labels" in info and info["labels"] != labels:
+        raise AfterError(
+            f"{folder / INFO_FILE}: its labels {cut(str(info['labels']))} are not those of the "
+            f"model's head in config.json ({cut(str(labels))}); {_LOAD_FIX}"
+        )
     return Classifier(
         "transformers", info.get("backbone", str(folder)), labels, model, fe, None, info
     )
+
+
+def _check_files(folder: Path) -> None:
+    """Every file of the folder is a regular file: loading never opens a device or a FIFO
+    (a weight file that is a link to /dev/zero would be read for ever)."""
+    for path in sorted(folder.iterdir()):
+        if path.is_dir():  # loaders read files only
+            continue
+        problem = not_a_file(path)
+        if problem is not None:
+            raise AfterError(f"{path}: {problem}; {_LOAD_FIX}")
+
+
+def _read_info(folder: Path) -> dict[str, Any]:
+    """after_model.json (empty for a transformers folder without one), checked for shape."""
+    path = folder / INFO_FILE
+    if not path.exists():
+        return {}
+    info = read_json(path, _LOAD_FIX)
+    labels = info.get("labels") if isinstance(info, dict) else None
+    if (
+        not isinstance(info, dict)
+        or info.get("kind", "transformers") not in ("transformers", "features")
+        or not isinstance(info.get("backbone", ""), str)
+        or (labels is None and info.get("kind") == "features")
+        or (labels is not None and not _is_label_list(labels))
+    ):
+        raise AfterError(f"{path}: not an after model's description (wrong shape); {_LOAD_FIX}")
+    return info
+
+
+def _is_label_list(labels: Any) -> bool:
+    return (
+        isinstance(labels, list)
+        and len(labels) >= 2
+        and all(isinstance(x, str) and x for x in labels)
+        and len(set(labels)) == len(labels)
+    )
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """The safetensors files a transformers folder's weights are in. Pickled weights
+    (pytorch_model.bin) are refused: unpickling a file can run any code in it."""
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = read_json(index, _LOAD_FIX)
+        weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+        if not isinstance(weight_map, dict) or not all(
+            isinstance(v, str) for v in weight_map.values()
+        ):
+            raise AfterError(f"{index}: not a safetensors index (wrong shape); {_LOAD_FIX}")
+        names = sorted(set(weight_map.values()))
+        return [folder / check_file_name(n, "weight file", _LOAD_FIX) for n in names]
+    if (folder / "model.safetensors").exists():
+        return [folder / "model.safetensors"]
+    for name in PICKLES:
+        if (folder / name).exists():
+            raise AfterError(
+                f"{folder / name}: weights in a pickle (or TensorFlow) file, which after does "
+                "not load (unpickling can run any code); save the model with safetensors "
+                "(save_pretrained(..., safe_serialization=True)) and give that folder"
+            )
+    raise AfterError(f"{folder / 'model.safetensors'}: not found; {_LOAD_FIX}")
+
+
+def _check_safetensors(path: Path) -> list[tuple[str, list[int]]]:
+    """The names and shapes of the tensors in a whole safetensors file: its header parses and
+    its tensors end where the file does. A truncated or damaged one is refused here, before any
+    library reads it."""
+    fix = f"the file is damaged or cut short; {_LOAD_FIX}"
+    with open_regular(path, _LOAD_FIX) as f:
+        size = os.fstat(f.fileno()).st_size
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else 0
+        if not 2 <= n <= size - 8:
+            raise AfterError(f"{path}: not a safetensors file ({size} bytes); {fix}")
+        try:
+            header = json.loads(f.read(n))
+            tensors = {k: v for k, v in header.items() if k != "__metadata__"}
+            ends = [int(v["data_offsets"][1]) for v in tensors.values()]
+            shapes = [(k, [int(n) for n in v["shape"]]) for k, v in tensors.items()]
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+            raise AfterError(f"{path}: its safetensors header is damaged; {fix}") from None
+    if 8 + n + max(ends, default=0) != size:
+        raise AfterError(
+            f"{path}: {size} bytes where its header describes {8 + n + max(ends, default=0)}; {fix}"
+        )
+    return shapes

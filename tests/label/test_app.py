@@ -244,7 +244,12 @@ def test_the_cli_makes_a_token_for_a_non_local_bind(
     from after.cli import app
 
     calls: list[dict[str, Any]] = []
-    monkeypatch.setattr(after.label.app, "serve", lambda run_dir, **kw: calls.append(kw))
+
+    def serve(run_dir: Path, **kw: Any) -> None:
+        calls.append(kw)
+        kw["announce"]()  # the real one prints the addresses once the run is its own
+
+    monkeypatch.setattr(after.label.app, "serve", serve)
     run, _ = labeling
     result = CliRunner().invoke(app, ["label", "serve", str(run.run_dir), "--host", "0.0.0.0"])
     assert result.exit_code == 0, result.output

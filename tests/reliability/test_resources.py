@@ -92,8 +92,8 @@ def test_a_full_disk_under_the_label_store_refuses_cleanly(
     connect = LabelStore._connect
 
     @contextmanager
-    def full(self: LabelStore) -> Iterator[sqlite3.Connection]:
-        with connect(self) as db:
+    def full(self: LabelStore, **kw: Any) -> Iterator[sqlite3.Connection]:
+        with connect(self, **kw) as db:
             pages = db.execute("PRAGMA page_count").fetchone()[0]
             db.execute(f"PRAGMA max_page_count={pages}")  # SQLite's own "disk is full"
             yield db
