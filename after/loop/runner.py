@@ -215,6 +215,9 @@ class Run:
             )
         al = c["al"]
         al["schedule"] = tuple(al["schedule"])
+        # from_record leaves out what is no setting; in a run's own config that is damage.
+        if unknown := sorted(set(c["train"]) - set(TrainConfig.__dataclass_fields__)):
+            raise ValueError(f"unknown training option {unknown[0]!r}")
         return cls(
             manifest=manifest,
             manifest_path=c["manifest"],

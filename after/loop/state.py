@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from after.errors import AfterError, quoted
 from after.io import atomic_write_json, read_json
@@ -74,25 +74,19 @@ class LoopState:
         return list(self.labeled)
 
 
-# The JSON type of each field of state.json, as `LoopState.save` writes it.
+def _json_type(hint: Any) -> type:
+    """The JSON type `LoopState.save` writes for a field annotated `hint`."""
+    if get_origin(hint) is Literal:
+        return type(get_args(hint)[0])
+    return get_origin(hint) or hint
+
+
+# The JSON type of each field of state.json, derived from the dataclass so that a new field is
+# checked (and not refused as unknown) without a second list to keep in step.
 _JSON_TYPES: dict[str, type] = {
-    "config_hash": str,
-    "seed": int,
-    "round": int,
-    "phase": str,
-    "labeled": dict,
-    "labels": dict,
-    "votes": dict,
-    "dropped": list,
-    "pending": list,
-    "memo": dict,
-    "cold_start": dict,
-    "rounds": list,
-    "stop_predictions": list,
-    "stopped_because": str,
-    "schema_version": int,
+    name: _json_type(hint) for name, hint in get_type_hints(LoopState).items()
 }
-PHASES = ("select", "label", "train", "done")
+PHASES: tuple[str, ...] = get_args(Phase)
 
 
 def _shape_problem(data: Any) -> str | None:
