@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 Precision = Literal["auto", "no", "fp16", "bf16"]
 COLD_STARTS = ("kmeans", "typiclust", "probcover", "random", "alps")
+HEAD_INITS = ("random", "probe")
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,11 @@ class TrainConfig:
     # Whisper: the head reads a learned softmax-weighted sum of the layers from `freeze_layers`
     # up (SUPERB style); False: the last layer. Other families read the last layer.
     layer_sum: bool = True
+    # The new head of a fine-tuned encoder starts "random", or as a "probe": the logistic
+    # regression of the frozen-features learner on the untrained model's pooled frames (C by the
+    # inner grouped CV), so that fine-tuning starts where frozen features end (LP-FT, Kumar et al.
+    # 2022); the dev split then also judges that start (epoch 0). Warm starts keep their head.
+    head_init: str = "random"
     # Cache the frozen bottom's outputs per clip (the CNN; for Whisper also the frozen layers).
     cache_cnn: bool = True
     # Frozen features: the logistic regression's C (None: chosen by CV within the labeled clips),
@@ -181,6 +187,7 @@ class TrainConfig:
             "num_layers": self.num_layers is None or self.num_layers >= 1,
             "l2_c": self.l2_c is None or self.l2_c > 0,
             "feature_view": self.feature_view in ("clip", "speaker", "auto"),
+            "head_init": self.head_init in HEAD_INITS,
             "self_training": self.self_training >= 0,
             "pseudo_threshold": 0 < self.pseudo_threshold <= 1,
         }
@@ -205,7 +212,7 @@ class TrainConfig:
 
 # Training settings added since records were first written, at the value that reproduces what ran
 # before they existed.
-TRAIN_BEFORE: dict[str, Any] = {"min_steps": 0, "layer_sum": False}
+TRAIN_BEFORE: dict[str, Any] = {"min_steps": 0, "layer_sum": False, "head_init": "random"}
 
 
 @dataclass(frozen=True)

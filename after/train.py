@@ -545,6 +545,10 @@ def fit(
     targets = label_targets([manifest[i] for i in train_ids], labels, config.soft_labels)
     weights = class_weights(targets) if config.class_weighted else np.ones(len(labels))
 
+    probe = None
+    if init is None and config.head_init == "probe":
+        with data.taking_frames():
+            probe = probe_head(clf, data, train_ids, targets, targets @ weights, config)
     head = {id(p) for p in clf.head_parameters()}
     body = [p for p in clf.module.parameters() if p.requires_grad and id(p) not in head]
     groups = [{"params": clf.head_parameters(), "lr": config.head_lr}]
@@ -574,6 +578,19 @@ def fit(
     weights_t = torch.tensor(weights, dtype=torch.float32, device=accelerator.device)
     durations = [min(data.duration(i), config.max_seconds) for i in train_ids]
 
+    def dev_scores() -> dict[str, Any] | None:
+        if not dev_ids:
+            return None
+        probs = _gathered_probs(clf, accelerator.unwrap_model(model), data, dev_ids, accelerator)
+        truth = label_targets([manifest[i] for i in dev_ids], labels, soft=False)
+        return classification_scores(
+            truth.argmax(axis=1).tolist(), probs.argmax(axis=1).tolist(), labels
+        )
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        now = accelerator.unwrap_model(model).state_dict()
+        return {k: v.detach().clone() for k, v in now.items()}
+
     history: list[dict[str, Any]] = []
     best: tuple[float, int, dict[str, torch.Tensor] | None, dict[str, Any] | None] = (
         -1.0,
@@ -582,8 +599,14 @@ def fit(
         None,
     )
     steps = 0
+    selecting = bool(dev_ids) and config.select_on_dev
     bar = progress_bar(progress and accelerator.is_main_process, transient=True)
     with data.taking_frames(), bar:
+        if probe is not None and selecting:  # the probe is epoch 0, a candidate like the others
+            start = dev_scores()
+            assert start is not None
+            history.append({"epoch": 0, "steps": 0, **probe, "dev_ua": start["ua"]})
+            best = (start["ua"], 0, snapshot(), start)
         task = bar.add_task("fine-tuning", total=num_epochs * micro_per_epoch, info="")
         for epoch in range(num_epochs):
             epoch_t0 = time.perf_counter()
@@ -636,28 +659,14 @@ def fit(
                 "train_loss": float(accelerator.reduce(epoch_loss, reduction="mean")),
                 "seconds": time.perf_counter() - epoch_t0,
             }
-            dev_scores = None
-            if dev_ids:
-                probs = _gathered_probs(
-                    clf, accelerator.unwrap_model(model), data, dev_ids, accelerator
-                )
-                truth = label_targets([manifest[i] for i in dev_ids], labels, soft=False)
-                dev_scores = classification_scores(
-                    truth.argmax(axis=1).tolist(), probs.argmax(axis=1).tolist(), labels
-                )
-                record.update(dev_ua=dev_scores["ua"], dev_wa=dev_scores["wa"])
+            scores = dev_scores()
+            if scores is not None:
+                record.update(dev_ua=scores["ua"], dev_wa=scores["wa"])
             history.append(record)
             # Without dev selection every epoch beats the last: the last one is kept.
-            selecting = dev_scores is not None and config.select_on_dev
-            score = dev_scores["ua"] if dev_scores is not None and selecting else float(epoch)
+            score = scores["ua"] if scores is not None and selecting else float(epoch)
             if score > best[0]:
-                now = accelerator.unwrap_model(model).state_dict()
-                best = (
-                    score,
-                    epoch + 1,
-                    {k: v.detach().clone() for k, v in now.items()},
-                    dev_scores,
-                )
+                best = (score, epoch + 1, snapshot(), scores)
             elif selecting and config.patience and epoch + 1 - best[1] >= config.patience:
                 break
         assert best[2] is not None  # keys saved while the frames were taken: load here
@@ -666,6 +675,37 @@ def fit(
     return FitResult(
         clf, best[1], best[3], history, time.perf_counter() - t0, num_processes=num_processes
     )
+
+
+def probe_head(
+    clf: Classifier,
+    data: _Inputs,
+    train_ids: Sequence[str],
+    targets: np.ndarray,
+    sample_weight: np.ndarray,
+    config: TrainConfig,
+) -> dict[str, Any]:
+    """Set a new head (a square projector: `new_classifier(probe_head=True)`) to the frozen-
+    features learner's logistic regression on what the head reads from the untrained encoder:
+    the projector holds its standardiser, the classifier its weights (LP-FT). Returns the probe's
+    record (C and its inner-CV UA). The clips' pooled frames come from the model itself, with the
+    projector set to the identity, so they are exactly what the head will be given."""
+    from after.models.linear import fit_head
+
+    module: Any = clf.module
+    projector, output = module.projector, module.classifier
+    with torch.no_grad():
+        projector.weight.copy_(torch.eye(*projector.weight.shape))
+        projector.bias.zero_()
+    x = _infer(clf, module, data, train_ids, data.device, embeddings=True)["embeddings"]
+    groups = [data.manifest[i].speaker for i in train_ids]
+    fit = fit_head(x, targets, sample_weight, groups, config.l2_c)
+    with torch.no_grad():
+        projector.weight.copy_(torch.diag(torch.as_tensor(1.0 / fit.scale)))
+        projector.bias.copy_(torch.as_tensor(-fit.mean / fit.scale))
+        output.weight.copy_(torch.as_tensor(fit.weight))
+        output.bias.copy_(torch.as_tensor(fit.bias))
+    return {"probe_c": fit.c, "probe_cv_ua": max((r["cv_ua"] for r in fit.cv), default=None)}
 
 
 def fresh_classifier(backbone: str, labels: Sequence[str], config: TrainConfig) -> Classifier:
@@ -679,6 +719,7 @@ def fresh_classifier(backbone: str, labels: Sequence[str], config: TrainConfig) 
         spec_time_prob=config.spec_time_prob,
         spec_feature_prob=config.spec_feature_prob,
         layer_sum=config.layer_sum,
+        probe_head=config.head_init == "probe",
     )
 
 

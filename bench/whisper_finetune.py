@@ -1,19 +1,23 @@
-"""Fine-tuned Whisper tiny.en against its frozen features on EmoDB, leave-one-speaker-out, and what
-the frozen-bottom cache saves in pool scoring.
+"""Fine-tuned Whisper tiny.en against its frozen features on EmoDB, leave-one-speaker-out: the
+default recipe and variants of it, each paired with the frozen-features learner and with the
+first variant on the same folds and seeds.
 
-    .venv/bin/python bench/whisper_finetune.py [--folds 0,1,6] [--seeds 0,1,2]
-        [--freeze-layers 0]
+    .venv/bin/python bench/whisper_finetune.py [--folds all] [--seeds 0,1,2]
+        [--variants 'default;head_init=random'] [--out runs/bench/whisper_finetune]
 
-1. For each fold x seed: `after.experiments.fit_and_test` (what `after train` and `after cv`
-   run) with `whisper-tiny.en` and the default training settings (the conv stem frozen and
-   cached, every layer trained; `--freeze-layers N` also freezes and caches the bottom N), and
-   the frozen features (`frozen:whisper-tiny.en`, deterministic: one run per fold) on the same
-   fold. Paired per-(fold, seed) differences with a Wilcoxon signed-rank test.
-2. Scoring the 535 clips with the last fine-tuned classifier, its bottom two layers read from the
-   cache: clips per second with the cache empty and filled, side by side.
+1. The frozen features (`frozen:whisper-tiny.en`, deterministic: one run per fold) and, for each
+   variant (`TrainConfig` settings changed from the defaults, `;` between variants, `,` between
+   settings of one: `head_init=random,lr=3e-5`), fine-tuning of `whisper-tiny.en` on every
+   fold x seed through `after.experiments.fit_and_test_folds` (what `after cv` runs): every run
+   is kept in OUT/VARIANT/ and reused when the command is run again, so a stopped benchmark
+   continues where it stopped.
+2. Per variant: test UA, its paired difference from the frozen features (per fold and seed) and
+   from the first variant, with the Wilcoxon signed-rank p and the smallest p that n allows;
+   the epoch each run kept (0: the probe head before fine-tuning) and its seconds.
+3. Scoring the 535 clips with one fine-tuned classifier, the conv stem read from the cache: clips
+   per second with the cache empty and filled, side by side.
 
-The three default folds hold out speakers 03 (male), 08 and 13 (female). Prints one
-JSON object. EmoDB is read from ../shared/data/emodb.
+Prints one JSON object. EmoDB is read from ../shared/data/emodb.
 """
 
 from __future__ import annotations
@@ -21,125 +25,153 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 EMODB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emodb"
+BACKBONE = "whisper-tiny.en"
 
 
-def paired(a: list[float], b: list[float]) -> dict[str, Any]:
-    """Mean ± std of a - b (points of UA) and the two-sided Wilcoxon signed-rank p-value."""
-    from scipy.stats import wilcoxon
+def parse_variants(text: str) -> dict[str, dict[str, Any]]:
+    """'default;head_init=random,lr=3e-5' -> {name: TrainConfig changes}, values as JSON."""
+    variants: dict[str, dict[str, Any]] = {}
+    for part in (p.strip() for p in text.split(";") if p.strip()):
+        changes: dict[str, Any] = {}
+        if part != "default":
+            for item in part.split(","):
+                key, _, value = item.partition("=")
+                try:
+                    changes[key.strip()] = json.loads(value)
+                except json.JSONDecodeError:
+                    changes[key.strip()] = value.strip()
+        variants[part] = changes
+    return variants
 
-    d = 100 * (np.array(a) - np.array(b))
-    p = float(wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
+
+def summary(values: list[float]) -> str:
+    a = [100 * v for v in values]
+    spread = statistics.stdev(a) if len(a) > 1 else 0.0
+    return f"{statistics.mean(a):.1f} ± {spread:.1f} (n={len(a)})"
+
+
+def paired(ours: list[float], theirs: list[float]) -> dict[str, Any]:
+    from after.metrics import paired_difference
+
+    d = paired_difference(ours, theirs)
     return {
-        "difference": f"{d.mean():+.1f} ± {d.std(ddof=1):.1f}",
-        "per_pair": [round(float(x), 1) for x in d],
-        "wilcoxon_p": round(p, 4),
+        "points": round(100 * d["mean"], 2),
+        "std": round(100 * d["std"], 2),
+        "wilcoxon_p": round(d["wilcoxon_p"], 4),
+        "n": d["n"],
+        "min_p": round(d["min_p"], 4),
+        "wins": sum(a > b for a, b in zip(ours, theirs, strict=True)),
+        "losses": sum(a < b for a, b in zip(ours, theirs, strict=True)),
     }
-
-
-def ua(values: list[float]) -> str:
-    a = 100 * np.array(values)
-    return f"{a.mean():.1f} ± {a.std(ddof=1):.1f} (n={len(a)})"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--folds", default="0,1,6")
+    p.add_argument("--folds", default="all", help="LOSO fold indices, comma-separated, or all")
     p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--freeze-layers", type=int, default=0)
+    p.add_argument("--variants", default="default")
     p.add_argument("--data", type=Path, default=EMODB)
+    p.add_argument("--out", type=Path, default=Path("runs/bench/whisper_finetune"))
     args = p.parse_args()
 
     from after.config import TrainConfig
     from after.data.corpora import prepare
     from after.data.folds import make_folds
-    from after.experiments import fit_and_test
+    from after.experiments import fit_and_test_folds
     from after.train import describe_training, predict
 
     manifest = prepare("emodb", args.data)
     all_folds = make_folds(manifest, "loso", seed=0).folds
-    folds = [all_folds[int(k)] for k in args.folds.split(",")]
+    picked = range(len(all_folds)) if args.folds == "all" else map(int, args.folds.split(","))
+    folds = [all_folds[k] for k in picked]
     seeds = [int(s) for s in args.seeds.split(",")]
-    layers = args.freeze_layers
-    variant = "every layer trained" if layers == 0 else f"bottom {layers} layers frozen, cached"
-    variants = {variant: layers}
-    report: dict[str, Any] = {
+    variants = parse_variants(args.variants)
+    cache = args.out / "cache"
+    log = lambda text: print(text, flush=True)  # noqa: E731
+
+    frozen_records = fit_and_test_folds(
+        manifest,
+        folds,
+        [0],
+        f"frozen:{BACKBONE}",
+        TrainConfig(),
+        args.out / "frozen",
+        cache_dir=cache,
+    )
+    frozen = {r["fold"]: r["test"]["ua"] for r in frozen_records}
+    results: dict[str, Any] = {}
+    kept: list[Any] = []
+    records: dict[str, list[dict[str, Any]]] = {}
+    for name, changes in variants.items():
+        config = TrainConfig(**changes)
+        records[name] = fit_and_test_folds(
+            manifest,
+            folds,
+            seeds,
+            BACKBONE,
+            config,
+            args.out / name.replace("/", "_"),
+            cache_dir=cache,
+            log=lambda text, name=name: log(f"{name}: {text}"),
+            on_fit=lambda result, _record: kept.append(result.classifier) if not kept else None,
+        )
+    first = next(iter(records))
+    for name, rs in records.items():
+        ua = [r["test"]["ua"] for r in rs]
+        results[name] = {
+            "training": describe_training(BACKBONE, rs[0]["config"]),
+            "test_ua": summary(ua),
+            "minus_frozen": paired(ua, [frozen[r["fold"]] for r in rs]),
+            **(
+                {"minus_first": paired(ua, [r["test"]["ua"] for r in records[first]])}
+                if name != first
+                else {}
+            ),
+            "best_epochs": [r["best_epoch"] for r in rs],
+            "train_seconds": round(statistics.mean(r["seconds"] for r in rs), 1),
+            "runs": [
+                {
+                    "fold": r["fold"],
+                    "seed": r["seed"],
+                    "test_ua": round(r["test"]["ua"], 4),
+                    "frozen_test_ua": round(frozen[r["fold"]], 4),
+                    "best_epoch": r["best_epoch"],
+                    "seconds": round(r["seconds"], 1),
+                }
+                for r in rs
+            ],
+        }
+
+    speed: dict[str, float] = {}
+    if kept:  # scoring throughput: one fine-tuned model, the conv-stem cache empty then filled
+        config = dataclasses.replace(TrainConfig(**variants[first]))
+        with tempfile.TemporaryDirectory() as tmp:
+            for label in ("cache empty", "cache filled"):
+                t = time.perf_counter()
+                predict(kept[0], manifest, manifest.ids, config=config, cache_dir=tmp)
+                speed[label] = round(len(manifest) / (time.perf_counter() - t), 1)
+        speed["speed_up"] = round(speed["cache filled"] / speed["cache empty"], 2)
+    report = {
         "benchmark": "whisper_finetune",
         "corpus": f"EmoDB ({len(manifest)} clips, {len(manifest.speakers)} speakers, "
         f"{len(manifest.labels)} labels; 409 clips cut at 2.0 s in this copy)",
-        "protocol": f"LOSO folds {', '.join(f.name for f in folds)} (held-out speaker), one dev "
-        f"speaker per fold (best dev UA epoch kept), seeds {seeds}",
-        "training": describe_training("whisper-tiny.en", TrainConfig().to_dict()),
-        "runs": [],
+        "protocol": f"LOSO, {len(folds)} folds (held-out speaker), one dev speaker per fold "
+        f"(the best dev-UA epoch kept), seeds {seeds}; the frozen features train on the same "
+        "clips (C by the inner grouped CV; dev unused)",
+        "frozen": {
+            "ua": summary(list(frozen.values())),
+            "per_fold": {k: round(v, 4) for k, v in frozen.items()},
+        },
+        "variants": results,
+        "scoring_clips_per_second": speed,
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        cache = Path(tmp) / "cache"
-        frozen = {
-            f.name: fit_and_test(
-                manifest,
-                f,
-                "frozen:whisper-tiny.en",
-                TrainConfig(),
-                cache_dir=cache,
-                progress=False,
-            )[1]["test"]["ua"]
-            for f in folds
-        }
-        results: dict[str, list[float]] = {v: [] for v in variants}
-        seconds: dict[str, list[float]] = {v: [] for v in variants}
-        kept = None
-        for f in folds:
-            for seed in seeds:
-                for name, frozen_layers in variants.items():
-                    config = TrainConfig(seed=seed, freeze_layers=frozen_layers)
-                    result, run = fit_and_test(
-                        manifest, f, "whisper-tiny.en", config, cache_dir=cache, progress=False
-                    )
-                    results[name].append(run["test"]["ua"])
-                    seconds[name].append(run["seconds"])
-                    record = {
-                        "fold": f.name,
-                        "seed": seed,
-                        "variant": name,
-                        "test_ua": round(run["test"]["ua"], 4),
-                        "frozen_test_ua": round(frozen[f.name], 4),
-                        "best_epoch": run["best_epoch"],
-                        "epochs_run": len(result.history),
-                        "seconds": round(run["seconds"], 1),
-                    }
-                    report["runs"].append(record)
-                    print(json.dumps(record), flush=True)
-                    kept = result.classifier
-        frozen_paired = [frozen[f.name] for f in folds for _ in seeds]
-        report["summary"] = {
-            "frozen:whisper-tiny.en": {"ua": ua(list(frozen.values())), "note": "one per fold"},
-            **{
-                name: {
-                    "ua": ua(results[name]),
-                    "minus_frozen": paired(results[name], frozen_paired),
-                    "train_seconds": f"{np.mean(seconds[name]):.0f}",
-                }
-                for name in variants
-            },
-        }
-
-        # Scoring throughput: the same fine-tuned model, cache empty then filled.
-        assert kept is not None
-        score_config = dataclasses.replace(TrainConfig(), freeze_layers=2)
-        speed = {}
-        for label in ("cache empty", "cache filled"):
-            t = time.perf_counter()
-            predict(kept, manifest, manifest.ids, config=score_config, cache_dir=Path(tmp) / "s")
-            speed[label] = round(len(manifest) / (time.perf_counter() - t), 1)
-        speed["speed_up"] = round(speed["cache filled"] / speed["cache empty"], 2)
-        report["scoring_clips_per_second"] = speed
     print(json.dumps(report, indent=2, ensure_ascii=False))
 
 

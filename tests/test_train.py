@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -245,3 +246,34 @@ def test_the_training_description_states_the_step_floor_and_the_pooling() -> Non
     del old["min_steps"], old["layer_sum"]
     before = train.describe_training("whisper-tiny.en", old)
     assert "at least" not in before and "head on the last layer" in before
+
+
+def test_a_probe_head_starts_where_the_frozen_learner_ends(tones: tuple[Manifest, Fold]) -> None:
+    """LP-FT: the head is the logistic regression that the frozen-features learner fits on the
+    encoder's pooled last layer, computed here on its own, clip by clip."""
+    from after.models.linear import fit_head
+
+    m, fold = tones
+    config = TrainConfig(head_init="probe", epochs=2, min_steps=0, patience=0)
+    clf = train.fresh_classifier("scratch:tiny", LABELS, config)
+    data = train._Inputs(clf, m, config, None, torch.device("cpu"), cached=False)
+    targets = train.label_targets([m[i] for i in fold.train], LABELS, soft=False)
+    weights = targets @ train.class_weights(targets)
+    record = train.probe_head(clf, data, fold.train, targets, weights, config)
+    module: Any = clf.module.eval()
+    with torch.no_grad():
+        x = np.stack(
+            [
+                module.wav2vec2(**data.batch([i], None)).last_hidden_state[0].mean(dim=0).numpy()
+                for i in fold.train
+            ]
+        )
+    fit = fit_head(x, targets, weights, [m[i].speaker for i in fold.train])
+    expected = torch.softmax(torch.tensor((x - fit.mean) / fit.scale @ fit.weight.T + fit.bias), 1)
+    got = train._predict(clf, module, data, fold.train, torch.device("cpu"))
+    np.testing.assert_allclose(got, expected.numpy(), atol=1e-4)
+    assert record["probe_c"] == fit.c
+    # In a fit, the probe is epoch 0: judged on dev, and kept if no epoch beats it.
+    r = train.fit(m, fold.train, fold.dev, "scratch:tiny", config, progress=False)
+    assert [h["epoch"] for h in r.history] == [0, 1, 2] and "probe_c" in r.history[0]
+    assert r.dev is not None and r.dev["ua"] == max(h["dev_ua"] for h in r.history)

@@ -199,6 +199,7 @@ def new_classifier(
     spec_time_prob: float = 0.05,
     spec_feature_prob: float = 0.0,
     layer_sum: bool = True,
+    probe_head: bool = False,
 ) -> Classifier:
     """A classifier with a new, random head on `backbone` (a feature backbone name, or a
     transformers backbone spec: see `after.models.backbones`). `num_layers` keeps only the
@@ -206,7 +207,8 @@ def new_classifier(
     With `layer_sum`, a Whisper head reads a learned softmax-weighted sum of the layers from
     `freeze_layers` up (`after.models.whisper_model`); otherwise, and for the other families,
     the last layer. Time masks hide about `spec_time_prob` of each clip's frames, however short
-    the clip (no minimum number of spans)."""
+    the clip (no minimum number of spans). `probe_head` makes the projector square (hidden size
+    in and out), so that it can hold a probe's standardiser (`after.train.probe_head`)."""
     if len(labels) < 2:
         raise AfterError(f"need at least 2 labels to classify, got {labels}")
     if is_feature_backbone(backbone):
@@ -232,6 +234,8 @@ def new_classifier(
     layer_sum = layer_sum and config.model_type == "whisper"
     if layer_sum:
         changes["layer_sum_from"] = freeze_layers
+    if probe_head:
+        changes["classifier_proj_size"] = config.hidden_size
     model = load_audio_classifier(
         backbone,
         num_labels=len(labels),
