@@ -754,9 +754,9 @@ def evaluate(
     """Score a model on a fold's test (or dev) split: metrics and a confusion-matrix PNG."""
     from after.cache import default_cache_dir
     from after.dist import use_compute
+    from after.inference import evaluate as score
     from after.models.classifier import load_classifier
     from after.report import plot_confusion
-    from after.train import evaluate as score
 
     use_compute(device, threads)
     if split not in ("test", "dev"):
@@ -1022,7 +1022,8 @@ def run(
     from after.cache import default_cache_dir
     from after.checks import strategy_name
     from after.dist import use_compute, world_size
-    from after.loop.runner import CONFIG_FILE, RUN_SETTINGS, Run, check_same_settings
+    from after.loop.folder import RunFolder
+    from after.loop.runner import RUN_SETTINGS, Run, check_same_settings
 
     if world_size() > 1:
         raise AfterError(
@@ -1091,8 +1092,8 @@ def run(
         out,
         cache,
     )
-    if (out / CONFIG_FILE).is_file():  # the same command again: continue, if it is the same run
-        found = read_json(out / CONFIG_FILE, "delete the folder, or choose another --out")
+    if RunFolder(out).config.is_file():  # the same command again: continue, if the same run
+        found = read_json(RunFolder(out).config, "delete the folder, or choose another --out")
         wanted = {k: the_run.to_json()[k] for k in RUN_SETTINGS}
         check_same_settings(out, found, wanted)
         the_run = Run.from_dir(out)
@@ -1101,7 +1102,7 @@ def run(
 
 def _continue_run(the_run: Any, log_with: str | None, log_dir: Path | None) -> None:
     """Start (or continue) an active-learning run and report its rounds."""
-    from after.loop.runner import FINAL_MODEL_DIR, check_run, load_state, run_loop
+    from after.loop.runner import check_run, load_state, run_loop
     from after.tracking import open_tracker
 
     try:
@@ -1145,7 +1146,7 @@ def _continue_run(the_run: Any, log_with: str | None, log_dir: Path | None) -> N
         if tracker:
             tracker.finish()
     if state.phase == "done":
-        final = f", {FINAL_MODEL_DIR}/" if state.final else ""
+        final = f", {the_run.folder.final_model.name}/" if state.final else ""
         console.print(
             f"{the_run.run_dir}: done ({state.stopped_because}); rounds.csv, model/{final}"
         )
@@ -1393,10 +1394,11 @@ def rerun(
     """Run an experiment again from its saved settings, into a new folder: the same manifest,
     folds, fold, backbone and options (and seed, unless --seed)."""
     from after.dist import use_compute
-    from after.loop.runner import CONFIG_FILE, Run
+    from after.loop.folder import RunFolder
+    from after.loop.runner import Run
 
     use_compute(device, threads)
-    if (folder / CONFIG_FILE).is_file():
+    if RunFolder(folder).config.is_file():
         old = Run.from_dir(folder)
         s = old.al.seed if seed is None else seed
         new = dataclasses.replace(
@@ -1405,7 +1407,7 @@ def rerun(
             al=dataclasses.replace(old.al, seed=s),
             train=dataclasses.replace(old.train, seed=s),
         )
-        if (out / CONFIG_FILE).exists():
+        if RunFolder(out).config.exists():
             raise AfterError(f"{out}: holds a run already; choose another --out")
         _continue_run(new, None, None)
         return

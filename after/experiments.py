@@ -21,9 +21,10 @@ from after.config import TrainConfig
 from after.data.folds import Fold, manifest_digest
 from after.data.manifest import Manifest
 from after.errors import AfterError
+from after.inference import scores_of
 from after.io import atomic_write_json, read_json
 from after.scoring import score_pool
-from after.train import FitResult, _scores, fit
+from after.train import FitResult, fit
 
 # What makes a record the one asked for; `fit_and_test` adds num_train, best_epoch, dev, test
 # and seconds.
@@ -69,7 +70,7 @@ def fit_and_test(
         "num_train": len(labeled),
         "best_epoch": result.best_epoch,
         "dev": result.dev,
-        "test": _scores(clf, manifest, fold.test, probs),
+        "test": scores_of(clf, manifest, fold.test, probs),
         "seconds": result.seconds,
     }
     return result, record

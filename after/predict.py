@@ -133,7 +133,7 @@ def _classify(
     clf: Classifier, paths: list[str], config: TrainConfig, speakers: list[str] | None = None
 ) -> Any:
     """Class probabilities of `paths`, each of `speakers` (default: each path alone)."""
-    from after.train import predict
+    from after.inference import predict
 
     if not paths:
         return []

@@ -58,7 +58,7 @@ def score_pool(
     out_dir: str | os.PathLike[str] | None = None,
     chunk_size: int = CHUNK_SIZE,
 ) -> dict[str, np.ndarray]:
-    """`after.train.infer` of `ids` on every process: `probs` (N, C), and with `embeddings` the
+    """`after.inference.infer` of `ids` on every process: `probs` (N, C), and with `embeddings` the
     output layer's input (N, D), with `mc_passes` S > 0 `mc_probs` (N, C, S), in the order of
     `ids`, on every process.
 
@@ -141,7 +141,7 @@ def _score_here(
         folder = Path(out_dir)
         _write_share(clf, manifest, chunks, key, options, config, cache_dir, folder)
         return _gather(folder, chunks, key, clf, embeddings, mc_passes)
-    from after.train import infer_chunks
+    from after.inference import infer_chunks
 
     st = state()
     mine = shard(len(chunks), st.process_index, st.num_processes)
@@ -171,7 +171,7 @@ def _write_share(
 ) -> None:
     """Score this process's chunks that `folder` does not hold yet, writing each when it is
     done; return when every process is done."""
-    from after.train import infer_chunks
+    from after.inference import infer_chunks
 
     st = state()
     folder.mkdir(parents=True, exist_ok=True)

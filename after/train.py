@@ -1,14 +1,11 @@
-"""Fine-tuning an emotion classifier on labeled clips, model selection on dev, and prediction.
+"""Fitting an emotion classifier on labeled clips, with model selection on dev.
 
 `fit` is one readable loop over HF Accelerate: length-bucketed batches, reshuffled every epoch
 (every labeled clip, old or newly acquired, is seen every epoch); loss weighted by the inverse class
 frequency of the labeled set, against hard labels or annotator vote distributions; the epoch with
-the best dev UA is kept; training stops after `patience` epochs without improvement.
-
-With a frozen CNN feature encoder (the default), its outputs never change, so they are computed
-once per clip and cached on disk (`after.cache`), keyed on a hash of the CNN weights: epochs and
-active-learning rounds then run only the transformer. A frozen feature backbone (`egemaps`,
-`resemblyzer`) is cached the same way, one vector per clip.
+the best dev UA is kept; training stops after `patience` epochs without improvement. A frozen
+feature backbone gets a convex learner instead (`_fit_linear`). Inputs and prediction live in
+`after.inference`.
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,24 +27,28 @@ import torch
 from accelerate.utils import set_seed
 from torch import nn
 
-from after.cache import ArrayCache, cache_folder
 from after.config import TrainConfig
-from after.data.audio import SAMPLE_RATE, clip_duration, load_audio
 from after.data.batching import bucket_batches
-from after.data.manifest import Manifest, Utterance
+from after.data.manifest import Manifest
 from after.dist import accelerator as make_accelerator
-from after.dist import job_folder, launch, mixed_precision, must_launch, state
+from after.dist import job_folder, launch, must_launch, state
 from after.errors import AfterError
 from after.faults import fault_point
+from after.inference import (
+    Inputs,
+    infer_with,
+    label_targets,
+    logits_of,
+    predict_with,
+    scores_of,
+    to_device,
+)
 from after.io import atomic_write_json
-from after.metrics import classification_scores
 from after.models.classifier import Classifier, new_classifier
 from after.progress import progress_bar
 from after.rng import derived_rng
 
 logger = logging.getLogger(__name__)
-
-_FROZEN_CACHE_REVISION = "1"
 
 
 @dataclass
@@ -61,27 +62,6 @@ class FitResult:
 
 
 # ---- targets and loss ----------------------------------------------------------------------------
-
-
-def label_targets(utts: Sequence[Utterance], labels: Sequence[str], soft: bool) -> np.ndarray:
-    """(N, C) target distributions: one-hot labels, or with `soft` the annotators' votes over
-    `labels` where a clip has them (votes for other categories are ignored)."""
-    index = {label: i for i, label in enumerate(labels)}
-    q = np.zeros((len(utts), len(labels)))
-    for n, u in enumerate(utts):
-        if u.label not in index:
-            raise AfterError(
-                f"utterance {u.id!r} has label {u.label!r}, not one of {list(labels)}; "
-                "relabel it or leave it out"
-            )
-        votes = {k: v for k, v in (u.votes or {}).items() if k in index} if soft else {}
-        if sum(votes.values()) > 0:
-            for k, v in votes.items():
-                q[n, index[k]] = v
-            q[n] /= q[n].sum()
-        else:
-            q[n, index[u.label]] = 1.0
-    return q
 
 
 def class_weights(targets: np.ndarray) -> np.ndarray:
@@ -108,362 +88,7 @@ def weighted_soft_cross_entropy(
 # ---- inputs -------------------------------------------------------------------------------------
 
 
-class _Inputs:
-    """Builds model inputs for lists of utterance ids: audio, cached outputs of the encoder's
-    frozen bottom, or cached feature vectors."""
-
-    def __init__(
-        self,
-        classifier: Classifier,
-        manifest: Manifest,
-        config: TrainConfig,
-        cache_dir: str | os.PathLike[str] | None,
-        device: torch.device,
-        *,
-        cached: bool,
-    ) -> None:
-        """`cached`: feed the trainable part the frozen bottom's outputs (`Family.frozen_frames`;
-        only right when that bottom does not train). They are kept on disk under `cache_dir`
-        (keyed on the frozen weights and the input settings), or in memory without one."""
-        self.clf = classifier
-        self.manifest = manifest
-        self.config = config
-        self.device = device
-        self.cache_dir = cache_dir
-        self.memory: dict[str, np.ndarray] = {}  # vectors, or frozen frames when not on disk
-        self.cache: ArrayCache | None = None
-        self.cached = classifier.kind == "transformers" and cached
-        if classifier.kind == "transformers":
-            from after.models.backbones import family_of
-
-            self.family = family_of(classifier.module.config)  # type: ignore[arg-type]
-            self.stride = self.family.SAMPLES_PER_FRAME
-            self.layers = self.family.cached_layers(config.freeze_layers)
-            if self.cached and cache_dir is not None:
-                self.cache = ArrayCache(cache_folder(cache_dir, "frozen", self._frozen_version()))
-
-    def taking_frames(self) -> contextlib.AbstractContextManager[None]:
-        """While inside, the model takes the cached frames `batch` gives."""
-        if not self.cached:
-            return contextlib.nullcontext()
-        return self.family.taking_frames(self.clf.module)
-
-    # -- what each kind reads
-
-    def _wave(self, u: Utterance) -> np.ndarray:
-        return load_audio(u.path, max_duration_s=self.config.max_eval_seconds, crop="center")
-
-    def _frozen_version(self) -> str:
-        key = self.family.frozen_key(self.clf.module, self.clf.feature_extractor, self.layers)
-        return f"{key};{self.config.max_eval_seconds};{_FROZEN_CACHE_REVISION}"
-
-    def _frames(self, u: Utterance) -> np.ndarray:
-        """Frozen frames (T, D) of the (centre-capped) clip, from memory, disk, or computed."""
-        if u.id in self.memory:
-            return self.memory[u.id]
-        found = self.cache.get(u) if self.cache is not None else None
-        if found is None:
-            found = self.family.frozen_frames(
-                self.clf.module, self._wave(u), self.clf.feature_extractor, self.layers
-            )
-            if self.cache is not None:
-                self.cache.put(u, found)
-        if self.cache is None:
-            self.memory[u.id] = found
-        return found
-
-    def vectors_of(self, ids: Sequence[str]) -> np.ndarray:
-        """Feature-backbone vectors (len(ids), dim), embedded once per clip and cached."""
-        from after.models.features import embed_manifest
-
-        assert self.clf.features is not None
-        missing = [i for i in dict.fromkeys(ids) if i not in self.memory]
-        if missing:
-            with progress_bar(state().is_main_process, transient=True) as bar:
-                task = bar.add_task(
-                    f"features ({self.clf.features.name})", total=len(missing), info=""
-                )
-                rows = embed_manifest(
-                    self.clf.features,
-                    self.manifest.subset(missing),
-                    cache_dir=self.cache_dir,
-                    num_workers=min(4, os.cpu_count() or 1),
-                    on_item=lambda: bar.advance(task),
-                )
-            self.memory.update(zip(missing, rows, strict=True))
-        return np.stack([self.memory[i] for i in ids])
-
-    def speaker_vectors(
-        self, ids: Sequence[str], prior: tuple[np.ndarray, np.ndarray] | None = None
-    ) -> np.ndarray:
-        """`vectors_of(ids)` standardised per speaker over every clip of that speaker in the
-        manifest (`after.models.linear.speaker_standardise`, labels never read), shrunk toward
-        `prior` (default: the statistics of all those clips, what a fit stores)."""
-        from after.models.linear import speaker_standardise
-
-        wanted = {self.manifest[i].speaker for i in ids}
-        members = [u.id for u in self.manifest if u.speaker in wanted]
-        raw = self.vectors_of(members).astype(np.float64)
-        if prior is None:
-            prior = (raw.mean(axis=0), raw.var(axis=0))
-        adapted = speaker_standardise(raw, [self.manifest[i].speaker for i in members], prior)
-        row = {i: k for k, i in enumerate(members)}
-        return adapted[[row[i] for i in ids]]
-
-    def features(self, ids: Sequence[str]) -> np.ndarray:
-        """The head's input for `ids`: vectors in the view its fit chose (`FeatureHead.view`)."""
-        head: Any = self.clf.module
-        if head.view == "speaker":
-            prior = (head.prior_mean.double().numpy(), head.prior_var.double().numpy())
-            return self.speaker_vectors(ids, prior)
-        return self.vectors_of(ids)
-
-    # -- batches
-
-    def batch(self, ids: Sequence[str], rng: np.random.Generator | None) -> dict[str, Any]:
-        """Inputs for `ids`; with `rng` (training), clips longer than `max_seconds` are cropped
-        at random (at a frame boundary)."""
-        utts = [self.manifest[i] for i in ids]
-        if self.clf.kind == "features":
-            return {"features": torch.from_numpy(self.features(ids)).float()}
-        limit = max(1, int(self.config.max_seconds * SAMPLE_RATE) // self.stride)
-        if self.cached:
-            frames = [_crop(self._frames(u), limit, rng) for u in utts]
-            return self.family.frames_inputs(frames, self.layers)
-        waves = []
-        for u in utts:
-            w = self._wave(u)
-            usable = w.size // self.stride * self.stride
-            if rng is not None and usable > limit * self.stride:
-                w = _crop(w[:usable].reshape(-1, self.stride), limit, rng).reshape(-1)
-            waves.append(w)
-        return self.family.inputs(waves, self.clf.feature_extractor)
-
-    def duration(self, utt_id: str) -> float:
-        return clip_duration(self.manifest[utt_id])
-
-
-def _crop(x: np.ndarray, limit: int, rng: np.random.Generator | None) -> np.ndarray:
-    """`x`'s rows (frames) as they are, or with `rng` a random run of `limit` of them."""
-    if rng is None or len(x) <= limit:
-        return x
-    start = int(rng.integers(0, len(x) - limit + 1))
-    return x[start : start + limit]
-
-
-def _to(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-
-
-def _forward(clf: Classifier, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-    if clf.kind == "features":
-        out: torch.Tensor = model(inputs["features"])
-        return out
-    logits: torch.Tensor = model(**inputs).logits
-    return logits
-
-
 # ---- prediction --------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def _predict(
-    clf: Classifier, model: nn.Module, data: _Inputs, ids: Sequence[str], device: torch.device
-) -> np.ndarray:
-    return _infer(clf, model, data, ids, device)["probs"]
-
-
-@torch.no_grad()
-def _infer(
-    clf: Classifier,
-    model: nn.Module,
-    data: _Inputs,
-    ids: Sequence[str],
-    device: torch.device,
-    *,
-    embeddings: bool = False,
-    mc_passes: int = 0,
-) -> dict[str, np.ndarray]:
-    """Class probabilities (N, C) with dropout off; with `embeddings`, the pooled input of the
-    output layer (N, D); with `mc_passes` S > 0, probabilities under S draws of the weights, as
-    (N, C, S): for a fine-tuned encoder S more passes with every dropout active, attention
-    dropout included (MC dropout; `_mc_dropout`), for frozen features S draws from the logistic
-    regression's Laplace posterior."""
-    if clf.kind == "features":
-        data.vectors_of(ids)  # every clip's features first, with progress, not batch by batch
-    was_training = model.training
-    model.eval()
-    captured: list[torch.Tensor] = []
-    hook = clf.output_layer().register_forward_hook(
-        lambda _m, args, _out: captured.append(args[0].detach())
-    )
-    order = sorted(range(len(ids)), key=lambda i: data.duration(ids[i]))
-    out = {"probs": np.zeros((len(ids), len(clf.labels)))}
-    if embeddings:
-        out["embeddings"] = np.zeros((len(ids), clf.output_layer().in_features), dtype=np.float32)
-    if mc_passes:
-        out["mc_probs"] = np.zeros((len(ids), len(clf.labels), mc_passes))
-    size = data.config.eval_batch_size
-    try:
-        for start in range(0, len(order), size):
-            chunk = order[start : start + size]
-            inputs = _to(data.batch([ids[i] for i in chunk], None), device)
-            captured.clear()
-            logits = _forward(clf, model, inputs)
-            out["probs"][chunk] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-            if embeddings:
-                out["embeddings"][chunk] = captured[0].float().cpu().numpy()
-            if mc_passes and clf.kind == "features":
-                draws = model.posterior_probs(inputs["features"], mc_passes)  # type: ignore[operator]
-                out["mc_probs"][chunk] = draws.cpu().numpy()
-            if mc_passes and clf.kind == "transformers":
-                with _mc_dropout(model):
-                    for s in range(mc_passes):
-                        mc = torch.softmax(_forward(clf, model, inputs).float(), dim=-1)
-                        out["mc_probs"][chunk, :, s] = mc.cpu().numpy()
-    finally:
-        hook.remove()
-        model.train(was_training)
-    return out
-
-
-@contextlib.contextmanager
-def _mc_dropout(model: nn.Module) -> Iterator[None]:
-    """Every dropout of `model` on, and nothing else that training changes: the model goes into
-    training mode (transformers gates its attention dropout on `training`, not on a module that
-    could be switched alone), with SpecAugment and layer drop turned off meanwhile."""
-    config: Any = getattr(model, "config", None)
-    saved = {
-        name: getattr(config, name)
-        for name in ("apply_spec_augment", "layerdrop", "encoder_layerdrop")
-        if config is not None and hasattr(config, name)
-    }
-    drops = [m for m in model.modules() if hasattr(m, "layerdrop")]  # Whisper keeps its own
-    kept = [m.layerdrop for m in drops]
-    was_training = model.training
-    try:
-        for name, value in saved.items():
-            setattr(config, name, False if isinstance(value, bool) else 0.0)
-        for m in drops:
-            setattr(m, "layerdrop", 0.0)  # noqa: B010
-        model.train()
-        yield
-    finally:
-        model.train(was_training)
-        for name, value in saved.items():
-            setattr(config, name, value)
-        for m, value in zip(drops, kept, strict=True):
-            setattr(m, "layerdrop", value)  # noqa: B010
-
-
-def predict(
-    clf: Classifier,
-    manifest: Manifest,
-    ids: Sequence[str],
-    *,
-    config: TrainConfig | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> np.ndarray:
-    """Class probabilities (len(ids), C) of a classifier, in the order of `ids`. The CNN cache
-    is keyed on the CNN weights, so it is right for any model, trained or not."""
-    return infer(clf, manifest, ids, config=config, cache_dir=cache_dir)["probs"]
-
-
-def infer(
-    clf: Classifier,
-    manifest: Manifest,
-    ids: Sequence[str],
-    *,
-    embeddings: bool = False,
-    mc_passes: int = 0,
-    seed: int = 0,
-    config: TrainConfig | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> dict[str, np.ndarray]:
-    """What active-learning strategies need of a classifier, in one pass over `ids` in this
-    process: `probs` (N, C), and optionally `embeddings` (N, D) and `mc_probs` (N, C, S); see
-    `_infer`. `after.scoring.score_pool` spreads the same work over processes."""
-    chunks = infer_chunks(
-        clf,
-        manifest,
-        [(0, ids)],
-        embeddings=embeddings,
-        mc_passes=mc_passes,
-        seed=seed,
-        config=config,
-        cache_dir=cache_dir,
-    )
-    with contextlib.closing(chunks):  # restores the model's CNN at once
-        return next(chunks)
-
-
-def infer_chunks(
-    clf: Classifier,
-    manifest: Manifest,
-    chunks: Iterable[tuple[int, Sequence[str]]],
-    *,
-    embeddings: bool = False,
-    mc_passes: int = 0,
-    seed: int = 0,
-    config: TrainConfig | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> Generator[dict[str, np.ndarray], None, None]:
-    """`infer` over chunks `(number, ids)`, one result per chunk as it is done, so that only one
-    chunk's outputs are held at a time. The model is set up once (on this process's device).
-
-    MC-dropout masks are drawn from a generator seeded by (`seed`, chunk number), so a chunk's
-    outputs do not depend on which process computes it or what it computed before; the
-    caller's random state is left as it was.
-    """
-    config = config or TrainConfig()
-    device = state().device
-    clf.module.to(device)
-    data = _Inputs(clf, manifest, config, cache_dir, device, cached=config.cache_cnn)
-    devices = [device] if device.type == "cuda" else []
-    with data.taking_frames():
-        for number, ids in chunks:
-            with torch.random.fork_rng(devices=devices), _autocast(device, config.precision):
-                torch.manual_seed(int(derived_rng(seed, "mc-dropout", number).integers(2**62)))
-                out = _infer(
-                    clf,
-                    clf.module,
-                    data,
-                    ids,
-                    device,
-                    embeddings=embeddings,
-                    mc_passes=mc_passes,
-                )
-            yield out
-
-
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
-    """Scoring in the precision training uses on a GPU (`TrainConfig.precision`; auto: bf16
-    where the GPU has it, else fp16); full precision on a CPU."""
-    amp = mixed_precision(precision)
-    if device.type != "cuda" or amp not in ("bf16", "fp16"):
-        return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
-def evaluate(
-    clf: Classifier,
-    manifest: Manifest,
-    ids: Sequence[str],
-    *,
-    config: TrainConfig | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-) -> dict[str, Any]:
-    """Scores (`after.metrics.classification_scores`) of a classifier on labeled clips."""
-    return _scores(
-        clf, manifest, ids, predict(clf, manifest, ids, config=config, cache_dir=cache_dir)
-    )
-
-
-def _scores(
-    clf: Classifier, manifest: Manifest, ids: Sequence[str], probs: np.ndarray
-) -> dict[str, Any]:
-    truth = label_targets([manifest[i] for i in ids], clf.labels, soft=False).argmax(axis=1)
-    return classification_scores(truth.tolist(), probs.argmax(axis=1).tolist(), clf.labels)
 
 
 # ---- training ------------------------------------------------------------------------------------
@@ -514,7 +139,138 @@ def fit(
         return _fit_in_workers(
             manifest, train_ids, dev_ids, backbone, config, labels, cache_dir, init, progress
         )
+    return _fine_tune(
+        manifest,
+        list(train_ids),
+        list(dev_ids),
+        backbone,
+        config,
+        labels,
+        cache_dir,
+        init,
+        progress,
+    )
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How a fit's optimiser steps fall into epochs (see `TrainConfig`)."""
+
+    total: int  # optimiser steps
+    passes: int  # passes over the labeled clips per epoch (> 1 where `min_steps` asks for more)
+    epochs: int  # dev evaluations (units of patience)
+    micro_per_epoch: int  # batches per epoch on one process
+
+
+def plan_steps(config: TrainConfig, num_train: int, num_processes: int) -> StepPlan:
+    """`config.epochs` passes over `num_train` clips, at least `min_steps` optimiser steps, at
+    most `max_steps`; where `epochs` passes fall short of `min_steps`, an epoch is several."""
+    micro_per_pass = math.ceil(math.ceil(num_train / config.batch_size) / num_processes)
+    steps_per_pass = math.ceil(micro_per_pass / config.grad_accum)
+    total = max(config.epochs * steps_per_pass, config.min_steps)
+    if config.max_steps is not None:
+        total = min(total, config.max_steps)
+    passes = max(1, math.ceil(total / (config.epochs * steps_per_pass)))
+    epochs = math.ceil(total / (passes * steps_per_pass))
+    return StepPlan(total, passes, epochs, micro_per_pass * passes)
+
+
+@dataclass
+class _Training:
+    """What one fine-tuning holds while it runs (`_fine_tune` builds it, `_train_epoch` steps
+    it)."""
+
+    clf: Classifier
+    model: nn.Module  # clf.module as the accelerator prepared it
+    optimizer: Any
+    scheduler: Any
+    accelerator: Any
+    data: Inputs
+    config: TrainConfig
+    train_ids: list[str]
+    targets: np.ndarray  # (N, C)
+    weights: torch.Tensor  # (C,) class weights
+    plan: StepPlan
+    steps: int = 0
+
+    def snapshot(self) -> dict[str, torch.Tensor]:
+        now = self.accelerator.unwrap_model(self.model).state_dict()
+        return {k: v.detach().clone() for k, v in now.items()}
+
+    def dev_scores(self, dev_ids: list[str]) -> dict[str, Any] | None:
+        if not dev_ids:
+            return None
+        model = self.accelerator.unwrap_model(self.model)
+        probs = _gathered_probs(self.clf, model, self.data, dev_ids, self.accelerator)
+        return scores_of(self.clf, self.data.manifest, dev_ids, probs)
+
+
+def _fine_tune(
+    manifest: Manifest,
+    train_ids: list[str],
+    dev_ids: list[str],
+    backbone: str,
+    config: TrainConfig,
+    labels: list[str],
+    cache_dir: str | os.PathLike[str] | None,
+    init: Classifier | None,
+    progress: bool,
+) -> FitResult:
+    """`fit` of a transformers classifier in this process (one of several under DDP): set up,
+    then epochs until the plan is spent or `patience` runs out; the best dev epoch is kept."""
     t0 = time.perf_counter()
+    run = _set_up(manifest, train_ids, backbone, config, labels, cache_dir, init)
+    history: list[dict[str, Any]] = []
+    best: tuple[float, int, dict[str, torch.Tensor] | None, dict[str, Any] | None]
+    best = (-1.0, 0, None, None)
+    selecting = bool(dev_ids) and config.select_on_dev
+    bar = progress_bar(progress and run.accelerator.is_main_process, transient=True)
+    with run.data.taking_frames(), bar:
+        if init is None and config.head_init == "probe":
+            probe = probe_head(run)
+            if selecting:  # the probe is epoch 0, a candidate like the others
+                start = run.dev_scores(dev_ids)
+                assert start is not None
+                history.append({"epoch": 0, "steps": 0, **probe, "dev_ua": start["ua"]})
+                best = (start["ua"], 0, run.snapshot(), start)
+        task = bar.add_task("fine-tuning", total=run.plan.epochs * run.plan.micro_per_epoch)
+        for epoch in range(run.plan.epochs):
+            record = _train_epoch(run, epoch, lambda info: bar.update(task, advance=1, info=info))
+            scores = run.dev_scores(dev_ids)
+            if scores is not None:
+                record.update(dev_ua=scores["ua"], dev_wa=scores["wa"])
+            history.append(record)
+            # Without dev selection every epoch beats the last: the last one is kept.
+            score = scores["ua"] if scores is not None and selecting else float(epoch)
+            if score > best[0]:
+                best = (score, epoch + 1, run.snapshot(), scores)
+            elif selecting and config.patience and epoch + 1 - best[1] >= config.patience:
+                break
+        assert best[2] is not None  # keys saved while the frames were taken: load here
+        run.accelerator.unwrap_model(run.model).load_state_dict(best[2])
+    run.clf.module = run.accelerator.unwrap_model(run.model)
+    return FitResult(
+        run.clf,
+        best[1],
+        best[3],
+        history,
+        time.perf_counter() - t0,
+        num_processes=run.accelerator.num_processes,
+    )
+
+
+def _set_up(
+    manifest: Manifest,
+    train_ids: list[str],
+    backbone: str,
+    config: TrainConfig,
+    labels: list[str],
+    cache_dir: str | os.PathLike[str] | None,
+    init: Classifier | None,
+) -> _Training:
+    """The classifier (new, or a copy of `init`), its inputs, targets, optimiser (the head at
+    `head_lr`, the encoder at `lr`) and schedule (warm-up, then linear decay), prepared by the
+    accelerator."""
     accelerator = make_accelerator(config.precision)
     # Python's, numpy's and torch's global generators: transformers draws SpecAugment masks from
     # numpy's, so without this a run resumed in a new process would train differently. Every
@@ -533,158 +289,102 @@ def fit(
     else:
         clf = fresh_classifier(backbone, labels, config)
     clf.module.to(accelerator.device)
-    data = _Inputs(
-        clf,
-        manifest,
-        config,
-        cache_dir,
-        accelerator.device,
-        cached=(config.freeze_cnn or config.freeze_layers > 0) and config.cache_cnn,
-    )
-    train_ids = list(train_ids)
+    cached = (config.freeze_cnn or config.freeze_layers > 0) and config.cache_cnn
+    data = Inputs(clf, manifest, config, cache_dir, accelerator.device, cached=cached)
     targets = label_targets([manifest[i] for i in train_ids], labels, config.soft_labels)
     weights = class_weights(targets) if config.class_weighted else np.ones(len(labels))
-
-    probe = None
-    if init is None and config.head_init == "probe":
-        with data.taking_frames():
-            probe = probe_head(clf, data, train_ids, targets, targets @ weights, config)
     head = {id(p) for p in clf.head_parameters()}
     body = [p for p in clf.module.parameters() if p.requires_grad and id(p) not in head]
     groups = [{"params": clf.head_parameters(), "lr": config.head_lr}]
     if body:
         groups.append({"params": body, "lr": config.lr})
     optimizer = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
-    num_processes = accelerator.num_processes
-    micro_per_epoch = math.ceil(math.ceil(len(train_ids) / config.batch_size) / num_processes)
-    steps_per_pass = math.ceil(micro_per_epoch / config.grad_accum)
-    total = max(config.epochs * steps_per_pass, config.min_steps)
-    if config.max_steps is not None:
-        total = min(total, config.max_steps)
-    # Where `epochs` passes fall short of `min_steps`, an epoch is several passes (TrainConfig).
-    passes = max(1, math.ceil(total / (config.epochs * steps_per_pass)))
-    micro_per_epoch *= passes
-    num_epochs = math.ceil(total / (passes * steps_per_pass))
-    warmup = round(config.warmup_ratio * total)
+    plan = plan_steps(config, len(train_ids), accelerator.num_processes)
+    warmup = round(config.warmup_ratio * plan.total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: (
-            (s + 1) / warmup if s < warmup else max(0.0, (total - s) / max(1, total - warmup))
+            (s + 1) / warmup
+            if s < warmup
+            else max(0.0, (plan.total - s) / max(1, plan.total - warmup))
         ),
     )
     model, optimizer, scheduler = accelerator.prepare(clf.module, optimizer, scheduler)
-    if num_processes > 1:
+    if accelerator.num_processes > 1:
         set_seed(config.seed, device_specific=True)  # seed + process index
     weights_t = torch.tensor(weights, dtype=torch.float32, device=accelerator.device)
-    durations = [min(data.duration(i), config.max_seconds) for i in train_ids]
+    return _Training(
+        clf,
+        model,
+        optimizer,
+        scheduler,
+        accelerator,
+        data,
+        config,
+        train_ids,
+        targets,
+        weights_t,
+        plan,
+    )
 
-    def dev_scores() -> dict[str, Any] | None:
-        if not dev_ids:
-            return None
-        probs = _gathered_probs(clf, accelerator.unwrap_model(model), data, dev_ids, accelerator)
-        truth = label_targets([manifest[i] for i in dev_ids], labels, soft=False)
-        return classification_scores(
-            truth.argmax(axis=1).tolist(), probs.argmax(axis=1).tolist(), labels
+
+def _train_epoch(run: _Training, epoch: int, advance: Callable[[str], None]) -> dict[str, Any]:
+    """One epoch (`plan.passes` passes over the labeled clips, this process's share of each
+    pass's length-bucketed batches); stops early where the plan's last step falls. Returns the
+    epoch's record (steps so far, mean training loss over the processes, seconds)."""
+    t0 = time.perf_counter()
+    config, accelerator, model = run.config, run.accelerator, run.model
+    durations = [min(run.data.duration(i), config.max_seconds) for i in run.train_ids]
+    model.train()
+    mine = [
+        batch
+        for p in range(epoch * run.plan.passes, (epoch + 1) * run.plan.passes)
+        for batch in rank_batches(
+            bucket_batches(durations, config.batch_size, derived_rng(config.seed, "epoch", p)),
+            accelerator.process_index,
+            accelerator.num_processes,
         )
-
-    def snapshot() -> dict[str, torch.Tensor]:
-        now = accelerator.unwrap_model(model).state_dict()
-        return {k: v.detach().clone() for k, v in now.items()}
-
-    history: list[dict[str, Any]] = []
-    best: tuple[float, int, dict[str, torch.Tensor] | None, dict[str, Any] | None] = (
-        -1.0,
-        0,
-        None,
-        None,
+    ]
+    losses = []
+    for k, batch in enumerate(mine):
+        ids = [run.train_ids[i] for i in batch]
+        inputs = to_device(
+            run.data.batch(ids, derived_rng(config.seed, "crop", epoch, k)), accelerator.device
+        )
+        q = torch.tensor(run.targets[batch], dtype=torch.float32, device=accelerator.device)
+        # Gradient accumulation: a step every `grad_accum` micro-batches and at the end of the
+        # epoch; processes exchange gradients only on a step's last micro-batch.
+        group_size = min(config.grad_accum, len(mine) - k // config.grad_accum * config.grad_accum)
+        steps_now = (k + 1) % config.grad_accum == 0 or k + 1 == len(mine)
+        with contextlib.nullcontext() if steps_now else accelerator.no_sync(model):
+            with accelerator.autocast():
+                logits = logits_of(run.clf, model, inputs)
+            loss = weighted_soft_cross_entropy(logits, q, run.weights)
+            accelerator.backward(loss / group_size)
+        if steps_now:
+            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            run.optimizer.step()
+            if not accelerator.optimizer_step_was_skipped:  # fp16 overflow
+                run.scheduler.step()
+            run.optimizer.zero_grad(set_to_none=True)
+            run.steps += 1
+        losses.append(float(loss.detach()))
+        advance(f"epoch {epoch + 1} loss {losses[-1]:.3f}")
+        fault_point("train-step")
+        if run.steps == run.plan.total:  # a step budget (`max_steps`) may end an epoch early
+            break
+    mean = torch.tensor(
+        float(np.mean(losses)) if losses else float("nan"), device=accelerator.device
     )
-    steps = 0
-    selecting = bool(dev_ids) and config.select_on_dev
-    bar = progress_bar(progress and accelerator.is_main_process, transient=True)
-    with data.taking_frames(), bar:
-        if probe is not None and selecting:  # the probe is epoch 0, a candidate like the others
-            start = dev_scores()
-            assert start is not None
-            history.append({"epoch": 0, "steps": 0, **probe, "dev_ua": start["ua"]})
-            best = (start["ua"], 0, snapshot(), start)
-        task = bar.add_task("fine-tuning", total=num_epochs * micro_per_epoch, info="")
-        for epoch in range(num_epochs):
-            epoch_t0 = time.perf_counter()
-            model.train()
-            mine = [
-                batch
-                for p in range(epoch * passes, (epoch + 1) * passes)
-                for batch in rank_batches(
-                    bucket_batches(
-                        durations, config.batch_size, derived_rng(config.seed, "epoch", p)
-                    ),
-                    accelerator.process_index,
-                    num_processes,
-                )
-            ]
-            losses = []
-            for k, batch in enumerate(mine):
-                ids = [train_ids[i] for i in batch]
-                rng = derived_rng(config.seed, "crop", epoch, k)
-                inputs = _to(data.batch(ids, rng), accelerator.device)
-                q = torch.tensor(targets[batch], dtype=torch.float32, device=accelerator.device)
-                # Gradient accumulation: a step every `grad_accum` micro-batches and at the end
-                # of the epoch; processes exchange gradients only on a step's last micro-batch.
-                group = k // config.grad_accum
-                group_size = min(config.grad_accum, len(mine) - group * config.grad_accum)
-                steps_now = (k + 1) % config.grad_accum == 0 or k + 1 == len(mine)
-                with contextlib.nullcontext() if steps_now else accelerator.no_sync(model):
-                    with accelerator.autocast():
-                        logits = _forward(clf, model, inputs)
-                    loss = weighted_soft_cross_entropy(logits, q, weights_t)
-                    accelerator.backward(loss / group_size)
-                if steps_now:
-                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-                    optimizer.step()
-                    if not accelerator.optimizer_step_was_skipped:  # fp16 overflow
-                        scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                    steps += 1
-                losses.append(float(loss.detach()))
-                bar.update(task, advance=1, info=f"epoch {epoch + 1} loss {losses[-1]:.3f}")
-                fault_point("train-step")
-                if steps == total:  # a step budget (`max_steps`) may end an epoch early
-                    break
-            epoch_loss = torch.tensor(
-                float(np.mean(losses)) if losses else float("nan"), device=accelerator.device
-            )
-            record: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "steps": steps,
-                "train_loss": float(accelerator.reduce(epoch_loss, reduction="mean")),
-                "seconds": time.perf_counter() - epoch_t0,
-            }
-            scores = dev_scores()
-            if scores is not None:
-                record.update(dev_ua=scores["ua"], dev_wa=scores["wa"])
-            history.append(record)
-            # Without dev selection every epoch beats the last: the last one is kept.
-            score = scores["ua"] if scores is not None and selecting else float(epoch)
-            if score > best[0]:
-                best = (score, epoch + 1, snapshot(), scores)
-            elif selecting and config.patience and epoch + 1 - best[1] >= config.patience:
-                break
-        assert best[2] is not None  # keys saved while the frames were taken: load here
-        accelerator.unwrap_model(model).load_state_dict(best[2])
-    clf.module = accelerator.unwrap_model(model)
-    return FitResult(
-        clf, best[1], best[3], history, time.perf_counter() - t0, num_processes=num_processes
-    )
+    return {
+        "epoch": epoch + 1,
+        "steps": run.steps,
+        "train_loss": float(accelerator.reduce(mean, reduction="mean")),
+        "seconds": time.perf_counter() - t0,
+    }
 
 
-def probe_head(
-    clf: Classifier,
-    data: _Inputs,
-    train_ids: Sequence[str],
-    targets: np.ndarray,
-    sample_weight: np.ndarray,
-    config: TrainConfig,
-) -> dict[str, Any]:
+def probe_head(run: _Training) -> dict[str, Any]:
     """Set a new head (a square projector: `new_classifier(probe_head=True)`) to the frozen-
     features learner's logistic regression on what the head reads from the untrained encoder:
     the projector holds its standardiser, the classifier its weights (LP-FT). Returns the probe's
@@ -692,14 +392,15 @@ def probe_head(
     projector set to the identity, so they are exactly what the head will be given."""
     from after.models.linear import fit_head
 
-    module: Any = clf.module
+    module: Any = run.accelerator.unwrap_model(run.model)
     projector, output = module.projector, module.classifier
     with torch.no_grad():
         projector.weight.copy_(torch.eye(*projector.weight.shape))
         projector.bias.zero_()
-    x = _infer(clf, module, data, train_ids, data.device, embeddings=True)["embeddings"]
-    groups = [data.manifest[i].speaker for i in train_ids]
-    fit = fit_head(x, targets, sample_weight, groups, config.l2_c)
+    x = infer_with(run.clf, module, run.data, run.train_ids, run.data.device, embeddings=True)
+    groups = [run.data.manifest[i].speaker for i in run.train_ids]
+    sample_weight = run.targets @ run.weights.cpu().numpy()
+    fit = fit_head(x["embeddings"], run.targets, sample_weight, groups, run.config.l2_c)
     with torch.no_grad():
         projector.weight.copy_(torch.diag(torch.as_tensor(1.0 / fit.scale)))
         projector.bias.copy_(torch.as_tensor(-fit.mean / fit.scale))
@@ -757,7 +458,7 @@ def _fit_linear(
     t0 = time.perf_counter()
     clf = new_classifier(backbone, labels)
     head: Any = clf.module
-    data = _Inputs(clf, manifest, config, cache_dir, torch.device("cpu"), cached=False)
+    data = Inputs(clf, manifest, config, cache_dir, torch.device("cpu"), cached=False)
     train_ids = list(train_ids)
     targets = label_targets([manifest[i] for i in train_ids], labels, config.soft_labels)
     weights = class_weights(targets) if config.class_weighted else np.ones(len(labels))
@@ -779,7 +480,7 @@ def _fit_linear(
     num_pseudo = 0
     if config.self_training > 0 and unlabeled_ids:
         pool = list(unlabeled_ids)
-        probs = _predict(clf, clf.module, data, pool, data.device)
+        probs = predict_with(clf, clf.module, data, pool, data.device)
         keep = probs.max(axis=1) >= config.pseudo_threshold
         num_pseudo = int(keep.sum())
         if num_pseudo:
@@ -804,7 +505,9 @@ def _fit_linear(
             head.set_fit(fit, prior)
     dev = None
     if dev_ids:
-        dev = _scores(clf, manifest, dev_ids, _predict(clf, clf.module, data, dev_ids, data.device))
+        dev = scores_of(
+            clf, manifest, dev_ids, predict_with(clf, clf.module, data, dev_ids, data.device)
+        )
     record = {
         "c": fit.c,
         "cv": fit.cv_scheme,
@@ -879,13 +582,13 @@ def rank_batches(batches: list[list[int]], rank: int, num_processes: int) -> lis
 
 
 def _gathered_probs(
-    clf: Classifier, model: nn.Module, data: _Inputs, ids: Sequence[str], accelerator: Any
+    clf: Classifier, model: nn.Module, data: Inputs, ids: Sequence[str], accelerator: Any
 ) -> np.ndarray:
     """Class probabilities (len(ids), C) of `ids`, each process predicting every
     `num_processes`-th clip; every process gets all of them, in the order of `ids`."""
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = list(range(rank, len(ids), world))
-    probs = _predict(clf, model, data, [ids[i] for i in mine], accelerator.device)
+    probs = predict_with(clf, model, data, [ids[i] for i in mine], accelerator.device)
     if world == 1:
         return probs
     from accelerate.utils import gather_object

@@ -85,7 +85,8 @@ def main() -> None:
     from after.data.corpora import prepare
     from after.data.folds import make_folds
     from after.experiments import fit_and_test_folds
-    from after.train import describe_training, predict
+    from after.inference import predict
+    from after.train import describe_training
 
     manifest = prepare("emodb", args.data)
     all_folds = make_folds(manifest, "loso", seed=0).folds

@@ -17,6 +17,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers import AutoModel
 
+import after.inference as inference
 import after.train as train
 from after.cli import main
 from after.config import TaptConfig, TrainConfig
@@ -124,7 +125,7 @@ def test_a_killed_scoring_pass_redoes_only_its_unfinished_chunks(
     (out / "chunk_00004.npz").write_bytes((out / "chunk_00004.npz").read_bytes()[:100])
     (out / ".chunk_00001.npz.x.tmp").write_bytes(b"partial")
     computed: list[int] = []
-    real = train.infer_chunks
+    real = inference.infer_chunks
 
     def spy(
         clf: Classifier, manifest: Manifest, chunks: Iterable[tuple[int, list[str]]], **k: Any
@@ -133,7 +134,7 @@ def test_a_killed_scoring_pass_redoes_only_its_unfinished_chunks(
         computed.extend(n for n, _ in chunks)
         return real(clf, manifest, chunks, **k)
 
-    monkeypatch.setattr(train, "infer_chunks", spy)
+    monkeypatch.setattr(inference, "infer_chunks", spy)
     again = score_pool(untrained, m, ids, out_dir=out, **kw)
     assert computed == [1, 4]
     for name in FIELDS:
@@ -147,11 +148,11 @@ def test_a_killed_scoring_pass_redoes_only_its_unfinished_chunks(
     assert computed == list(range(6))
 
     # Without a folder, the same numbers; and the same as one pass over all ids.
-    monkeypatch.setattr(train, "infer_chunks", real)
+    monkeypatch.setattr(inference, "infer_chunks", real)
     in_memory = score_pool(untrained, m, ids, **kw)
     for name in FIELDS:
         np.testing.assert_allclose(in_memory[name], first[name], atol=1e-6)
-    whole = train.infer(untrained, m, ids, embeddings=True, cache_dir=tmp_path / "cache")
+    whole = inference.infer(untrained, m, ids, embeddings=True, cache_dir=tmp_path / "cache")
     np.testing.assert_allclose(whole["probs"], first["probs"], atol=1e-5)
     np.testing.assert_allclose(whole["embeddings"], first["embeddings"], atol=1e-4)
 

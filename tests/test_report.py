@@ -186,8 +186,8 @@ def test_report_command_and_bad_input(
 def test_quick_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from after.cli import main
     from after.demo import QUICK, run_demo
+    from after.inference import evaluate
     from after.models.classifier import load_classifier
-    from after.train import evaluate
 
     result = run_demo(tmp_path / "demo", QUICK, log=lambda _: None)
     names = [row[0] for row in result["table"]["rows"]]

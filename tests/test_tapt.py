@@ -258,7 +258,8 @@ def test_whisper_tapt_continues_the_encoder_and_its_output_fine_tunes(
     from safetensors.torch import load_file
 
     from after.config import TrainConfig
-    from after.train import evaluate, fit
+    from after.inference import evaluate
+    from after.train import fit
 
     m, fold = corpus
     changes = {"kmeans_max_frames": 300, "lr": 1e-3, "log_every": 5}
@@ -306,7 +307,8 @@ def test_a_tapt_output_fine_tunes(
     corpus: tuple[Manifest, Fold], models: dict[str, Path], tmp_path: Path
 ) -> None:
     from after.config import TrainConfig
-    from after.train import evaluate, fit
+    from after.inference import evaluate
+    from after.train import fit
 
     m, fold = corpus
     out = tapt.run_tapt(m, fold, str(models["wav2vec2"]), tmp_path / "t", FAST, progress=False)

@@ -12,6 +12,7 @@ import torch
 from sklearn.utils.class_weight import compute_class_weight
 from transformers import pipeline
 
+import after.inference as inference
 import after.train as train
 from after.config import TrainConfig
 from after.data.audio import load_audio
@@ -68,16 +69,16 @@ def test_vote_targets() -> None:
         return Utterance("x", "x.wav", label, "s", "c", votes=votes)
 
     labels = ["ang", "hap", "neu"]
-    q = train.label_targets(
+    q = inference.label_targets(
         [utt("ang", {"ang": 2, "neu": 1, "fru": 3}), utt("hap", None), utt("neu", {"fru": 2})],
         labels,
         soft=True,
     )
     np.testing.assert_allclose(q, [[2 / 3, 0, 1 / 3], [0, 1, 0], [0, 0, 1]])
-    hard = train.label_targets([utt("ang", {"neu": 5})], labels, soft=False)
+    hard = inference.label_targets([utt("ang", {"neu": 5})], labels, soft=False)
     np.testing.assert_allclose(hard, [[1, 0, 0]])
     with pytest.raises(AfterError, match="not one of"):
-        train.label_targets([utt("sad", None)], labels, soft=False)
+        inference.label_targets([utt("sad", None)], labels, soft=False)
 
 
 # ---- training -----------------------------------------------------------------------------------
@@ -89,7 +90,7 @@ def test_training_lowers_the_loss_and_beats_chance(
     m, fold = tones
     losses = [h["train_loss"] for h in trained.history]
     assert losses[-1] < 0.5 * losses[0]
-    scores = train.evaluate(trained.classifier, m, fold.test)
+    scores = inference.evaluate(trained.classifier, m, fold.test)
     assert scores["ua"] >= 0.75  # chance is 0.25
     assert trained.dev is not None and trained.best_epoch >= 1
 
@@ -98,11 +99,13 @@ def test_feature_backbone_learns_the_tones(tones: tuple[Manifest, Fold], tmp_pat
     m, fold = tones
     config = TrainConfig(epochs=30, batch_size=8, patience=0)
     r = train.fit(m, fold.train, fold.dev, "egemaps", config, cache_dir=tmp_path, progress=False)
-    assert train.evaluate(r.classifier, m, fold.test, cache_dir=tmp_path)["ua"] >= 0.75
+    assert inference.evaluate(r.classifier, m, fold.test, cache_dir=tmp_path)["ua"] >= 0.75
     saved = save_result(tmp_path / "run", r)
     again = load_classifier(saved)
     np.testing.assert_allclose(
-        train.predict(again, m, fold.test), train.predict(r.classifier, m, fold.test), atol=1e-6
+        inference.predict(again, m, fold.test),
+        inference.predict(r.classifier, m, fold.test),
+        atol=1e-6,
     )
 
 
@@ -111,14 +114,14 @@ def test_every_labeled_clip_is_seen_every_epoch(
 ) -> None:
     m, fold = tones
     seen: list[list[str]] = []
-    real = train._Inputs.batch
+    real = inference.Inputs.batch
 
-    def spy(self: train._Inputs, ids: list[str], rng: np.random.Generator | None) -> object:
+    def spy(self: inference.Inputs, ids: list[str], rng: np.random.Generator | None) -> object:
         if rng is not None:
             seen.append(list(ids))
         return real(self, ids, rng)
 
-    monkeypatch.setattr(train._Inputs, "batch", spy)
+    monkeypatch.setattr(inference.Inputs, "batch", spy)
     config = TrainConfig(epochs=3, min_steps=0, batch_size=5, patience=0)
     train.fit(m, fold.train, [], "scratch:tiny", config, progress=False)
     per_epoch = len(seen) // 3
@@ -133,12 +136,12 @@ def test_early_stopping_keeps_the_best_epoch(
 ) -> None:
     m, fold = tones
     uas = iter([0.3, 0.6, 0.5, 0.6, 0.4, 0.9])
-    real = train.classification_scores
+    real = inference.classification_scores
 
     def scripted(*args: object) -> dict[str, object]:
         return {**real(*args), "ua": next(uas)}  # type: ignore[arg-type]
 
-    monkeypatch.setattr(train, "classification_scores", scripted)
+    monkeypatch.setattr(inference, "classification_scores", scripted)
     config = TrainConfig(epochs=6, min_steps=0, patience=2)
     r = train.fit(m, fold.train, fold.dev, "scratch:tiny", config, progress=False)
     assert [h["epoch"] for h in r.history] == [1, 2, 3, 4]  # no gain in epochs 3 and 4
@@ -162,10 +165,12 @@ def test_cached_cnn_gives_the_uncached_logits(
     m, fold = tones
     clf = trained.classifier
     one = TrainConfig(eval_batch_size=1)  # no padding, so both paths see the same input
-    plain = train.predict(clf, m, fold.test, config=TrainConfig(eval_batch_size=1, cache_cnn=False))
-    first = train.predict(clf, m, fold.test, config=one, cache_dir=tmp_path)  # fills the cache
+    plain = inference.predict(
+        clf, m, fold.test, config=TrainConfig(eval_batch_size=1, cache_cnn=False)
+    )
+    first = inference.predict(clf, m, fold.test, config=one, cache_dir=tmp_path)  # fills the cache
     assert list(tmp_path.glob("frozen-*/*/*.feat"))
-    hit = train.predict(clf, m, fold.test, config=one, cache_dir=tmp_path)  # reads it
+    hit = inference.predict(clf, m, fold.test, config=one, cache_dir=tmp_path)  # reads it
     np.testing.assert_allclose(first, plain, atol=1e-6)
     np.testing.assert_array_equal(hit, first)
 
@@ -180,7 +185,9 @@ def test_saved_model_works_in_the_transformers_pipeline(
     out = classify(load_audio(clip.path), top_k=len(LABELS))
     assert {r["label"] for r in out} == set(LABELS)
     assert sum(r["score"] for r in out) == pytest.approx(1.0, abs=1e-5)
-    ours = train.predict(load_classifier(saved), m, [clip.id], config=TrainConfig(cache_cnn=False))
+    ours = inference.predict(
+        load_classifier(saved), m, [clip.id], config=TrainConfig(cache_cnn=False)
+    )
     by_label = {r["label"]: r["score"] for r in out}
     np.testing.assert_allclose([by_label[x] for x in LABELS], ours[0], atol=1e-4)
     # A wave at another rate, as the README shows: the pipeline resamples it.
@@ -209,7 +216,7 @@ def test_mc_dropout_samples_attention_dropout_too(
     for module in clf.module.modules():
         if hasattr(module, "dropout") and isinstance(module.dropout, float):
             module.dropout = 0.5  # attention layers keep the rate they were built with
-    out = train.infer(clf, m, fold.test[:4], mc_passes=4, config=TrainConfig(cache_cnn=False))
+    out = inference.infer(clf, m, fold.test[:4], mc_passes=4, config=TrainConfig(cache_cnn=False))
     mc = out["mc_probs"]
     # The same input through the same weights gives bit-identical outputs: any difference is
     # the sampled attention dropout.
@@ -255,11 +262,12 @@ def test_a_probe_head_starts_where_the_frozen_learner_ends(tones: tuple[Manifest
 
     m, fold = tones
     config = TrainConfig(head_init="probe", epochs=2, min_steps=0, patience=0)
-    clf = train.fresh_classifier("scratch:tiny", LABELS, config)
-    data = train._Inputs(clf, m, config, None, torch.device("cpu"), cached=False)
-    targets = train.label_targets([m[i] for i in fold.train], LABELS, soft=False)
+    run = train._set_up(m, list(fold.train), "scratch:tiny", config, LABELS, None, None)
+    with run.data.taking_frames():  # as in a fit
+        record = train.probe_head(run)
+    clf, targets = run.clf, run.targets
+    data = inference.Inputs(clf, m, config, None, torch.device("cpu"), cached=False)
     weights = targets @ train.class_weights(targets)
-    record = train.probe_head(clf, data, fold.train, targets, weights, config)
     module: Any = clf.module.eval()
     with torch.no_grad():
         x = np.stack(
@@ -270,7 +278,7 @@ def test_a_probe_head_starts_where_the_frozen_learner_ends(tones: tuple[Manifest
         )
     fit = fit_head(x, targets, weights, [m[i].speaker for i in fold.train])
     expected = torch.softmax(torch.tensor((x - fit.mean) / fit.scale @ fit.weight.T + fit.bias), 1)
-    got = train._predict(clf, module, data, fold.train, torch.device("cpu"))
+    got = inference.predict_with(clf, module, data, fold.train, torch.device("cpu"))
     np.testing.assert_allclose(got, expected.numpy(), atol=1e-4)
     assert record["probe_c"] == fit.c
     # In a fit, the probe is epoch 0: judged on dev, and kept if no epoch beats it.

@@ -10,6 +10,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 
+import after.inference as inference
 import after.train as train
 from after.config import TrainConfig
 from after.data.folds import Fold, make_folds
@@ -83,9 +84,9 @@ def test_the_learner_is_the_same_for_every_seed(
         train.fit(m, fold.train, fold.dev, "egemaps", TrainConfig(seed=s), cache_dir=tmp_path)
         for s in (0, 1)
     ]
-    probs = [train.predict(r.classifier, m, fold.test, cache_dir=tmp_path) for r in runs]
+    probs = [inference.predict(r.classifier, m, fold.test, cache_dir=tmp_path) for r in runs]
     np.testing.assert_array_equal(probs[0], probs[1])
-    assert train.evaluate(runs[0].classifier, m, fold.test, cache_dir=tmp_path)["ua"] >= 0.75
+    assert inference.evaluate(runs[0].classifier, m, fold.test, cache_dir=tmp_path)["ua"] >= 0.75
     record = runs[0].history[0]
     assert record["cv"] == "2-fold by speaker" or record["cv"].endswith("stratified")
 
@@ -202,10 +203,10 @@ def test_the_speaker_view_and_self_training_go_through_fit_predict_and_save(
     record = result.history[0]
     assert record["view"] == "speaker" and 0 < record["pseudo_labels"] <= len(pool)
     clf = result.classifier
-    probs = train.predict(clf, m, fold.test, cache_dir=tmp_path)
+    probs = inference.predict(clf, m, fold.test, cache_dir=tmp_path)
     loaded = load_classifier(clf.save(tmp_path / "model"))
     assert loaded.module.view == "speaker"  # type: ignore[union-attr]
-    np.testing.assert_allclose(train.predict(loaded, m, fold.test, cache_dir=tmp_path), probs)
+    np.testing.assert_allclose(inference.predict(loaded, m, fold.test, cache_dir=tmp_path), probs)
     # predict reads a speaker's files from their folder: the same statistics, the same output.
     files = [Path(m[i].path) for i in fold.test]
     assert {f.parent for f in files} == {files[0].parent}
@@ -217,4 +218,4 @@ def test_the_speaker_view_and_self_training_go_through_fit_predict_and_save(
     assert [r["scores"] for r in alone] != [r["scores"] for r in records]
     # The view is applied: the same head on the clip view predicts otherwise.
     loaded.module.view = "clip"  # type: ignore[union-attr]
-    assert not np.allclose(train.predict(loaded, m, fold.test, cache_dir=tmp_path), probs)
+    assert not np.allclose(inference.predict(loaded, m, fold.test, cache_dir=tmp_path), probs)
