@@ -9,7 +9,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 Precision = Literal["auto", "no", "fp16", "bf16"]
-COLD_STARTS = ("kmeans", "typiclust", "probcover", "random", "alps")
+# How the seed set of round 0 is chosen, by name (the one list: `after.strategies.cold_start`
+# and the runner read it).
+COLD_STARTS: dict[str, str] = {
+    "kmeans": "k-means on clip embeddings, the clip nearest each centroid (AFTER's start)",
+    "typiclust": "the most typical clip of each cluster of clip embeddings (TypiClust)",
+    "probcover": "clips whose neighbourhoods cover the clip embeddings (ProbCover)",
+    "random": "uniformly at random",
+    "alps": "k-means on the surprisal embeddings of a wav2vec 2.0 pre-training model (ALPS)",
+}
+CLUSTERING_COLD_STARTS = ("kmeans", "typiclust", "probcover")  # read clip embeddings
 HEAD_INITS = ("random", "probe")
 
 
@@ -225,8 +234,8 @@ class ALConfig:
 
     strategy: str = "entropy"
     schedule: tuple[str, ...] = ("0.02", "0.05", "0.1", "0.15", "0.2")
-    # kmeans, typiclust or probcover on clip embeddings (the run's frozen features when its
-    # backbone is a feature backbone, else Resemblyzer's speaker embeddings), random, or alps
+    # One of COLD_STARTS; the clustering ones read the run's frozen features when its backbone
+    # is a feature backbone, else Resemblyzer's speaker embeddings.
     cold_start: str = "kmeans"
     warm_start: bool = False  # False: every round trains from the backbone, as in AFTER
     # Warm start: weights = shrink x the last round's + (1 - shrink) x a fresh start (see

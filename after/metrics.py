@@ -67,6 +67,16 @@ def classification_scores(
     }
 
 
+def cohen_kappa(a: Sequence[int], b: Sequence[int], num_classes: int) -> float:
+    """Cohen's kappa between two label sequences (1.0 when identical)."""
+    x, y = np.asarray(a), np.asarray(b)
+    observed = float((x == y).mean())
+    pa = np.bincount(x, minlength=num_classes) / len(x)
+    pb = np.bincount(y, minlength=num_classes) / len(y)
+    expected = float((pa * pb).sum())
+    return 1.0 if expected >= 1 else (observed - expected) / (1 - expected)
+
+
 def mean_std(values: Sequence[float]) -> dict[str, float]:
     """Mean, sample standard deviation (n - 1; 0 for one value) and n of `values`."""
     if not values:

@@ -25,8 +25,8 @@ import numpy as np
 from after.data.manifest import Manifest
 from after.errors import AfterError
 from after.io import atomic_write_text
-from after.loop.runner import CONFIG_FILE, MODEL_DIR
-from after.loop.state import STATE_FILE, LoopState
+from after.loop.folder import RunFolder
+from after.loop.state import LoopState
 from after.metrics import (
     classification_scores,
     format_mean_std,
@@ -141,14 +141,14 @@ def read_report_inputs(dirs: Sequence[str | os.PathLike[str]]) -> ReportInputs:
     full: dict[str, list[dict[str, Any]]] = {}
     corpora: set[str] = set()
     for d in map(Path, dirs):
-        if (d / CONFIG_FILE).is_file() and (d / STATE_FILE).is_file():
+        if RunFolder(d).is_run():
             run = _read_run(d)
             runs[d.resolve()] = run
             corpora |= _corpora(run.config["manifest"])
         elif (d / CURVE_FILE).is_file():
             protocol = json.loads((d / CURVE_FILE).read_text())["protocol"]
             corpora.add(protocol["corpus"])
-            for state in sorted(d.glob(f"runs/*/*/{STATE_FILE}")):
+            for state in sorted(d.glob(f"runs/*/*/{RunFolder('').state.name}")):
                 runs[state.parent.resolve()] = _read_run(state.parent)
             results = [json.loads(p.read_text()) for p in sorted(d.glob("full/*.json"))]
             full.setdefault(protocol["backbone"], []).extend(results)
@@ -168,9 +168,9 @@ def read_report_inputs(dirs: Sequence[str | os.PathLike[str]]) -> ReportInputs:
 
 
 def _read_run(folder: Path) -> ALRun:
-    config = json.loads((folder / CONFIG_FILE).read_text())
+    config = json.loads(RunFolder(folder).config.read_text())
     state = LoopState.load(folder)
-    info = folder / MODEL_DIR / "after_model.json"
+    info = RunFolder(folder).model / "after_model.json"
     if info.is_file():  # the class order of the confusion matrices
         classes = json.loads(info.read_text())["labels"]
     else:

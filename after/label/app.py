@@ -76,8 +76,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from after.errors import AfterError, AudioError, quoted
 from after.io import os_error_message
 from after.label.store import ClipTaken, LabelStore, NameInUse, StoreBusy, check_annotator
-from after.loop.runner import Run, queries_path, read_queries
-from after.loop.state import STATE_FILE, LoopState
+from after.loop.folder import RunFolder
+from after.loop.runner import Run
+from after.loop.state import LoopState
 
 MAX_BODY = 16 * 1024
 LEASE_S = 120.0  # a clip handed to one annotator is not handed to another for this long
@@ -93,7 +94,6 @@ KEEP_ALIVE_S = 5
 MAX_CONNECTIONS = 256
 WRITE_WAIT_S = 5.0
 READ_WAIT_S = 0.5  # reads wait this long for a store another process holds exclusively
-SERVE_LOCK = "serve.lock"  # held by the one server of a run; holds its address
 SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": "frame-ancestors 'none'; object-src 'none'; base-uri 'none'",
@@ -185,16 +185,16 @@ class LabelingSession:
 
     def current(self) -> _Round:
         """The round being labeled, re-read whenever state.json or the queries file changes."""
-        state_file = self.run_dir / STATE_FILE
+        state_file = RunFolder(self.run_dir).state
         with self._lock:
             stamp = (state_file.stat().st_mtime_ns, state_file.stat().st_size)
             if self._round is None or stamp != self._seen:
                 state = LoopState.load(self.run_dir)
                 ids: list[str] = []
                 guesses: dict[str, tuple[str, float]] = {}
-                path = queries_path(self.run_dir, state.round)
+                path = RunFolder(self.run_dir).queries(state.round)
                 if state.phase == "label" and path.is_file():
-                    queries = read_queries(self.run_dir, state.round)
+                    queries = RunFolder(self.run_dir).read_queries(state.round)
                     ids = list(queries["ids"])
                     if queries.get("probs"):
                         for i, p in zip(ids, queries["probs"], strict=True):
@@ -691,7 +691,7 @@ def serving(run_dir: str | os.PathLike[str], address: str) -> Iterator[None]:
     """Hold the run's serving lock (`serve.lock`, which records `address`) while the block
     runs: two servers on one run would hand the same clip to two people. A second one is
     refused with the first one's address. The lock goes with the process, even on kill -9."""
-    path = Path(run_dir) / SERVE_LOCK
+    path = RunFolder(run_dir).serve_lock
     try:
         f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held for the block)
     except OSError as e:

@@ -37,7 +37,8 @@ from xml.sax.saxutils import quoteattr
 from after.errors import AfterError, quoted
 from after.io import atomic_write_json, atomic_write_text, parsing, read_text_file
 from after.label.store import LabelStore, check_annotator
-from after.loop.runner import Run, queries_path, read_queries
+from after.loop.folder import RunFolder
+from after.loop.runner import Run
 from after.loop.state import LoopState
 
 CHOICES = "emotion"  # the name of the Label Studio question
@@ -78,18 +79,18 @@ def _uncell(value: str) -> str:
 def _waiting(run_dir: Path) -> bool:
     """Whether a round waits for labels (its queries file is then read, and must be whole)."""
     state = LoopState.load(run_dir)
-    return state.phase == "label" and queries_path(run_dir, state.round).is_file()
+    return state.phase == "label" and RunFolder(run_dir).queries(state.round).is_file()
 
 
 def _round(run_dir: Path) -> tuple[Run, LoopState, dict[str, Any]]:
     run, state = Run.from_dir(run_dir), LoopState.load(run_dir)
-    path = queries_path(run_dir, state.round)
+    path = RunFolder(run_dir).queries(state.round)
     if state.phase != "label" or not path.is_file():
         raise AfterError(
             f"{run_dir}: round {state.round} is not waiting for labels (phase {state.phase}); "
             f"continue the run with after run --resume {run_dir}"
         )
-    return run, state, read_queries(run_dir, state.round)
+    return run, state, RunFolder(run_dir).read_queries(state.round)
 
 
 def export(

@@ -30,16 +30,15 @@ from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from after.errors import AfterError, quoted
 from after.faults import fault_point
+from after.loop.folder import RunFolder
 from after.loop.oracle import Answers
 
-STORE_FILE = "labels.sqlite"
 SCHEMA_VERSION = 1
 MAX_NAME = 64
 
@@ -124,7 +123,7 @@ class LabelStore:
         wait_s: float = 60.0,
         read_wait_s: float | None = None,
     ) -> None:
-        self.path = Path(run_dir) / STORE_FILE
+        self.path = RunFolder(run_dir).store
         self.wait_s = wait_s
         self.read_wait_s = wait_s if read_wait_s is None else read_wait_s
         if not self.path.parent.is_dir():

@@ -19,17 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from after.config import ALConfig, TrainConfig
+from after.config import CLUSTERING_COLD_STARTS, ALConfig, TrainConfig
 from after.data.folds import Fold
 from after.data.manifest import Manifest
 from after.io import atomic_write_json, atomic_write_text, read_json
+from after.loop.folder import RunFolder
 from after.loop.runner import (
-    CONFIG_FILE,
     RUN_SETTINGS,
     Run,
     check_run,
     check_same_settings,
-    cold_start_features,
     run_loop,
     start_run,
 )
@@ -37,6 +36,7 @@ from after.loop.state import LoopState
 from after.metrics import format_mean_std, mean_std, paired_difference
 from after.progress import progress_bar
 from after.report import budget_name, curve_points
+from after.strategies.cold_start import cold_start_features
 
 
 def compare(
@@ -120,10 +120,12 @@ def compare(
                     run = make_run(fold, strategy, seed)
                     run_dir = run.run_dir
                     bar.update(task, info=f"{fold.name} seed {seed} {strategy}")
-                    if (run_dir / CONFIG_FILE).is_file():
+                    if RunFolder(run_dir).config.is_file():
                         wanted = {k: run.to_json()[k] for k in RUN_SETTINGS}
                         check_same_settings(
-                            run_dir, read_json(run_dir / CONFIG_FILE, "delete the folder"), wanted
+                            run_dir,
+                            read_json(RunFolder(run_dir).config, "delete the folder"),
+                            wanted,
                         )
                     state = (
                         LoopState.load(run_dir)
@@ -170,9 +172,9 @@ def _warm_caches(
     all-labels) is charged for extracting features that the others then reuse."""
     if cache_dir is None:
         return
+    from after.inference import predict
     from after.models.classifier import new_classifier
     from after.models.features import embed_manifest, is_feature_backbone, load_feature_backbone
-    from after.train import predict
 
     ids = list(dict.fromkeys(i for f in folds for i in (*f.train, *f.dev, *f.test)))
     clips = manifest.subset(ids)
@@ -188,7 +190,7 @@ def _warm_caches(
         )
 
     wanted = {backbone} if is_feature_backbone(backbone) else set()
-    if al.cold_start not in ("random", "alps"):
+    if al.cold_start in CLUSTERING_COLD_STARTS:
         wanted.add(cold_start_features(backbone))
     for name in sorted(wanted):
         embed(name)

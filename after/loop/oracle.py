@@ -26,7 +26,10 @@ class Answers:
 
 class Oracle(Protocol):
     """Labels for queried clips. May answer only some (people label at their own pace): the
-    loop waits for the rest."""
+    loop waits for the rest. `reveals_manifest_labels`: the answers are the manifest's own
+    labels, so only labeled clips can be queried (else any clip of the pool can)."""
+
+    reveals_manifest_labels: bool
 
     def label(self, ids: Sequence[str]) -> Answers: ...
 
@@ -34,6 +37,8 @@ class Oracle(Protocol):
 class SimulatedOracle:
     """Answers with the labels (and annotator votes) in the manifest: simulation of a labeling
     team on a labeled corpus. Only queried clips are ever revealed to the loop."""
+
+    reveals_manifest_labels = True
 
     def __init__(self, manifest: Manifest) -> None:
         self.manifest = manifest
@@ -57,6 +62,8 @@ class HumanOracle:
     """Answers from the run's label store (`after label serve`, `after label import`): a clip
     counts once `min_votes` annotators answered it (see `after.label.store`). The clips it
     answers are taken: the store refuses later changes to them, which the loop would not see."""
+
+    reveals_manifest_labels = False
 
     def __init__(self, run_dir: str | os.PathLike[str], min_votes: int = 1) -> None:
         from after.label.store import LabelStore

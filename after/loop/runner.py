@@ -9,13 +9,10 @@ read only by the `--target-ua` stopping rule, which a user turns on knowingly. E
 with `state.json` written atomically, and every random draw is seeded by (seed, round, purpose),
 so `resume` continues a killed run with the same result as an uninterrupted one.
 
-Run folder: `config.json` (everything needed to resume), `state.json` (see `LoopState`),
-`rounds.csv` (one row per round: labeled count, fraction and minutes; dev and test UA / WA /
-macro-F1; seconds spent training, evaluating, scoring the pool and selecting, which add up to
-round_s), `model/` (the latest round's classifier), `queries/round_NNN.json` (each round's queries
-in the strategy's order, with the model's guesses when people label), `labels.sqlite` (people's
-answers, see `after.label.store`), and cached per-run arrays (`surprisal.npz` for ALPS). One
-process at a time works on a run folder (`run.lock`).
+The run folder's files are named in `after.loop.folder`; rounds.csv has one row per round:
+labeled count, fraction and minutes; dev and test UA / WA / macro-F1; seconds spent training,
+evaluating, scoring the pool and selecting, which add up to round_s. One process at a time works
+on a run folder (its lock). When a run stops is up to `after.loop.stopping`.
 """
 
 from __future__ import annotations
@@ -39,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from after.config import ALConfig, TrainConfig, config_hash
+from after.config import CLUSTERING_COLD_STARTS, ALConfig, TrainConfig, config_hash
 from after.data.audio import clip_duration
 from after.data.folds import Fold, Folds, manifest_digest
 from after.data.manifest import Manifest
@@ -52,58 +49,20 @@ from after.io import (
     read_json,
     remove_stale_temps,
 )
+from after.loop.folder import RunFolder, replace_folder
 from after.loop.oracle import Answers, HumanOracle, Oracle, SimulatedOracle
-from after.loop.state import STATE_FILE, LoopState
+from after.loop.state import LoopState
+from after.loop.stopping import RoundEnd, criteria, stop_reason
+from after.metrics import cohen_kappa
 from after.models.classifier import Classifier, load_classifier
 from after.rng import derived_rng
+from after.strategies.base import spread
+from after.strategies.cold_start import cold_start_features
+from after.strategies.diversity import grad_embeddings
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "config.json"
 ROUND_STAGES = ("train_s", "eval_s", "score_s", "select_s")  # a round's seconds, in order
-ROUNDS_FILE = "rounds.csv"
-MODEL_DIR = "model"
-FINAL_MODEL_DIR = "model_finetuned"  # the hybrid recipe's final fine-tuned model
-SURPRISAL_FILE = "surprisal.npz"
-QUERIES_DIR = "queries"
-LOCK_FILE = "run.lock"
-
-
-def queries_path(run_dir: str | os.PathLike[str], round: int) -> Path:
-    return Path(run_dir) / QUERIES_DIR / f"round_{round:03d}.json"
-
-
-def read_queries(run_dir: str | os.PathLike[str], round: int) -> dict[str, Any]:
-    """A round's queries file (ids in the strategy's order, labels, the model's guesses or
-    null, the method); a damaged one, or one of another shape, is an `AfterError` naming it."""
-    path = queries_path(run_dir, round)
-    fix = "restore it from a backup"
-    q = read_json(path, fix)
-    ids = q.get("ids") if isinstance(q, dict) else None
-    labels = q.get("labels") if isinstance(q, dict) else None
-    probs = q.get("probs") if isinstance(q, dict) else None
-    if (
-        not isinstance(ids, list)
-        or not all(isinstance(i, str) for i in ids)
-        or not isinstance(labels, list)
-        or not all(isinstance(x, str) for x in labels)
-        or not isinstance(q.get("method", ""), str)
-        or not (
-            probs is None
-            or (
-                isinstance(probs, list)
-                and len(probs) == len(ids)
-                and all(
-                    isinstance(p, list)
-                    and len(p) == len(labels)
-                    and all(isinstance(v, int | float) for v in p)
-                    for p in probs
-                )
-            )
-        )
-    ):
-        raise AfterError(f"{path}: not a queries file of after run (wrong shape); {fix}")
-    return q
 
 
 # ---- schedule ------------------------------------------------------------------------------------
@@ -180,6 +139,10 @@ class Run:
         sampled = strategy is not None and "mc_probs" in strategy.requires
         self.train = dataclasses.replace(self.train, select_on_dev=False, weight_posterior=sampled)
 
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.run_dir)
+
     def to_json(self) -> dict[str, Any]:
         return {
             "manifest": self.manifest_path,
@@ -195,7 +158,7 @@ class Run:
     @classmethod
     def from_dir(cls, run_dir: str | os.PathLike[str]) -> Run:
         folder = Path(run_dir)
-        path = folder / CONFIG_FILE
+        path = RunFolder(folder).config
         if not path.is_file():
             raise AfterError(f"{path}: not found; is {folder} a run folder of after run?")
         fix = "restore it from a backup, or start a new run"
@@ -264,10 +227,10 @@ def start_run(run: Run) -> LoopState:
     its start was cut off before the first state: then it finishes that start), and settings
     `check_run` refuses, before writing anything."""
     check_run(run)
-    config = run.run_dir / CONFIG_FILE
+    config = run.folder.config
     cut_off = (
         config.exists()
-        and not (run.run_dir / STATE_FILE).exists()
+        and not run.folder.state.exists()
         and config_hash(read_json(config, "choose another --out")) == config_hash(run.to_json())
     )
     if config.exists() and not cut_off:
@@ -284,7 +247,7 @@ def start_run(run: Run) -> LoopState:
 
 def load_state(run: Run) -> LoopState:
     """The run's state; a run killed between its config and its first state starts over."""
-    if not (run.run_dir / STATE_FILE).exists():
+    if not run.folder.state.exists():
         return start_run(run)
     return LoopState.load(run.run_dir)
 
@@ -300,7 +263,7 @@ def run_loop(
     """Advance `state` until the run is done (or the oracle leaves queries unanswered). The
     oracle defaults to the run's own: the manifest's labels, or people's (`after label`)."""
     # The file as written, not as re-serialised: options added since keep old runs resumable.
-    written = read_json(run.run_dir / CONFIG_FILE, "restore it from a backup")
+    written = read_json(run.folder.config, "restore it from a backup")
     if state.config_hash != config_hash(written):
         raise AfterError(f"{run.run_dir}: config.json does not match state.json; was it edited?")
     if oracle is None:
@@ -333,7 +296,7 @@ def run_loop(
 def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
     """Hold the run folder's lock: a second process working on the same run would interleave
     its state writes with ours. The lock goes with the process, even on kill -9."""
-    path = Path(run_dir) / LOCK_FILE
+    path = RunFolder(run_dir).lock
     try:
         f = open(path, "a+")  # noqa: SIM115 (held for the block)
     except OSError as e:
@@ -400,8 +363,7 @@ def split_pool(run: Run, *, simulated: bool) -> tuple[list[str], list[str]]:
 class _Loop:
     def __init__(self, run: Run, state: LoopState, oracle: Oracle, progress: bool) -> None:
         self.run, self.state, self.oracle, self.progress = run, state, oracle, progress
-        simulated = isinstance(oracle, SimulatedOracle)
-        self.pool_ids, self.stop_set = split_pool(run, simulated=simulated)
+        self.pool_ids, self.stop_set = split_pool(run, simulated=oracle.reveals_manifest_labels)
         self.budgets = parse_schedule(run.al.schedule, len(self.pool_ids))
         self.durations = {i: clip_duration(run.manifest[i]) for i in self.pool_ids}
         self.classifier: Classifier | None = None
@@ -476,7 +438,7 @@ class _Loop:
             "probs": None,
         }
         if self.run.al.oracle == "human" and r > 0 and queries:
-            from after.train import predict
+            from after.inference import predict
 
             probs = predict(
                 self._previous(),
@@ -486,7 +448,7 @@ class _Loop:
                 cache_dir=self.run.cache_dir,
             )
             record["probs"] = np.round(probs, 4).tolist()
-        atomic_write_json(queries_path(self.run.run_dir, r), record)
+        atomic_write_json(self.run.folder.queries(r), record)
 
     def label(self) -> bool:
         """Ask the oracle; True when every pending query is labeled (or dropped)."""
@@ -510,7 +472,8 @@ class _Loop:
         return True
 
     def train(self) -> dict[str, Any]:
-        from after.train import evaluate, fit, predict
+        from after.inference import evaluate, predict
+        from after.train import fit
 
         run, state = self.run, self.state
         view = self.view()
@@ -541,7 +504,7 @@ class _Loop:
         )
         eval_s = time.perf_counter() - t0
         self.classifier = result.classifier
-        _save_model(result.classifier, run.run_dir / MODEL_DIR, round=state.round)
+        save_model(result.classifier, run.folder.model, round=state.round)
 
         minutes = sum(self.durations[i] for i in labeled) / 60
         record: dict[str, Any] = {
@@ -571,25 +534,23 @@ class _Loop:
         # The round's whole time; its presence also marks records whose select_s excludes
         # score_s (earlier records counted scoring in both).
         record["round_s"] = round(sum(record[k] for k in ROUND_STAGES), 3)
-        stop = ""
-        if state.round == len(self.budgets) - 1:
-            stop = "budget spent"
-        elif not self.unlabeled():
-            stop = "pool exhausted"
-        elif run.al.target_ua is not None and result.dev and result.dev["ua"] >= run.al.target_ua:
-            stop = f"dev UA {result.dev['ua']:.3f} reached the target {run.al.target_ua}"
+        kappa = None
         if self.stop_set:
             preds = predict(result.classifier, view, self.stop_set, config=run.train).argmax(1)
             if state.stop_predictions:
-                kappa = _kappa(state.stop_predictions, preds.tolist(), len(run.manifest.labels))
+                kappa = cohen_kappa(
+                    state.stop_predictions, preds.tolist(), len(run.manifest.labels)
+                )
                 record["stop_set_kappa"] = kappa
-                if (
-                    not stop
-                    and run.al.stabilize_kappa is not None
-                    and kappa >= run.al.stabilize_kappa
-                ):
-                    stop = f"predictions stable (kappa {kappa:.3f} >= {run.al.stabilize_kappa})"
             state.stop_predictions = preds.tolist()
+        end = RoundEnd(
+            state.round,
+            len(self.budgets),
+            len(self.unlabeled()),
+            result.dev["ua"] if result.dev else None,
+            kappa,
+        )
+        stop = stop_reason(criteria(run.al), end)
         state.rounds.append(record)
         fault_point("train")
         if stop:
@@ -599,14 +560,15 @@ class _Loop:
             state.round += 1
             state.phase = "select"
         state.save(run.run_dir)
-        atomic_write_text(run.run_dir / ROUNDS_FILE, _csv(state.rounds))
+        atomic_write_text(run.folder.rounds, _csv(state.rounds))
         return record
 
     def finetune(self) -> dict[str, Any]:
         """The hybrid recipe's last step: `ALConfig.finetune` fine-tuned once on the final
         labeled set (the selection learner chose every query), then tested; its record is
         `state.final` and the last row of rounds.csv (model: the fine-tuned backbone)."""
-        from after.train import describe_training, evaluate, fit
+        from after.inference import evaluate
+        from after.train import describe_training, fit
 
         run, state = self.run, self.state
         assert run.al.finetune is not None
@@ -628,7 +590,7 @@ class _Loop:
             result.classifier, view, run.fold.test, config=run.train, cache_dir=run.cache_dir
         )
         eval_s = time.perf_counter() - t0
-        _save_model(result.classifier, run.run_dir / FINAL_MODEL_DIR, round="final")
+        save_model(result.classifier, run.folder.final_model, round="final")
         last = state.rounds[-1]
         state.final = {
             "round": "final",
@@ -645,14 +607,14 @@ class _Loop:
         }
         state.phase = "done"
         state.save(run.run_dir)
-        atomic_write_text(run.run_dir / ROUNDS_FILE, _csv([*state.rounds, state.final]))
+        atomic_write_text(run.folder.rounds, _csv([*state.rounds, state.final]))
         return state.final
 
     # -- selection
 
     def _previous(self) -> Classifier:
         if self.classifier is None:
-            self.classifier = load_classifier(self.run.run_dir / MODEL_DIR)
+            self.classifier = load_classifier(self.run.folder.model)
         return self.classifier
 
     def _warm_start(self, labeled: list[str]) -> tuple[Classifier | None, TrainConfig]:
@@ -692,7 +654,7 @@ class _Loop:
             self.state.cold_start = {"method": "alps"}
             return queries
         embeddings, source = None, None
-        if al.cold_start != "random":
+        if al.cold_start in CLUSTERING_COLD_STARTS:
             from after.models.features import embed_manifest, load_feature_backbone
             from after.progress import progress_bar
 
@@ -714,7 +676,7 @@ class _Loop:
             unlabeled,
             embeddings,
             n,
-            method=al.cold_start,  # type: ignore[arg-type]
+            method=al.cold_start,
             rng=rng,
             num_classes=len(self.run.manifest.labels),
         )
@@ -787,7 +749,7 @@ class _Loop:
     def _scores_dir(self, ids: list[str]) -> Path:
         """`scores/round_NNN/<digest of ids>/`: this round's chunks of scores of `ids` (the pool,
         or the labeled set). Earlier rounds' chunks are no longer needed and are deleted."""
-        root = self.run.run_dir / "scores"
+        root = self.run.folder.scores
         current = f"round_{self.state.round:03d}"
         for old in root.glob("round_*"):
             if old.name < current:
@@ -798,7 +760,7 @@ class _Loop:
         """ALPS embeddings of `ids`, computed once per run for the whole pool and kept."""
         from after.tapt import surprisal_embeddings
 
-        path = self.run.run_dir / SURPRISAL_FILE
+        path = self.run.folder.surprisal
         if path.is_file():
             with np.load(path) as data:
                 known = dict(zip([str(i) for i in data["ids"]], data["values"], strict=True))
@@ -816,62 +778,6 @@ class _Loop:
         return np.stack([known[i] for i in ids])
 
 
-def spread(ranked: Sequence[str], groups: Sequence[Any], n: int) -> list[str]:
-    """The first `n` of `ranked` (a strategy's picks, best first) taken round-robin over their
-    `groups` (e.g. (speaker, predicted class)): every group's best pick, groups in the order of
-    those picks, then every group's second best, and so on. A strategy's top picks often
-    cluster on one voice or one confusable class; this keeps its ranking within each group
-    while no group takes the whole round."""
-    turn: dict[Any, int] = {}
-    rank = []
-    for position, group in enumerate(groups):
-        rank.append((turn.get(group, 0), position))
-        turn[group] = turn.get(group, 0) + 1
-    return [ranked[p] for _, p in sorted(rank)[:n]]
-
-
-def cold_start_features(backbone: str) -> str:
-    """The feature backbone whose vectors a clustering cold start reads: the run's own when it
-    is a frozen feature backbone (what the learner will see), else Resemblyzer's speaker
-    embeddings (no fine-tuned model exists yet)."""
-    from after.models.features import is_feature_backbone
-
-    return backbone if is_feature_backbone(backbone) else "resemblyzer"
-
-
-def grad_embeddings(probs: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
-    """BADGE's gradient embedding (Ash et al. 2020): the gradient of the cross-entropy loss with
-    respect to the output layer's weights, at the model's own most likely label ŷ:
-    (p - onehot(ŷ)) ⊗ h, flattened to (N, C * D)."""
-    residual = probs.copy()
-    residual[np.arange(len(probs)), probs.argmax(axis=1)] -= 1.0
-    return (
-        (residual[:, :, None] * embeddings[:, None, :]).reshape(len(probs), -1).astype(np.float32)
-    )
-
-
-def _kappa(a: Sequence[int], b: Sequence[int], num_classes: int) -> float:
-    """Cohen's kappa between two label sequences (1.0 when identical)."""
-    x, y = np.asarray(a), np.asarray(b)
-    observed = float((x == y).mean())
-    pa = np.bincount(x, minlength=num_classes) / len(x)
-    pb = np.bincount(y, minlength=num_classes) / len(y)
-    expected = float((pa * pb).sum())
-    return 1.0 if expected >= 1 else (observed - expected) / (1 - expected)
-
-
-def _save_model(clf: Classifier, folder: Path, **extra: Any) -> None:
-    """Replace the run's model folder atomically (a new folder, then a rename)."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    clf.save(tmp, **extra)
-    old = folder.with_name(folder.name + ".old")
-    if folder.exists():
-        folder.rename(old)
-    tmp.rename(folder)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def _csv(rounds: list[dict[str, Any]]) -> str:
     """rounds.csv: the scalar columns of each round's record (the confusion matrix stays in
     state.json)."""
@@ -885,3 +791,8 @@ def _csv(rounds: list[dict[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rounds)
     return out.getvalue()
+
+
+def save_model(clf: Classifier, folder: Path, **extra: Any) -> None:
+    """Replace a run's model folder atomically (`after.loop.folder.replace_folder`)."""
+    replace_folder(folder, lambda tmp: clf.save(tmp, **extra))

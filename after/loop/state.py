@@ -15,9 +15,9 @@ from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from after.errors import AfterError, quoted
 from after.io import atomic_write_json, read_json
+from after.loop.folder import RunFolder
 
 SCHEMA_VERSION = 1
-STATE_FILE = "state.json"
 Phase = Literal["select", "label", "train", "final", "done"]
 
 
@@ -50,11 +50,11 @@ class LoopState:
     schema_version: int = SCHEMA_VERSION
 
     def save(self, run_dir: str | os.PathLike[str]) -> Path:
-        return atomic_write_json(Path(run_dir) / STATE_FILE, asdict(self))
+        return atomic_write_json(RunFolder(run_dir).state, asdict(self))
 
     @classmethod
     def load(cls, run_dir: str | os.PathLike[str]) -> LoopState:
-        path = Path(run_dir) / STATE_FILE
+        path = RunFolder(run_dir).state
         if not path.exists():
             raise AfterError(f"{path}: not found; is {run_dir} a run folder of after run?")
         fix = "restore it from a backup, or start the run again"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -221,3 +222,17 @@ def top_k(scores: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     never in array order, so no clip is favoured for where it sits in the pool."""
     order = np.lexsort((rng.random(len(scores)), -np.asarray(scores, dtype=np.float64)))
     return order[:k]
+
+
+def spread(ranked: Sequence[str], groups: Sequence[Any], n: int) -> list[str]:
+    """The first `n` of `ranked` (a strategy's picks, best first) taken round-robin over their
+    `groups` (e.g. (speaker, predicted class)): every group's best pick, groups in the order of
+    those picks, then every group's second best, and so on. A strategy's top picks often
+    cluster on one voice or one confusable class; this keeps its ranking within each group
+    while no group takes the whole round."""
+    turn: dict[Any, int] = {}
+    rank = []
+    for position, group in enumerate(groups):
+        rank.append((turn.get(group, 0), position))
+        turn[group] = turn.get(group, 0) + 1
+    return [ranked[p] for _, p in sorted(rank)[:n]]

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from after.config import CLUSTERING_COLD_STARTS
 from after.errors import AfterError
 from after.strategies.geometry import as_float, sq_norms
 
@@ -96,7 +97,7 @@ def cold_start(
     embeddings: np.ndarray | None,
     num: int,
     *,
-    method: Literal["random", "kmeans", "typiclust", "probcover"],
+    method: str,
     rng: np.random.Generator,
     k_values: Sequence[int] | None = None,
     num_classes: int | None = None,
@@ -130,9 +131,10 @@ def cold_start(
         rows = rng.choice(n, size=num, replace=False)
         info: dict[str, Any] = {"method": "random", "k": None, "inertias": [], "k_values": []}
         return [ids[i] for i in rows], info
-    if method not in ("kmeans", "typiclust", "probcover"):
+    if method not in CLUSTERING_COLD_STARTS:
         raise AfterError(
-            f"cold_start: unknown method {method!r}; use random, kmeans, typiclust or probcover"
+            f"cold_start: unknown method {method!r}; use random or one of "
+            f"{', '.join(CLUSTERING_COLD_STARTS)}"
         )
     if embeddings is None:
         raise AfterError("cold_start: method 'kmeans' needs embeddings; compute them or use random")
@@ -189,3 +191,12 @@ def spread_order(labels: np.ndarray, to_centre: np.ndarray) -> np.ndarray:
     size_order = np.empty(len(counts), dtype=np.int64)
     size_order[np.lexsort((np.arange(len(counts)), -counts))] = np.arange(len(counts))
     return np.lexsort((size_order[group], rank))
+
+
+def cold_start_features(backbone: str) -> str:
+    """The feature backbone whose vectors a clustering cold start reads: the run's own when it
+    is a frozen feature backbone (what the learner will see), else Resemblyzer's speaker
+    embeddings (no fine-tuned model exists yet)."""
+    from after.models.features import is_feature_backbone
+
+    return backbone if is_feature_backbone(backbone) else "resemblyzer"

@@ -25,6 +25,17 @@ from after.strategies.geometry import (
 from after.strategies.uncertainty import top2_margin
 
 
+def grad_embeddings(probs: np.ndarray, embeddings: np.ndarray) -> np.ndarray:
+    """BADGE's gradient embedding (Ash et al. 2020): the gradient of the cross-entropy loss with
+    respect to the output layer's weights, at the model's own most likely label ŷ:
+    (p - onehot(ŷ)) ⊗ h, flattened to (N, C * D)."""
+    residual = probs.copy()
+    residual[np.arange(len(probs)), probs.argmax(axis=1)] -= 1.0
+    return (
+        (residual[:, :, None] * embeddings[:, None, :]).reshape(len(probs), -1).astype(np.float32)
+    )
+
+
 class BADGE(QueryStrategy):
     """BADGE, Batch Active learning by Diverse Gradient Embeddings (Ash, Zhang, Krishnamurthy,
     Langford & Agarwal 2020, ICLR): k-means++ seeding on the gradient embeddings

@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 from after.errors import AfterError
 from after.label.app import MAX_BODY, create_app
 from after.label.store import LabelStore
-from after.loop.runner import Run, queries_path, start_run
+from after.loop.folder import RunFolder
+from after.loop.runner import Run, start_run
 from after.loop.state import LoopState
 
 LOCAL = "http://127.0.0.1"
@@ -98,7 +99,7 @@ def test_min_votes_needs_that_many_people(make_run: Any, tmp_path: Path) -> None
 
 def test_the_model_guess_shows_only_when_enabled(labeling: tuple[Run, LoopState]) -> None:
     run, _state = labeling
-    path = queries_path(run.run_dir, 0)
+    path = RunFolder(run.run_dir).queries(0)
     queries = json.loads(path.read_text())
     probs = [[0.1, 0.7, 0.1, 0.1]] * len(queries["ids"])
     path.write_text(json.dumps({**queries, "probs": probs}))

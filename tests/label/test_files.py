@@ -13,7 +13,8 @@ import pytest
 from after.errors import AfterError
 from after.label.files import export, import_labels
 from after.label.store import ClipTaken, LabelStore
-from after.loop.runner import Run, queries_path, run_loop
+from after.loop.folder import RunFolder
+from after.loop.runner import Run, run_loop
 from after.loop.state import LoopState
 
 
@@ -133,7 +134,7 @@ def test_label_studio_export_then_resume_trains_on_those_labels(
     assert state.dropped == [queried[5]]  # cancelled in Label Studio: nobody could label it
     assert state.votes[queried[0]] == {labels[0]: 1}
     assert len(state.pending) == 10 - 5 and not set(state.pending) & set(queried)
-    round1 = json.loads(queries_path(run.run_dir, 1).read_text())
+    round1 = json.loads(RunFolder(run.run_dir).queries(1).read_text())
     assert round1["ids"] == state.pending and len(round1["probs"]) == 5  # the model's guesses
 
 

@@ -12,7 +12,6 @@ import pytest
 
 from after.errors import AfterError
 from after.label.store import (
-    STORE_FILE,
     Annotation,
     ClipTaken,
     LabelStore,
@@ -21,6 +20,7 @@ from after.label.store import (
     agreement,
     fleiss_kappa,
 )
+from after.loop.folder import RunFolder
 
 
 def test_answers_decide_clips_by_plurality_with_first_vote_tie_break(tmp_path: Path) -> None:
@@ -107,7 +107,7 @@ def test_a_name_belongs_to_the_browser_that_used_it_first(tmp_path: Path) -> Non
 def test_a_locked_store_says_so_after_a_bounded_wait(tmp_path: Path) -> None:
     store = LabelStore(tmp_path, wait_s=0.2)
     store.put("a", "ann", "anger", 0)
-    other = sqlite3.connect(tmp_path / STORE_FILE, isolation_level=None)
+    other = sqlite3.connect(RunFolder(tmp_path).store, isolation_level=None)
     other.execute("BEGIN IMMEDIATE")  # e.g. a sqlite3 shell, or a backup, holding the lock
     try:
         with pytest.raises(StoreBusy) as e:
@@ -122,7 +122,7 @@ def test_a_locked_store_says_so_after_a_bounded_wait(tmp_path: Path) -> None:
 
 def test_the_store_is_wal_durable_and_schema_checked(tmp_path: Path) -> None:
     LabelStore(tmp_path).put("a", "ann", "joy", 0)
-    db = sqlite3.connect(tmp_path / STORE_FILE)
+    db = sqlite3.connect(RunFolder(tmp_path).store)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
     db.commit()
@@ -130,7 +130,7 @@ def test_the_store_is_wal_durable_and_schema_checked(tmp_path: Path) -> None:
     with pytest.raises(AfterError, match="schema 99"):
         LabelStore(tmp_path)
     (tmp_path / "junk").mkdir()
-    (tmp_path / "junk" / STORE_FILE).write_bytes(b"this is not a database" * 100)
+    (RunFolder(tmp_path / "junk").store).write_bytes(b"this is not a database" * 100)
     with pytest.raises(AfterError, match=r"restore it from a backup|cannot open"):
         LabelStore(tmp_path / "junk")
     with pytest.raises(AfterError, match="no such run folder"):

@@ -26,10 +26,8 @@ from after.loop.runner import (
     Run,
     _Loop,
     check_run,
-    grad_embeddings,
     parse_schedule,
     run_loop,
-    spread,
     start_run,
 )
 from after.loop.state import LoopState
@@ -89,22 +87,6 @@ def test_a_seed_set_smaller_than_the_classes_is_warned_about(
     (warning,) = check_run(_run(corpus, tmp_path / "r", schedule=("2", "8")))
     assert "2 clip(s) for 4 classes" in warning and "5%" in warning
     assert check_run(_run(corpus, tmp_path / "r", schedule=("4", "8"))) == []
-
-
-def test_grad_embedding_is_the_output_layer_gradient() -> None:
-    import torch
-
-    h = torch.randn(3, 5)
-    w = torch.randn(4, 5, requires_grad=True)
-    logits = h @ w.T
-    probs = torch.softmax(logits, -1).detach().numpy()
-    expected = []
-    for i in range(3):
-        w.grad = None
-        loss = torch.nn.functional.cross_entropy(logits[i : i + 1], logits[i : i + 1].argmax(1))
-        loss.backward(retain_graph=True)
-        expected.append(w.grad.flatten().numpy().copy())
-    np.testing.assert_allclose(grad_embeddings(probs, h.numpy()), expected, atol=1e-5)
 
 
 def test_a_run_completes_its_rounds_and_stays_honest(
@@ -300,13 +282,6 @@ def test_no_round_picks_an_epoch_on_dev_labels(
     assert saved["train"]["select_on_dev"] is False
 
 
-def test_spread_takes_every_groups_best_pick_before_any_seconds() -> None:
-    ranked = ["a1", "a2", "a3", "b1", "c1", "b2"]
-    groups = ["A", "A", "A", "B", "C", "B"]
-    assert spread(ranked, groups, 4) == ["a1", "b1", "c1", "a2"]
-    assert spread(ranked, groups, 6) == ["a1", "b1", "c1", "a2", "b2", "a3"]
-
-
 def test_a_spread_run_queries_more_voices_and_classes(
     corpus: tuple[Manifest, Path, Path], tmp_path: Path
 ) -> None:
@@ -392,3 +367,19 @@ def test_the_hybrid_recipe_selects_with_frozen_features_then_fine_tunes_once(
     )
     with pytest.raises(AfterError, match="hybrid recipe"):
         check_run(frozen(tmp_path / "bad", finetune="egemaps"))
+
+
+def test_stopping_criteria_give_the_first_reason() -> None:
+    from after.config import ALConfig
+    from after.loop.stopping import RoundEnd, criteria, stop_reason
+
+    found = criteria(ALConfig(target_ua=0.8, stabilize_kappa=0.9))
+    going = RoundEnd(round=1, num_rounds=4, num_unlabeled=10, dev_ua=0.7, kappa=0.5)
+    assert stop_reason(found, going) == ""
+    assert stop_reason(found, dataclasses.replace(going, round=3)) == "budget spent"
+    assert stop_reason(found, dataclasses.replace(going, num_unlabeled=0)) == "pool exhausted"
+    assert "reached the target 0.8" in stop_reason(found, dataclasses.replace(going, dev_ua=0.8))
+    assert "kappa 0.950" in stop_reason(found, dataclasses.replace(going, kappa=0.95))
+    # Without the optional criteria, dev UA and agreement stop nothing.
+    plain = criteria(ALConfig())
+    assert stop_reason(plain, dataclasses.replace(going, dev_ua=1.0, kappa=1.0)) == ""

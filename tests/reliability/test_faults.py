@@ -39,9 +39,10 @@ from after.data.manifest import Manifest, Utterance
 from after.errors import AfterError, FoldError, ManifestError
 from after.label import files
 from after.label.app import create_app, serving
-from after.label.store import STORE_FILE, LabelStore, NameInUse, agreement, check_annotator
+from after.label.store import LabelStore, NameInUse, agreement, check_annotator
 from after.loop import state as loop_state
-from after.loop.runner import Run, queries_path, run_loop, start_run
+from after.loop.folder import RunFolder
+from after.loop.runner import Run, run_loop, start_run
 from after.loop.state import LoopState
 from after.models.classifier import load_classifier, new_classifier
 
@@ -272,7 +273,7 @@ def test_a_truncated_queries_file_is_named_by_export_import_and_the_page(
     people: tuple[Run, LoopState], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     run, state = people
-    path = queries_path(run.run_dir, state.round)
+    path = RunFolder(run.run_dir).queries(state.round)
     good = path.read_text()
     answers = tmp_path / "answers.csv"
     answers.write_text(f"clip_id,label,annotator\n{state.pending[0]},anger,ann\n")
@@ -311,7 +312,7 @@ def test_a_run_folder_that_cannot_be_written_says_so(
         m.setattr(builtins, "open", read_only)
         code, text = _cli(["run", "--resume", str(run.run_dir)], capsys)
     assert code == 2 and "run.lock: Read-only file system" in text and "writable" in text, text
-    store = run.run_dir / STORE_FILE
+    store = RunFolder(run.run_dir).store
     LabelStore(run.run_dir)
     for suffix in ("", "-wal", "-shm"):
         Path(f"{store}{suffix}").unlink(missing_ok=True)
@@ -617,9 +618,9 @@ def test_clip_ids_and_names_starting_like_formulas_survive_export_then_import(
         store.put(clip, ["'ann", "+ann", "=ann"][k % 3], "anger", 0, source="web")
     before = sorted((a.clip_id, a.annotator, a.label) for a in store.annotations())
     files.export(run.run_dir, tmp_path / "out")
-    (run.run_dir / STORE_FILE).unlink()
+    (RunFolder(run.run_dir).store).unlink()
     for suffix in ("-wal", "-shm"):
-        Path(f"{run.run_dir / STORE_FILE}{suffix}").unlink(missing_ok=True)
+        Path(f"{RunFolder(run.run_dir).store}{suffix}").unlink(missing_ok=True)
     assert files.import_labels(run.run_dir, tmp_path / "out" / "labels.csv")["stored"] == len(
         before
     )
@@ -653,7 +654,7 @@ def test_a_store_held_exclusively_keeps_the_page_quick_and_answers_clear(
     run, state = people
     client = TestClient(create_app(run.run_dir), base_url="http://127.0.0.1")
     body = {"annotator": "ann", "clip_id": state.pending[0], "label": "anger"}
-    holder = sqlite3.connect(run.run_dir / STORE_FILE, isolation_level=None)
+    holder = sqlite3.connect(RunFolder(run.run_dir).store, isolation_level=None)
     holder.execute("PRAGMA locking_mode=EXCLUSIVE")
     holder.execute("BEGIN EXCLUSIVE")
     holder.execute("SELECT count(*) FROM annotations").fetchone()

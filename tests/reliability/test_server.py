@@ -25,7 +25,8 @@ from after.data.folds import Folds
 from after.data.manifest import Manifest
 from after.errors import AfterError
 from after.label.app import MAX_CONNECTIONS, SECURITY_HEADERS, create_app, make_server
-from after.label.store import STORE_FILE, LabelStore
+from after.label.store import LabelStore
+from after.loop.folder import RunFolder
 from after.loop.runner import Run, run_loop, start_run
 from after.loop.state import LoopState
 
@@ -131,7 +132,7 @@ def test_a_locked_store_keeps_the_page_answering_and_loses_nothing(
     ]
     results: list[tuple[int, Any]] = []
     with serve(create_app(run.run_dir)) as url:
-        holder = sqlite3.connect(run.run_dir / STORE_FILE, isolation_level=None)
+        holder = sqlite3.connect(RunFolder(run.run_dir).store, isolation_level=None)
         holder.execute("BEGIN IMMEDIATE")  # another process holds the write lock
         try:
             threads = [

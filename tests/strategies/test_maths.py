@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from after.strategies import PoolOutputs, get_strategy
+from after.strategies.base import spread
 from after.strategies.bayesian import bald_scores, mc_max_entropy, variation_ratios
-from after.strategies.diversity import ClusterMargin, round_robin
+from after.strategies.diversity import ClusterMargin, grad_embeddings, round_robin
 from after.strategies.uncertainty import entropy, least_confidence, top2_margin
 
 NONE = PoolOutputs(ids=[])
@@ -206,3 +207,35 @@ def test_cluster_margin_uses_minibatch_kmeans_above_hac_max() -> None:
     clusters = np.array([memo["clusters"][i] for i in pool.ids])
     for t in range(3):
         assert len(set(clusters[truth == t])) == 1
+
+
+def test_grad_embedding_is_the_output_layer_gradient() -> None:
+    import torch
+
+    h = torch.randn(3, 5)
+    w = torch.randn(4, 5, requires_grad=True)
+    logits = h @ w.T
+    probs = torch.softmax(logits, -1).detach().numpy()
+    expected = []
+    for i in range(3):
+        w.grad = None
+        loss = torch.nn.functional.cross_entropy(logits[i : i + 1], logits[i : i + 1].argmax(1))
+        loss.backward(retain_graph=True)
+        expected.append(w.grad.flatten().numpy().copy())
+    np.testing.assert_allclose(grad_embeddings(probs, h.numpy()), expected, atol=1e-5)
+
+
+def test_spread_takes_every_groups_best_pick_before_any_seconds() -> None:
+    ranked = ["a1", "a2", "a3", "b1", "c1", "b2"]
+    groups = ["A", "A", "A", "B", "C", "B"]
+    assert spread(ranked, groups, 4) == ["a1", "b1", "c1", "a2"]
+    assert spread(ranked, groups, 6) == ["a1", "b1", "c1", "a2", "b2", "a3"]
+
+
+def test_cohen_kappa() -> None:
+    from after.metrics import cohen_kappa
+
+    assert cohen_kappa([0, 1, 2, 1], [0, 1, 2, 1], 3) == 1.0
+    # observed 0.5; expected (0.5 * 0.5) + (0.5 * 0.5) = 0.5: no better than chance
+    assert cohen_kappa([0, 0, 1, 1], [0, 1, 0, 1], 2) == 0.0
+    assert cohen_kappa([0, 0, 1, 1], [1, 1, 0, 0], 2) == -1.0
