@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from md import table
 
 EMODB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emodb"
 BACKBONE = "whisper-tiny.en"
@@ -168,6 +169,47 @@ def main() -> None:
         },
     }
     print(json.dumps(report, indent=2, ensure_ascii=False))
+
+
+def render(r: dict[str, Any]) -> list[str]:
+    """BENCHMARKS.md's section on a printed result: fresh and warm rounds against all labels."""
+    s = r["summary"]
+    rows = [["all labels", "1", s["all_labels"]["test_ua"], "-", s["all_labels"]["seconds"]]]
+    for mode, name in (("fresh", "AL, fresh rounds (AFTER)"), ("warm", "AL, warm rounds")):
+        x = s[mode]
+        d = x["minus_all_labels"]
+        rows.append(
+            [
+                name,
+                x["ratio"],
+                x["test_ua"],
+                f"{d['mean']:+.1f} ± {d['std']:.1f} (p={d['wilcoxon_p']:.2g})",
+                ", ".join(f"{k.removesuffix('_s')} {v}" for k, v in x["parts_seconds"].items()),
+            ]
+        )
+    return [
+        f"{r['corpus']}; {r['protocol']}; `{r['backbone']}`, {r['epochs']} epochs, the conv stem "
+        f"and bottom two layers frozen and cached (filled once before timing: "
+        f"{r['cache_fill_seconds']} s); entropy, schedule {', '.join(r['schedule'])}. Paper: "
+        f"{r['paper_ratio']}; target: <= {r['target_ratio']}.",
+        "",
+        *table(
+            ["run", "time / all labels", "test UA %", "minus all labels (points)", "seconds"],
+            rows,
+        ),
+    ]
+
+
+def headline(r: dict[str, Any]) -> str:
+    """README's line: the time ratios of fresh and warm rounds and the UA of each."""
+    s = r["summary"]
+    return (
+        f"- **Time, fine-tuned `{r['backbone']}`** ({r['protocol']}): active learning to 20% "
+        f"takes {s['fresh']['ratio']} of all-labels fine-tuning with fresh rounds and "
+        f"{s['warm']['ratio']} with warm-started ones (paper 0.21), at test UA "
+        f"{s['fresh']['test_ua']} and {s['warm']['test_ua']} against "
+        f"{s['all_labels']['test_ua']} with all labels."
+    )
 
 
 if __name__ == "__main__":

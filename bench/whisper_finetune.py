@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from md import table
+
 EMODB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emodb"
 BACKBONE = "whisper-tiny.en"
 
@@ -173,6 +175,59 @@ def main() -> None:
         "scoring_clips_per_second": speed,
     }
     print(json.dumps(report, indent=2, ensure_ascii=False))
+
+
+def render(r: dict[str, Any]) -> list[str]:
+    """BENCHMARKS.md's section on a saved result: the fine-tuning against the frozen features and
+    the scoring speed."""
+    s = r["summary"]
+    variants = [k for k in s if k != f"frozen:{BACKBONE}"]
+    rows = [
+        [
+            f"`frozen:{BACKBONE}` (learner on frozen features)",
+            s[f"frozen:{BACKBONE}"]["ua"],
+            "-",
+            "-",
+            "-",
+        ]
+    ]
+    rows += [
+        [
+            f"`{BACKBONE}` fine-tuned, {v}",
+            s[v]["ua"],
+            s[v]["minus_frozen"]["difference"],
+            s[v]["minus_frozen"]["wilcoxon_p"],
+            s[v]["train_seconds"],
+        ]
+        for v in variants
+    ]
+    return [
+        f"{r['corpus']}; {r['protocol']}. Fine-tuning: {r['training']}.",
+        "",
+        *table(["model", "test UA %", "minus frozen (points)", "Wilcoxon p", "train s/run"], rows),
+        "",
+        "Per-pair differences are in `bench/results/whisper_finetune.json`.",
+        "",
+        "Scoring 535 clips with a fine-tuned model, its bottom two layers read from the cache: "
+        + _speed(r["scoring_clips_per_second"]),
+    ]
+
+
+def _speed(speed: dict[str, float]) -> str:
+    return (
+        f"{speed['cache empty']} clips/s with the cache empty, {speed['cache filled']} filled "
+        f"({speed['speed_up']}x)."
+    )
+
+
+def headline(r: dict[str, Any]) -> str:
+    """README's line: the fine-tuning's UA and its difference from the frozen features."""
+    every = r["summary"]["every layer trained"]
+    return (
+        f"- **Fine-tuned `{BACKBONE}`** ({r['protocol']}): {every['ua']} UA, "
+        f"{every['minus_frozen']['difference']} points against its frozen features "
+        f"(Wilcoxon p = {every['minus_frozen']['wilcoxon_p']:.2g})."
+    )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""BENCHMARKS.md is what `bench/run_all.py` writes from the saved results, and every benchmark it
-runs has a saved result."""
+"""BENCHMARKS.md is what `bench/run_all.py` writes from the saved results, every benchmark it runs
+has a saved result, and each benchmark script renders the JSON it prints."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ def test_benchmarks_md_is_rendered_from_every_saved_result() -> None:
         saved = (run_all.RESULTS / f"{bench.name}.json").is_file()
         assert saved or bench.gpu, f"{bench.name}: not run"
         assert (ROOT / bench.args[0]).is_file()
+        assert callable(run_all.section(bench.name).render), f"{bench.args[0]}: no render"
     assert (ROOT / "BENCHMARKS.md").read_text() == run_all.render(), (
         "BENCHMARKS.md is stale: run `.venv/bin/python bench/run_all.py --render`"
     )
