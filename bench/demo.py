@@ -17,6 +17,9 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
+
+from md import table
 
 
 def main() -> None:
@@ -41,6 +44,48 @@ def main() -> None:
         "finetune": result["finetune"],
     }
     print(json.dumps(report, indent=2, ensure_ascii=False))
+
+
+def render(r: dict[str, Any]) -> list[str]:
+    """BENCHMARKS.md's section on a printed result: the demo's table and its check."""
+    return [*table(r["table"]["header"], r["table"]["rows"]), "", _check(r)]
+
+
+def readme(r: dict[str, Any]) -> list[str]:
+    """README's demo block: the table with its protocol, entropy against random, the check."""
+    s = r["settings"]
+    versus: list[str] = []
+    if r["vs_random"]:
+        last = r["vs_random"][-1]
+        versus = [
+            f"Entropy minus random at {100 * float(last['budget']):g}% of the pool, paired by fold "
+            f"and seed: {100 * last['mean']:+.1f} ± {100 * last['std']:.1f} points (n={last['n']}, "
+            f"Wilcoxon p = {last['wilcoxon_p']:.2g}).",
+            "",
+        ]
+    return [
+        f"Recorded by `bench/run_all.py --only demo` ({r['minutes']} min on the 2-core CPU machine "
+        "this was built on). Test UA %, mean ± sample std over "
+        f"{s['num_folds']} folds x {len(s['seeds'])} seeds; chance is 25%:",
+        "",
+        *table(r["table"]["header"], r["table"]["rows"]),
+        "",
+        *versus,
+        _check(r),
+    ]
+
+
+def _check(r: dict[str, Any]) -> str:
+    f, t = r["finetune"], r["tapt"]
+    return (
+        f"Fold {f['fold']}, test UA without / with TAPT ({t['steps']} steps on the fold's "
+        f"training audio, {t['seconds']:.0f} s, loss {t['first_loss']:.3f} -> "
+        f"{t['final_loss']:.3f}): `{f['backbone']}` fine-tuned on all labels ({f['epochs']} "
+        f"epochs, bottom {f['frozen_layers']} layers frozen) {100 * f['finetuned_ua']:.1f}% / "
+        f"{100 * f['tapt_finetuned_ua']:.1f}%; frozen features {100 * f['frozen_ua']:.1f}% / "
+        f"{100 * f['tapt_frozen_ua']:.1f}% (one fold, one seed: a check, not a comparison). "
+        f"Wall time: {r['minutes']} min."
+    )
 
 
 if __name__ == "__main__":

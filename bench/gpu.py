@@ -39,6 +39,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+from md import table
 
 SR = 16_000
 ACCELERATE = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
@@ -225,6 +228,18 @@ def main() -> None:
     }
     report["wall_seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(report, indent=2))
+
+
+def render(r: dict[str, Any]) -> list[str]:
+    """BENCHMARKS.md's section on a printed result: each phase by precision."""
+    lines = [f"{r['device']}, torch {r['torch']}, CUDA {r['cuda']}, `{r['backbone']}`.", ""]
+    for phase in ("tapt", "finetune", "scoring"):
+        rows = r[phase]
+        keys = [k for k in rows[0] if k != "precision"]
+        cells = [[x["precision"], *(x[k] for k in keys)] for x in rows]
+        lines += [f"{phase}:", "", *table(["precision", *keys], cells), ""]
+    lines.append(f"Speed-up over fp32: {json.dumps(r['speedup_over_fp32'])}")
+    return lines + [f"Note: {n}" for n in r["notes"]]
 
 
 if __name__ == "__main__":

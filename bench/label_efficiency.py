@@ -40,6 +40,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from md import pct, table
+
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # The corpora of ../shared/data and their protocol: EmoDB leave-one-speaker-out (10 folds), URDU
 # 5 speaker folds (29 speakers, most with a few clips of one emotion).
@@ -289,6 +291,118 @@ def _fmt(ua: dict[str, float]) -> str:
 
 def _last(curves: dict[str, Any], strategy: str) -> float:
     return float(list(curves["strategies"][strategy].values())[-1]["mean"])
+
+
+def render(r: dict[str, Any]) -> list[str]:
+    """BENCHMARKS.md's section on a printed result: every strategy's UA by budget against random
+    and all labels, or (the TAPT variant's result) each variant's, with the TAPT of every fold."""
+    if "variants" in r:
+        return _render_tapt(r)
+    budgets = r["schedule"]
+    rows = [
+        [
+            name,
+            *(s["test_ua_by_budget"].get(b, "-") for b in budgets),
+            s["auc_ua"],
+            f"{s['time_vs_all_labels']}x",
+        ]
+        for name, s in r["strategies"].items()
+    ]
+    view = r.get("feature_view", "clip")
+    learner = (
+        f" Features: {view} view"
+        + (" (transductive)" if r.get("transductive") else "")
+        + (f", self-training weight {r['self_training']}" if r.get("self_training") else "")
+        + (f"; views chosen over all rounds: {r['views_chosen']}" if r.get("views_chosen") else "")
+        + "."
+    )
+    lines = [
+        f"{r['corpus']}; {r['protocol']}; backbone `{r['backbone']}`. Test UA % (mean ± sample "
+        "std over fold x seed runs); AUC: the area under the UA curve over the labeled fraction "
+        "divided by its span (a mean UA over the budgets); time: one AL run over one all-labels "
+        "fine-tuning." + learner,
+        "",
+        *table(
+            ["strategy", *(f"{100 * float(b):g}%" for b in budgets), "AUC", "time"],
+            rows,
+        ),
+        "",
+        f"All labels: UA {pct(r['all_labels_test_ua'])}.",
+    ]
+    paired = {n: s["vs_random"] for n, s in r["strategies"].items() if s.get("vs_random")}
+    if paired:
+        lines += [
+            "",
+            "Against random, paired by fold and seed: mean difference in UA points (two-sided "
+            "Wilcoxon signed-rank p):",
+            "",
+            *table(
+                ["strategy", *(f"{100 * float(b):g}%" for b in budgets)],
+                [
+                    [
+                        n,
+                        *(
+                            f"{v[b]['points']:+.1f} (p={v[b]['wilcoxon_p']:.2g})" if b in v else "-"
+                            for b in budgets
+                        ),
+                    ]
+                    for n, v in paired.items()
+                ],
+            ),
+        ]
+    return lines
+
+
+def _render_tapt(r: dict[str, Any]) -> list[str]:
+    tapt = r["tapt"]
+    lines = [
+        f"{r['corpus']}; {r['protocol']}; backbone `{r['backbone']}`. TAPT: {tapt['steps']} "
+        "steps per fold on the fold's training audio only:",
+        "",
+        *table(
+            ["fold", "seconds", "first loss", "final loss", "chance loss"],
+            [[fold, *t.values()] for fold, t in tapt["per_fold"].items()],
+        ),
+        "",
+    ]
+    for variant, strategies in r["variants"].items():
+        lines.append(f"**{variant}** (test UA %):")
+        lines.append("")
+        budgets = list(next(iter(strategies["strategies"].values()))["test_ua_by_budget"])
+        rows = [
+            [name, *(s["test_ua_by_budget"][b] for b in budgets), "-"]
+            for name, s in strategies["strategies"].items()
+        ]
+        rows.append(["all labels", *("-" for _ in budgets), strategies["all_labels_test_ua"]])
+        header = ["strategy", *(f"{100 * float(b):g}%" for b in budgets), "all labels"]
+        lines += [*table(header, rows), ""]
+    gains = r["tapt_minus_plain_at_last_budget"]
+    return [
+        *lines,
+        "TAPT minus plain at the last budget (points): "
+        + ", ".join(f"{name} {gain:+.2f}" for name, gain in gains.items())
+        + ".",
+    ]
+
+
+def headline(r: dict[str, Any]) -> str | None:
+    """README's line: random against the best strategy at the last budget, if paired."""
+    if "variants" in r or not any(s.get("vs_random") for s in r["strategies"].values()):
+        return None
+    last = r["schedule"][-1]
+    best = max(
+        (n for n in r["strategies"] if r["strategies"][n].get("vs_random")),
+        key=lambda n: r["strategies"][n]["vs_random"][last]["points"],
+    )
+    gain = r["strategies"][best]["vs_random"][last]
+    return (
+        f"- **Label efficiency, `{r['backbone']}`** ({r['protocol']}): at "
+        f"{100 * float(last):g}% of the pool random sampling reaches "
+        f"{r['strategies']['random']['test_ua_by_budget'][last]}, the best strategy "
+        f"({best}) {r['strategies'][best]['test_ua_by_budget'][last]}: {gain['points']:+.1f} "
+        f"points (Wilcoxon p = {gain['wilcoxon_p']:.2g}); all labels "
+        f"{pct(r['all_labels_test_ua'])}."
+    )
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from md import difference, table
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -95,6 +97,29 @@ def main() -> None:
             indent=2,
         )
     )
+
+
+def render(r: dict[str, Any]) -> list[str]:
+    """BENCHMARKS.md's section on a printed result: lever minus base by strategy and budget."""
+    budgets = r["schedule"]
+    a = r["all_labels_lever_minus_base"]
+    lever = r["lever"]
+    return [
+        f"{r['corpus']}; {r['runs_paired']} runs paired by strategy, fold and seed. Lever: feature "
+        f"view {lever['feature_view']}, self-training {lever['self_training']}; base: feature view "
+        f"{r['base']['feature_view']}, self-training {r['base']['self_training']}. Test UA points, "
+        "lever minus base (mean ± sample std, two-sided Wilcoxon p; n*: too few pairs to ever "
+        "reach p < 0.05).",
+        "",
+        *table(
+            ["strategy", *(f"{100 * float(b):g}%" for b in budgets)],
+            [[n, *(difference(v[b]) for b in budgets)] for n, v in r["lever_minus_base"].items()],
+        ),
+        "",
+        f"All labels: {a['points']:+.1f} ± {a['std']:.1f} points (p={a['wilcoxon_p']:.2g}, "
+        f"n={a['n']}). Views the inner CV chose over every round: "
+        f"{r['views_chosen_under_lever'] or 'none recorded'}.",
+    ]
 
 
 if __name__ == "__main__":

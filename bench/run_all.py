@@ -12,12 +12,17 @@ goes to `bench/results/NAME.json` together with the exact command, the commit, t
 wall time and the load average before and after (the machine may be shared; every ratio in the
 results is measured side by side within one run). `BENCHMARKS.md` is then written from every
 saved result, so a benchmark run alone updates its section and keeps the others.
+
+The script that prints a result is the one that reads it: each has `render(result)`, the Markdown
+lines of its section, and those that appear among README's headlines `headline(result)`; they
+share the helpers of `bench/md.py`. This file runs them and assembles the two documents.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
 import json
 import os
 import platform
@@ -29,18 +34,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
 OUT = ROOT / "BENCHMARKS.md"
 
 
 @dataclass(frozen=True)
 class Bench:
-    name: str
+    name: str  # of its saved result, bench/results/NAME.json
     title: str
-    args: tuple[str, ...]
+    args: tuple[str, ...]  # the script (whose `render` writes its section) and its arguments
     about: str
     gpu: bool = False  # runs only where CUDA is available
 
@@ -255,510 +262,16 @@ def run(bench: Bench) -> bool:
 # ---- BENCHMARKS.md -------------------------------------------------------------------------------
 
 
-def table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    return [
-        "| " + " | ".join(header) + " |",
-        "| " + " | ".join(["---"] + ["---:"] * (len(header) - 1)) + " |",
-        *("| " + " | ".join(str(c) for c in row) + " |" for row in rows),
-    ]
+def section(name: str) -> ModuleType:
+    """The script of benchmark `name`, imported: its `render(result)` writes its section of
+    BENCHMARKS.md from the JSON it prints (and `headline(result)`, where it has one, its line in
+    README.md). Benchmark scripts import torch and `after` inside their functions, so this is
+    cheap."""
+    bench = next(b for b in BENCHES if b.name == name)
+    if str(BENCH) not in sys.path:  # where the scripts import each other and `md` from
+        sys.path.insert(0, str(BENCH))
+    return importlib.import_module(Path(bench.args[0]).stem)
 
-
-def pct(ms: dict[str, float]) -> str:
-    return f"{100 * ms['mean']:.1f} ± {100 * ms['std']:.1f} (n={ms['n']})"
-
-
-def render_label_efficiency(r: dict[str, Any]) -> list[str]:
-    budgets = r["schedule"]
-    rows = [
-        [
-            name,
-            *(s["test_ua_by_budget"].get(b, "-") for b in budgets),
-            s["auc_ua"],
-            f"{s['time_vs_all_labels']}x",
-        ]
-        for name, s in r["strategies"].items()
-    ]
-    view = r.get("feature_view", "clip")
-    learner = (
-        f" Features: {view} view"
-        + (" (transductive)" if r.get("transductive") else "")
-        + (f", self-training weight {r['self_training']}" if r.get("self_training") else "")
-        + (f"; views chosen over all rounds: {r['views_chosen']}" if r.get("views_chosen") else "")
-        + "."
-    )
-    lines = [
-        f"{r['corpus']}; {r['protocol']}; backbone `{r['backbone']}`. Test UA % (mean ± sample "
-        "std over fold x seed runs); AUC: the area under the UA curve over the labeled fraction "
-        "divided by its span (a mean UA over the budgets); time: one AL run over one all-labels "
-        "fine-tuning." + learner,
-        "",
-        *table(
-            ["strategy", *(f"{100 * float(b):g}%" for b in budgets), "AUC", "time"],
-            rows,
-        ),
-        "",
-        f"All labels: UA {pct(r['all_labels_test_ua'])}.",
-    ]
-    paired = {n: s["vs_random"] for n, s in r["strategies"].items() if s.get("vs_random")}
-    if paired:
-        lines += [
-            "",
-            "Against random, paired by fold and seed: mean difference in UA points (two-sided "
-            "Wilcoxon signed-rank p):",
-            "",
-            *table(
-                ["strategy", *(f"{100 * float(b):g}%" for b in budgets)],
-                [
-                    [
-                        n,
-                        *(
-                            f"{v[b]['points']:+.1f} (p={v[b]['wilcoxon_p']:.2g})" if b in v else "-"
-                            for b in budgets
-                        ),
-                    ]
-                    for n, v in paired.items()
-                ],
-            ),
-        ]
-    return lines
-
-
-def render_label_levers(r: dict[str, Any]) -> list[str]:
-    budgets = r["schedule"]
-
-    def cell(v: dict[str, Any]) -> str:
-        few = "*" if v["min_p"] >= 0.05 else ""
-        return f"{v['points']:+.1f} ± {v['std']:.1f} (p={v['wilcoxon_p']:.2g}, n={v['n']}{few})"
-
-    a = r["all_labels_lever_minus_base"]
-    lever = r["lever"]
-    return [
-        f"{r['corpus']}; {r['runs_paired']} runs paired by strategy, fold and seed. Lever: feature "
-        f"view {lever['feature_view']}, self-training {lever['self_training']}; base: feature view "
-        f"{r['base']['feature_view']}, self-training {r['base']['self_training']}. Test UA points, "
-        "lever minus base (mean ± sample std, two-sided Wilcoxon p; n*: too few pairs to ever "
-        "reach p < 0.05).",
-        "",
-        *table(
-            ["strategy", *(f"{100 * float(b):g}%" for b in budgets)],
-            [[n, *(cell(v[b]) for b in budgets)] for n, v in r["lever_minus_base"].items()],
-        ),
-        "",
-        f"All labels: {a['points']:+.1f} ± {a['std']:.1f} points (p={a['wilcoxon_p']:.2g}, "
-        f"n={a['n']}). Views the inner CV chose over every round: "
-        f"{r['views_chosen_under_lever'] or 'none recorded'}.",
-    ]
-
-
-def render_label_efficiency_tapt(r: dict[str, Any]) -> list[str]:
-    tapt = r["tapt"]
-    lines = [
-        f"{r['corpus']}; {r['protocol']}; backbone `{r['backbone']}`. TAPT: {tapt['steps']} "
-        "steps per fold on the fold's training audio only:",
-        "",
-        *table(
-            ["fold", "seconds", "first loss", "final loss", "chance loss"],
-            [[fold, *t.values()] for fold, t in tapt["per_fold"].items()],
-        ),
-        "",
-    ]
-    for variant, strategies in r["variants"].items():
-        lines.append(f"**{variant}** (test UA %):")
-        lines.append("")
-        budgets = list(next(iter(strategies["strategies"].values()))["test_ua_by_budget"])
-        rows = [
-            [name, *(s["test_ua_by_budget"][b] for b in budgets), "-"]
-            for name, s in strategies["strategies"].items()
-        ]
-        rows.append(["all labels", *("-" for _ in budgets), strategies["all_labels_test_ua"]])
-        header = ["strategy", *(f"{100 * float(b):g}%" for b in budgets), "all labels"]
-        lines += [*table(header, rows), ""]
-    gains = r["tapt_minus_plain_at_last_budget"]
-    return [
-        *lines,
-        "TAPT minus plain at the last budget (points): "
-        + ", ".join(f"{name} {gain:+.2f}" for name, gain in gains.items())
-        + ".",
-    ]
-
-
-def render_time_ratio(r: dict[str, Any]) -> list[str]:
-    rows = [
-        [
-            c["backbone"],
-            c["cache"],
-            c["full_seconds"],
-            c["al_seconds"],
-            f"**{c['ratio_total']}**",
-            c["ratio_rounds_only"],
-            f"{100 * c['full_test_ua']:.1f} / {100 * c['al_final_test_ua']:.1f}",
-        ]
-        for c in r["cases"]
-    ]
-    return [
-        f"{r['corpus']}; {r['epochs']} epochs for every fine-tuning; strategy {r['strategy']}, "
-        f"schedule {', '.join(r['schedule'])}, cold start {r['cold_start']}; torch threads "
-        f"{r['torch_threads']}. Paper: {r['paper_ratio']}; target: <= {r['target_ratio']}. "
-        "Floor for this schedule when every round fine-tunes afresh for the same epochs (the "
-        "labeled shares summed over rounds; training alone, before scoring): "
-        f"{sum(float(b) for b in r['schedule']):.2f}.",
-        "",
-        *table(
-            [
-                "backbone",
-                "cache",
-                "all labels (s)",
-                "AL to 20% (s)",
-                "AL / all",
-                "rounds only / all",
-                "test UA all / AL (%)",
-            ],
-            rows,
-        ),
-    ]
-
-
-def render_scoring(r: dict[str, Any]) -> list[str]:
-    gemm = r["gemm"]
-    rows = []
-    for c in r["throughput"]:
-        for mode, m in c["cache"].items():
-            rows.append(
-                [
-                    f"`{c['backbone']}` ({c['parameters_millions']} M)",
-                    mode,
-                    m["clips_per_second"],
-                    m["audio_seconds_per_second"],
-                    m["gflops_per_clip_charged"],
-                    m["achieved_gflops"],
-                    f"{100 * m['fraction_of_gemm_peak']:.1f}%",
-                ]
-            )
-    lines = [
-        f"{r['clip_seconds']} s clips, {r['torch_threads']} torch thread(s), {r['device']}. "
-        f"Dense GEMM ({gemm['op']}): {gemm['gflops_before']} GFLOP/s before, "
-        f"{gemm['gflops_after']} after.",
-        "",
-        *table(
-            [
-                "backbone",
-                "CNN cache",
-                "clips/s",
-                "audio s/s",
-                "GFLOP/clip",
-                "GFLOP/s",
-                "of GEMM peak",
-            ],
-            rows,
-        ),
-        "",
-        f"Memory, `{r['memory']['backbone']}` (peak RSS while scoring; growth = peak - RSS "
-        "before scoring):",
-        "",
-    ]
-    rows = [
-        [
-            m["clips"],
-            m["mode"],
-            m["seconds"],
-            m["rss_before_mb"],
-            m["peak_rss_mb"],
-            m["growth_mb"],
-            m["output_arrays_mb"],
-        ]
-        for m in r["memory"]["cases"]
-    ]
-    lines += table(
-        ["clips", "mode", "seconds", "RSS before (MB)", "peak (MB)", "growth (MB)", "outputs (MB)"],
-        rows,
-    )
-    return lines
-
-
-def render_strategies(r: dict[str, Any]) -> list[str]:
-    runs = r["runs"]
-    names = list(runs[0]["select_seconds"])
-    rows = [
-        [name, *(run["select_seconds"][name] for run in runs), r["growth_exponent"][name]]
-        for name in names
-    ]
-    rows += [  # strategies that keep work for later rounds (Cluster-Margin's clusters)
-        [f"{name}, a later round", *(run["later_round_seconds"][name] for run in runs), growth]
-        for name, growth in r.get("growth_exponent_later_rounds", {}).items()
-    ]
-    pool = r["pool"]
-    return [
-        f"Synthetic float32 pool: embeddings {pool['dim']}-d, {pool['classes']} classes, "
-        f"{pool['mc_passes']} MC passes, BADGE gradients {pool['grad_dim']}-d; queries "
-        f"{100 * pool['query_fraction']:g}% of the pool, {100 * pool['labeled_fraction']:g}% "
-        f"already labeled. Peak RSS {r['peak_rss_mb']} MB.",
-        "",
-        *table(
-            ["strategy", *(f"N={run['n']:,} (s)" for run in runs), "growth exponent"],
-            rows,
-        ),
-        "",
-        "Times are the best of repeats for calls under 0.5 s. Growth exponent: "
-        "log(t_100k / t_10k) / log(10); none where the 10k time is under 1 ms (noise). "
-        f"Superlinear (> 1.2): {', '.join(r['superlinear']) or 'none'}.",
-    ]
-
-
-def render_tapt(r: dict[str, Any]) -> list[str]:
-    rows = [
-        [
-            c["size"],
-            c["cnn"],
-            c["seconds_per_step"],
-            c["audio_seconds_per_second"],
-            c["peak_rss_mb"],
-        ]
-        for c in r["cases"]
-    ]
-    return [
-        f"{r['corpus']}; batch {r['batch_size']}, crops of {r['crop_seconds']} s.",
-        "",
-        *table(["scratch size", "CNN", "s/step", "audio s/s", "peak RSS (MB)"], rows),
-    ]
-
-
-def render_processes(r: dict[str, Any]) -> list[str]:
-    rows = [
-        [
-            x["processes"],
-            x["cnn_cache"],
-            x["seconds"],
-            x["startup_seconds"],
-            x["clips_per_second"],
-        ]
-        for x in r["results"]
-    ]
-    return [
-        f"`{r['backbone']}`, {r['clips']} clips ({r['audio_minutes']} min of audio), "
-        f"{r['device']}, {r['cpus']} CPUs.",
-        "",
-        *table(["processes", "CNN cache", "seconds", "of which start-up", "clips/s"], rows),
-    ]
-
-
-def render_gpu(r: dict[str, Any]) -> list[str]:
-    lines = [f"{r['device']}, torch {r['torch']}, CUDA {r['cuda']}, `{r['backbone']}`.", ""]
-    for phase in ("tapt", "finetune", "scoring"):
-        rows = r[phase]
-        keys = [k for k in rows[0] if k != "precision"]
-        cells = [[x["precision"], *(x[k] for k in keys)] for x in rows]
-        lines += [f"{phase}:", "", *table(["precision", *keys], cells), ""]
-    lines.append(f"Speed-up over fp32: {json.dumps(r['speedup_over_fp32'])}")
-    return lines + [f"Note: {n}" for n in r["notes"]]
-
-
-def render_whisper_features(r: dict[str, Any]) -> list[str]:
-    lines = [f"{r['corpus']}; {r['protocol']}.", "", "**Choice** (test UA %):", ""]
-    choice = r["choice"]
-    configs = list(choice)
-    rows_names = list(dict.fromkeys(name for rows in choice.values() for name in rows))
-    rows = [
-        [name, *(choice[c].get(name, {}).get("ua", "-") for c in configs)] for name in rows_names
-    ]
-    lines += [*table(["features", *configs], rows), ""]
-    speed = r["clips_per_second"]
-    lines += [
-        "Extraction, clips per second (all layers, one clip at a time): "
-        + "; ".join(f"{k}: {v}" for k, v in speed.items())
-        + ".",
-        "",
-        "**The learner against scikit-learn** (test UA %, same features and folds):",
-        "",
-        *table(
-            ["features", "after (L-BFGS, C by CV)", "scikit-learn (C by CV)", "after - sklearn"],
-            [
-                [f"`{b}`", x["after"]["ua"], x["sklearn"]["ua"], x["difference"]]
-                for b, x in r["learner_vs_sklearn"].items()
-            ],
-        ),
-        "",
-        "**Through `after cv`'s path** (`fit_and_test`, one dev speaker left out of training):",
-        "",
-        *table(
-            ["features", "UA %", "folds x seeds", "seeds agree exactly"],
-            [
-                [f"`{b}`", x["ua"], x["folds_x_seeds"], x["seeds_agree_exactly"]]
-                for b, x in r["through_cv"].items()
-            ],
-        ),
-    ]
-    return lines
-
-
-def render_whisper_finetune(r: dict[str, Any]) -> list[str]:
-    s = r["summary"]
-    variants = [k for k in s if k != "frozen:whisper-tiny.en"]
-    rows = [
-        [
-            "`frozen:whisper-tiny.en` (learner on frozen features)",
-            s["frozen:whisper-tiny.en"]["ua"],
-            "-",
-            "-",
-            "-",
-        ]
-    ]
-    rows += [
-        [
-            f"`whisper-tiny.en` fine-tuned, {v}",
-            s[v]["ua"],
-            s[v]["minus_frozen"]["difference"],
-            s[v]["minus_frozen"]["wilcoxon_p"],
-            s[v]["train_seconds"],
-        ]
-        for v in variants
-    ]
-    speed = r["scoring_clips_per_second"]
-    return [
-        f"{r['corpus']}; {r['protocol']}. Fine-tuning: {r['training']}.",
-        "",
-        *table(["model", "test UA %", "minus frozen (points)", "Wilcoxon p", "train s/run"], rows),
-        "",
-        "Per-pair differences are in `bench/results/whisper_finetune.json`.",
-        "",
-        f"Scoring 535 clips with a fine-tuned model, its bottom two layers read from the cache: "
-        f"{speed['cache empty']} clips/s with the cache empty, {speed['cache filled']} filled "
-        f"({speed['speed_up']}x).",
-    ]
-
-
-def render_tapt_whisper(r: dict[str, Any]) -> list[str]:
-    t = r["tapt"]
-    rows = [
-        [name, c["plain"], c["tapt"], c["difference"], c["n"], c["wilcoxon_p"]]
-        for name, c in r["comparisons"].items()
-    ]
-    folds = [
-        [
-            fold,
-            f["tapt_seconds"],
-            f"{f['loss_curve'][0][1]:.3f} -> {f['loss_curve'][-1][1]:.3f}",
-            f"{f['masked_accuracy'][0]:.3f} -> {f['masked_accuracy'][1]:.3f}",
-        ]
-        for fold, f in r["per_fold"].items()
-    ]
-    return [
-        f"{r['corpus']}; {r['protocol']}. TAPT: {t['objective']}, {t['steps']} steps, lr "
-        f"{t['lr']}, batch {t['batch']}, crops of {t['crop_seconds']} s, masks "
-        f"{t['mask_prob']} x {t['mask_length']} frames. Fine-tuning: {r['finetune']}.",
-        "",
-        *table(
-            [
-                "test UA %",
-                "without TAPT",
-                "with TAPT",
-                "with - without (points)",
-                "n",
-                "Wilcoxon p",
-            ],
-            rows,
-        ),
-        "",
-        "TAPT per fold (loss and masked-frame accuracy, first logged step -> last; the whole "
-        "curves are in `bench/results/tapt_whisper.json`):",
-        "",
-        *table(["fold", "seconds", "loss", "masked accuracy"], folds),
-    ]
-
-
-def render_tapt_levers(r: dict[str, Any]) -> list[str]:
-    return [
-        f"{r['corpus']}; {r['protocol']}. TAPT as in the section above ({r['base']}), one lever "
-        f"changed at a time. Without TAPT: {r['plain_ua']} UA.",
-        "",
-        *table(
-            ["lever", "UA % after TAPT", "minus without", "per fold", "Wilcoxon p", "loss"],
-            [
-                [
-                    f"`{name}`",
-                    x["tapt_ua"],
-                    x["difference"],
-                    ", ".join(f"{v:+.1f}" for v in x["per_fold"]),
-                    x["wilcoxon_p"],
-                    "; ".join(x["loss"]),
-                ]
-                for name, x in r["levers"].items()
-            ],
-        ),
-    ]
-
-
-def render_time_whisper(r: dict[str, Any]) -> list[str]:
-    s = r["summary"]
-    rows = [["all labels", "1", s["all_labels"]["test_ua"], "-", s["all_labels"]["seconds"]]]
-    for mode, name in (("fresh", "AL, fresh rounds (AFTER)"), ("warm", "AL, warm rounds")):
-        x = s[mode]
-        d = x["minus_all_labels"]
-        rows.append(
-            [
-                name,
-                x["ratio"],
-                x["test_ua"],
-                f"{d['mean']:+.1f} ± {d['std']:.1f} (p={d['wilcoxon_p']:.2g})",
-                ", ".join(f"{k.removesuffix('_s')} {v}" for k, v in x["parts_seconds"].items()),
-            ]
-        )
-    return [
-        f"{r['corpus']}; {r['protocol']}; `{r['backbone']}`, {r['epochs']} epochs, the conv stem "
-        f"and bottom two layers frozen and cached (filled once before timing: "
-        f"{r['cache_fill_seconds']} s); entropy, schedule {', '.join(r['schedule'])}. Paper: "
-        f"{r['paper_ratio']}; target: <= {r['target_ratio']}.",
-        "",
-        *table(
-            ["run", "time / all labels", "test UA %", "minus all labels (points)", "seconds"],
-            rows,
-        ),
-    ]
-
-
-def render_demo(r: dict[str, Any]) -> list[str]:
-    return [*table(r["table"]["header"], r["table"]["rows"]), "", _demo_check(r)]
-
-
-def _demo_check(r: dict[str, Any]) -> str:
-    f, t = r["finetune"], r["tapt"]
-    return (
-        f"Fold {f['fold']}, test UA without / with TAPT ({t['steps']} steps on the fold's "
-        f"training audio, {t['seconds']:.0f} s, loss {t['first_loss']:.3f} -> "
-        f"{t['final_loss']:.3f}): `{f['backbone']}` fine-tuned on all labels ({f['epochs']} "
-        f"epochs, bottom {f['frozen_layers']} layers frozen) {100 * f['finetuned_ua']:.1f}% / "
-        f"{100 * f['tapt_finetuned_ua']:.1f}%; frozen features {100 * f['frozen_ua']:.1f}% / "
-        f"{100 * f['tapt_frozen_ua']:.1f}% (one fold, one seed: a check, not a comparison). "
-        f"Wall time: {r['minutes']} min."
-    )
-
-
-RENDER: dict[str, Callable[[dict[str, Any]], list[str]]] = {
-    "whisper_finetune": render_whisper_finetune,
-    "demo": render_demo,
-    "time_whisper": render_time_whisper,
-    "tapt_whisper": render_tapt_whisper,
-    "tapt_levers": render_tapt_levers,
-    "whisper_features": render_whisper_features,
-    "label_efficiency": render_label_efficiency,
-    "label_efficiency_urdu": render_label_efficiency,
-    **{
-        f"label_efficiency_{c}_{lever}": render_label_efficiency
-        for c in ("emodb", "urdu")
-        for lever in ("auto", "auto_st")
-    },
-    **{
-        f"label_levers_{c}_{lever}": render_label_levers
-        for c in ("emodb", "urdu")
-        for lever in ("auto", "auto_st")
-    },
-    "label_efficiency_tapt": render_label_efficiency_tapt,
-    "time_ratio": render_time_ratio,
-    "scoring": render_scoring,
-    "strategies": render_strategies,
-    "tapt": render_tapt,
-    "processes": render_processes,
-    "gpu": render_gpu,
-}
 
 HEADER = """# Benchmarks
 
@@ -797,10 +310,10 @@ def render() -> str:
             f"{m.get('memory_gib', '?')} GiB, {m['os']}, Python {m['python']}, torch "
             f"{m['torch']}, GPU {m['gpu']}",
             "",
-            *RENDER[bench.name](record["result"]),
+            *section(bench.name).render(record["result"]),
             "",
         ]
-        notes = ROOT / "bench" / "notes" / f"{bench.name}.md"
+        notes = BENCH / "notes" / f"{bench.name}.md"
         if notes.is_file():
             lines += [notes.read_text().strip(), ""]
     return "\n".join(lines).rstrip() + "\n"
@@ -821,92 +334,26 @@ def readme_demo() -> list[str]:
     r = _result("demo")
     if r is None:
         return ["Not recorded yet: `.venv/bin/python bench/run_all.py --only demo`."]
-    s = r["settings"]
-    lines = [
-        f"Recorded by `bench/run_all.py --only demo` ({r['minutes']} min on the 2-core CPU machine "
-        "this was built on). Test UA %, mean ± sample std over "
-        f"{s['num_folds']} folds x {len(s['seeds'])} seeds; chance is 25%:",
-        "",
-        *table(r["table"]["header"], r["table"]["rows"]),
-        "",
-    ]
-    if r["vs_random"]:
-        last = r["vs_random"][-1]
-        lines += [
-            f"Entropy minus random at {100 * float(last['budget']):g}% of the pool, paired by fold "
-            f"and seed: {100 * last['mean']:+.1f} ± {100 * last['std']:.1f} points (n={last['n']}, "
-            f"Wilcoxon p = {last['wilcoxon_p']:.2g}).",
-            "",
-        ]
-    lines.append(_demo_check(r))
-    return lines
+    return section("demo").readme(r)
+
+
+# The benchmarks with a line in README's headlines, in order.
+HEADLINES = (
+    "whisper_features",
+    "whisper_finetune",
+    "tapt_whisper",
+    "label_efficiency",
+    "time_whisper",
+)
 
 
 def readme_headlines() -> list[str]:
     lines = []
-    wf = _result("whisper_features")
-    if wf is not None:
-        tiny = wf["choice"]["whisper-tiny.en, window cut"]
-        base = wf["choice"]["whisper-base, window cut"]
-        lines.append(
-            "- **Frozen Whisper features, the project's learner, 10 folds:** tiny.en's middle "
-            f"layer {tiny['layer 2, mean']['ua']} (its last layer {tiny['layer 4, mean']['ua']}); "
-            f"base's middle layer {base['layer 3, mean']['ua']} "
-            f"(last {base['layer 6, mean']['ua']}). Against a tuned scikit-learn logistic "
-            "regression on the same features: "
-            + ", ".join(
-                f"`{b}` {x['difference'].split(' ')[0]} points"
-                for b, x in wf["learner_vs_sklearn"].items()
-            )
-            + "."
-        )
-    ft = _result("whisper_finetune")
-    if ft is not None:
-        s = ft["summary"]
-        every = s["every layer trained"]
-        lines.append(
-            f"- **Fine-tuned `whisper-tiny.en`** ({ft['protocol']}): {every['ua']} UA, "
-            f"{every['minus_frozen']['difference']} points against its frozen features "
-            f"(Wilcoxon p = {every['minus_frozen']['wilcoxon_p']:.2g})."
-        )
-    tw = _result("tapt_whisper")
-    if tw is not None:
-        c = tw["comparisons"]
-        lines.append(
-            f"- **TAPT of `whisper-tiny.en`** ({tw['tapt']['steps']} steps per fold on its "
-            f"training audio; {tw['protocol']}): with minus without, "
-            + "; ".join(
-                f"{name} {x['difference']} points (p = {x['wilcoxon_p']:.2g})"
-                for name, x in c.items()
-            )
-            + "."
-        )
-    le = _result("label_efficiency")
-    if le is not None and any(s.get("vs_random") for s in le["strategies"].values()):
-        last = le["schedule"][-1]
-        best = max(
-            (n for n in le["strategies"] if le["strategies"][n].get("vs_random")),
-            key=lambda n: le["strategies"][n]["vs_random"][last]["points"],
-        )
-        gain = le["strategies"][best]["vs_random"][last]
-        lines.append(
-            f"- **Label efficiency, `{le['backbone']}`** ({le['protocol']}): at "
-            f"{100 * float(last):g}% of the pool random sampling reaches "
-            f"{le['strategies']['random']['test_ua_by_budget'][last]}, the best strategy "
-            f"({best}) {le['strategies'][best]['test_ua_by_budget'][last]}: {gain['points']:+.1f} "
-            f"points (Wilcoxon p = {gain['wilcoxon_p']:.2g}); all labels "
-            f"{pct(le['all_labels_test_ua'])}."
-        )
-    tm = _result("time_whisper")
-    if tm is not None:
-        s = tm["summary"]
-        lines.append(
-            f"- **Time, fine-tuned `{tm['backbone']}`** ({tm['protocol']}): active learning to 20% "
-            f"takes {s['fresh']['ratio']} of all-labels fine-tuning with fresh rounds and "
-            f"{s['warm']['ratio']} with warm-started ones (paper 0.21), at test UA "
-            f"{s['fresh']['test_ua']} and {s['warm']['test_ua']} against "
-            f"{s['all_labels']['test_ua']} with all labels."
-        )
+    for name in HEADLINES:
+        r = _result(name)
+        line = None if r is None else section(name).headline(r)
+        if line is not None:
+            lines.append(line)
     return lines or ["Not run yet: `make bench`."]
 
 

@@ -21,6 +21,9 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+from md import table
 
 
 def main() -> None:
@@ -92,6 +95,26 @@ def main() -> None:
             indent=2,
         )
     )
+
+
+def render(r: dict[str, Any]) -> list[str]:
+    """BENCHMARKS.md's section on a printed result: one process against two."""
+    rows = [
+        [
+            x["processes"],
+            x["cnn_cache"],
+            x["seconds"],
+            x["startup_seconds"],
+            x["clips_per_second"],
+        ]
+        for x in r["results"]
+    ]
+    return [
+        f"`{r['backbone']}`, {r['clips']} clips ({r['audio_minutes']} min of audio), "
+        f"{r['device']}, {r['cpus']} CPUs.",
+        "",
+        *table(["processes", "CNN cache", "seconds", "of which start-up", "clips/s"], rows),
+    ]
 
 
 if __name__ == "__main__":

@@ -35,6 +35,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+from md import table
 
 SR = 16_000
 
@@ -282,6 +285,64 @@ def main() -> None:
                 memory.append(row)
         result["memory"] = {"backbone": args.mem_backbone, "cases": memory}
     print(json.dumps(result, indent=2))
+
+
+def render(r: dict[str, Any]) -> list[str]:
+    """BENCHMARKS.md's section on a printed result: throughput against the GEMM peak, memory."""
+    gemm = r["gemm"]
+    rows = []
+    for c in r["throughput"]:
+        for mode, m in c["cache"].items():
+            rows.append(
+                [
+                    f"`{c['backbone']}` ({c['parameters_millions']} M)",
+                    mode,
+                    m["clips_per_second"],
+                    m["audio_seconds_per_second"],
+                    m["gflops_per_clip_charged"],
+                    m["achieved_gflops"],
+                    f"{100 * m['fraction_of_gemm_peak']:.1f}%",
+                ]
+            )
+    lines = [
+        f"{r['clip_seconds']} s clips, {r['torch_threads']} torch thread(s), {r['device']}. "
+        f"Dense GEMM ({gemm['op']}): {gemm['gflops_before']} GFLOP/s before, "
+        f"{gemm['gflops_after']} after.",
+        "",
+        *table(
+            [
+                "backbone",
+                "CNN cache",
+                "clips/s",
+                "audio s/s",
+                "GFLOP/clip",
+                "GFLOP/s",
+                "of GEMM peak",
+            ],
+            rows,
+        ),
+        "",
+        f"Memory, `{r['memory']['backbone']}` (peak RSS while scoring; growth = peak - RSS "
+        "before scoring):",
+        "",
+    ]
+    rows = [
+        [
+            m["clips"],
+            m["mode"],
+            m["seconds"],
+            m["rss_before_mb"],
+            m["peak_rss_mb"],
+            m["growth_mb"],
+            m["output_arrays_mb"],
+        ]
+        for m in r["memory"]["cases"]
+    ]
+    lines += table(
+        ["clips", "mode", "seconds", "RSS before (MB)", "peak (MB)", "growth (MB)", "outputs (MB)"],
+        rows,
+    )
+    return lines
 
 
 if __name__ == "__main__":

@@ -29,11 +29,13 @@ import sys
 import time
 from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from md import table
 
-from after.strategies import STRATEGIES, PoolOutputs, get_strategy
+if TYPE_CHECKING:
+    from after.strategies import PoolOutputs
 
 CHUNK = 8192
 
@@ -48,6 +50,8 @@ def make_outputs(
     ids: list[str], dim: int, classes: int, passes: int, surprisal_dim: int, seed: int
 ) -> PoolOutputs:
     """Every field for `ids`, float32, built in row chunks to bound the temporaries."""
+    from after.strategies import PoolOutputs
+
     rng = np.random.default_rng(seed)
     n = len(ids)
     centres = rng.standard_normal((64, dim)).astype(np.float32) * 2.0
@@ -109,6 +113,8 @@ def best_of(call: Callable[[], Any], budget_s: float = 0.5) -> tuple[Any, float]
 
 
 def main() -> None:
+    from after.strategies import STRATEGIES, get_strategy
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--n", default="1000,10000,100000", help="pool sizes N, comma-separated")
     p.add_argument("--dim", type=int, default=768, help="embedding size D")
@@ -205,6 +211,36 @@ def main() -> None:
             indent=2,
         )
     )
+
+
+def render(r: dict[str, Any]) -> list[str]:
+    """BENCHMARKS.md's section on a printed result: selection seconds by pool size."""
+    runs = r["runs"]
+    names = list(runs[0]["select_seconds"])
+    rows = [
+        [name, *(run["select_seconds"][name] for run in runs), r["growth_exponent"][name]]
+        for name in names
+    ]
+    rows += [  # strategies that keep work for later rounds (Cluster-Margin's clusters)
+        [f"{name}, a later round", *(run["later_round_seconds"][name] for run in runs), growth]
+        for name, growth in r.get("growth_exponent_later_rounds", {}).items()
+    ]
+    pool = r["pool"]
+    return [
+        f"Synthetic float32 pool: embeddings {pool['dim']}-d, {pool['classes']} classes, "
+        f"{pool['mc_passes']} MC passes, BADGE gradients {pool['grad_dim']}-d; queries "
+        f"{100 * pool['query_fraction']:g}% of the pool, {100 * pool['labeled_fraction']:g}% "
+        f"already labeled. Peak RSS {r['peak_rss_mb']} MB.",
+        "",
+        *table(
+            ["strategy", *(f"N={run['n']:,} (s)" for run in runs), "growth exponent"],
+            rows,
+        ),
+        "",
+        "Times are the best of repeats for calls under 0.5 s. Growth exponent: "
+        "log(t_100k / t_10k) / log(10); none where the 10k time is under 1 ms (noise). "
+        f"Superlinear (> 1.2): {', '.join(r['superlinear']) or 'none'}.",
+    ]
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from md import table
 
 
 def one_case(
@@ -113,6 +116,25 @@ def main() -> None:
             indent=2,
         )
     )
+
+
+def render(r: dict[str, Any]) -> list[str]:
+    """BENCHMARKS.md's section on a printed result: seconds per step and memory by case."""
+    rows = [
+        [
+            c["size"],
+            c["cnn"],
+            c["seconds_per_step"],
+            c["audio_seconds_per_second"],
+            c["peak_rss_mb"],
+        ]
+        for c in r["cases"]
+    ]
+    return [
+        f"{r['corpus']}; batch {r['batch_size']}, crops of {r['crop_seconds']} s.",
+        "",
+        *table(["scratch size", "CNN", "s/step", "audio s/s", "peak RSS (MB)"], rows),
+    ]
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from md import table
 from tapt_whisper import BACKBONE, EMODB, tapt_config
 
 
@@ -103,6 +104,29 @@ def main() -> None:
         }
         print(json.dumps(report, ensure_ascii=False), file=sys.stderr, flush=True)
     print(json.dumps(report, indent=2, ensure_ascii=False))
+
+
+def render(r: dict[str, Any]) -> list[str]:
+    """BENCHMARKS.md's section on a printed result: each lever against no TAPT."""
+    return [
+        f"{r['corpus']}; {r['protocol']}. TAPT as in the section above ({r['base']}), one lever "
+        f"changed at a time. Without TAPT: {r['plain_ua']} UA.",
+        "",
+        *table(
+            ["lever", "UA % after TAPT", "minus without", "per fold", "Wilcoxon p", "loss"],
+            [
+                [
+                    f"`{name}`",
+                    x["tapt_ua"],
+                    x["difference"],
+                    ", ".join(f"{v:+.1f}" for v in x["per_fold"]),
+                    x["wilcoxon_p"],
+                    "; ".join(x["loss"]),
+                ]
+                for name, x in r["levers"].items()
+            ],
+        ),
+    ]
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from md import table
 
 EMODB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emodb"
 BACKBONE = "whisper-tiny.en"
@@ -180,6 +181,60 @@ def main() -> None:
         names[k]: paired(results[k]["tapt"], results[k]["plain"]) for k in names
     }
     print(json.dumps(report, indent=2, ensure_ascii=False))
+
+
+def render(r: dict[str, Any]) -> list[str]:
+    """BENCHMARKS.md's section on a printed result: with against without TAPT, and the TAPT of
+    each fold."""
+    t = r["tapt"]
+    rows = [
+        [name, c["plain"], c["tapt"], c["difference"], c["n"], c["wilcoxon_p"]]
+        for name, c in r["comparisons"].items()
+    ]
+    folds = [
+        [
+            fold,
+            f["tapt_seconds"],
+            f"{f['loss_curve'][0][1]:.3f} -> {f['loss_curve'][-1][1]:.3f}",
+            f"{f['masked_accuracy'][0]:.3f} -> {f['masked_accuracy'][1]:.3f}",
+        ]
+        for fold, f in r["per_fold"].items()
+    ]
+    return [
+        f"{r['corpus']}; {r['protocol']}. TAPT: {t['objective']}, {t['steps']} steps, lr "
+        f"{t['lr']}, batch {t['batch']}, crops of {t['crop_seconds']} s, masks "
+        f"{t['mask_prob']} x {t['mask_length']} frames. Fine-tuning: {r['finetune']}.",
+        "",
+        *table(
+            [
+                "test UA %",
+                "without TAPT",
+                "with TAPT",
+                "with - without (points)",
+                "n",
+                "Wilcoxon p",
+            ],
+            rows,
+        ),
+        "",
+        "TAPT per fold (loss and masked-frame accuracy, first logged step -> last; the whole "
+        "curves are in `bench/results/tapt_whisper.json`):",
+        "",
+        *table(["fold", "seconds", "loss", "masked accuracy"], folds),
+    ]
+
+
+def headline(r: dict[str, Any]) -> str:
+    """README's line: with minus without TAPT, for every comparison."""
+    return (
+        f"- **TAPT of `whisper-tiny.en`** ({r['tapt']['steps']} steps per fold on its "
+        f"training audio; {r['protocol']}): with minus without, "
+        + "; ".join(
+            f"{name} {x['difference']} points (p = {x['wilcoxon_p']:.2g})"
+            for name, x in r["comparisons"].items()
+        )
+        + "."
+    )
 
 
 if __name__ == "__main__":

@@ -32,6 +32,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+from md import table
 
 EMODB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emodb"
 PAPER_RATIO = 0.21
@@ -160,6 +163,43 @@ def main() -> None:
                 print(json.dumps(case), file=sys.stderr, flush=True)
                 result["cases"].append(case)
     print(json.dumps(result, indent=2))
+
+
+def render(r: dict[str, Any]) -> list[str]:
+    """BENCHMARKS.md's section on a printed result: AL over all labels per backbone and cache."""
+    rows = [
+        [
+            c["backbone"],
+            c["cache"],
+            c["full_seconds"],
+            c["al_seconds"],
+            f"**{c['ratio_total']}**",
+            c["ratio_rounds_only"],
+            f"{100 * c['full_test_ua']:.1f} / {100 * c['al_final_test_ua']:.1f}",
+        ]
+        for c in r["cases"]
+    ]
+    return [
+        f"{r['corpus']}; {r['epochs']} epochs for every fine-tuning; strategy {r['strategy']}, "
+        f"schedule {', '.join(r['schedule'])}, cold start {r['cold_start']}; torch threads "
+        f"{r['torch_threads']}. Paper: {r['paper_ratio']}; target: <= {r['target_ratio']}. "
+        "Floor for this schedule when every round fine-tunes afresh for the same epochs (the "
+        "labeled shares summed over rounds; training alone, before scoring): "
+        f"{sum(float(b) for b in r['schedule']):.2f}.",
+        "",
+        *table(
+            [
+                "backbone",
+                "cache",
+                "all labels (s)",
+                "AL to 20% (s)",
+                "AL / all",
+                "rounds only / all",
+                "test UA all / AL (%)",
+            ],
+            rows,
+        ),
+    ]
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from md import table
 
 EMODB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emodb"
 C_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -246,6 +247,64 @@ def main() -> None:
             "note": "fit_and_test trains on the fold's training speakers (one speaker is dev)",
         }
     print(json.dumps(report, indent=2, ensure_ascii=False))
+
+
+def render(r: dict[str, Any]) -> list[str]:
+    """BENCHMARKS.md's section on a printed result: the choice of features, and the learner
+    against scikit-learn."""
+    lines = [f"{r['corpus']}; {r['protocol']}.", "", "**Choice** (test UA %):", ""]
+    choice = r["choice"]
+    configs = list(choice)
+    rows_names = list(dict.fromkeys(name for rows in choice.values() for name in rows))
+    rows = [
+        [name, *(choice[c].get(name, {}).get("ua", "-") for c in configs)] for name in rows_names
+    ]
+    lines += [*table(["features", *configs], rows), ""]
+    speed = r["clips_per_second"]
+    lines += [
+        "Extraction, clips per second (all layers, one clip at a time): "
+        + "; ".join(f"{k}: {v}" for k, v in speed.items())
+        + ".",
+        "",
+        "**The learner against scikit-learn** (test UA %, same features and folds):",
+        "",
+        *table(
+            ["features", "after (L-BFGS, C by CV)", "scikit-learn (C by CV)", "after - sklearn"],
+            [
+                [f"`{b}`", x["after"]["ua"], x["sklearn"]["ua"], x["difference"]]
+                for b, x in r["learner_vs_sklearn"].items()
+            ],
+        ),
+        "",
+        "**Through `after cv`'s path** (`fit_and_test`, one dev speaker left out of training):",
+        "",
+        *table(
+            ["features", "UA %", "folds x seeds", "seeds agree exactly"],
+            [
+                [f"`{b}`", x["ua"], x["folds_x_seeds"], x["seeds_agree_exactly"]]
+                for b, x in r["through_cv"].items()
+            ],
+        ),
+    ]
+    return lines
+
+
+def headline(r: dict[str, Any]) -> str:
+    """README's line: the middle and last layers of tiny.en and base, the learner vs sklearn."""
+    tiny = r["choice"]["whisper-tiny.en, window cut"]
+    base = r["choice"]["whisper-base, window cut"]
+    return (
+        "- **Frozen Whisper features, the project's learner, 10 folds:** tiny.en's middle "
+        f"layer {tiny['layer 2, mean']['ua']} (its last layer {tiny['layer 4, mean']['ua']}); "
+        f"base's middle layer {base['layer 3, mean']['ua']} "
+        f"(last {base['layer 6, mean']['ua']}). Against a tuned scikit-learn logistic "
+        "regression on the same features: "
+        + ", ".join(
+            f"`{b}` {x['difference'].split(' ')[0]} points"
+            for b, x in r["learner_vs_sklearn"].items()
+        )
+        + "."
+    )
 
 
 if __name__ == "__main__":

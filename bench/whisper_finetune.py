@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from md import difference, table
+
 EMODB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emodb"
 BACKBONE = "whisper-tiny.en"
 
@@ -174,6 +176,134 @@ def main() -> None:
         "scoring_clips_per_second": speed,
     }
     print(json.dumps(report, indent=2, ensure_ascii=False))
+
+
+def render(r: dict[str, Any]) -> list[str]:
+    """BENCHMARKS.md's section on a printed result: each variant against the frozen features and
+    the first variant, its training and the scoring speed. A result of the shape before variants
+    (one fine-tuning, its `summary`) is read too."""
+    if "summary" in r:
+        return _render_one_fine_tuning(r)
+    variants = r["variants"]
+    first = next(iter(variants))
+    rows = [
+        [
+            f"`frozen:{BACKBONE}` (learner on frozen features)",
+            r["frozen"]["ua"],
+            *("-" for _ in range(5)),
+        ]
+    ]
+    for name, v in variants.items():
+        d = v["minus_frozen"]
+        rows.append(
+            [
+                f"`{BACKBONE}` fine-tuned, `{name}`",
+                v["test_ua"],
+                difference(d),
+                f"{d['wins']} / {d['losses']}",
+                difference(v["minus_first"]) if "minus_first" in v else "-",
+                ", ".join(str(e) for e in v["best_epochs"]),
+                v["train_seconds"],
+            ]
+        )
+    speed = r["scoring_clips_per_second"]
+    if speed:
+        scoring = (
+            "Scoring every clip with one fine-tuned model, its conv stem read from the cache: "
+            + _speed(speed)
+        )
+    else:  # every run was reused, so no fine-tuned model was at hand
+        scoring = "Scoring speed: not measured (every fine-tuning was reused from an earlier run)."
+    return [
+        f"{r['corpus']}; {r['protocol']}. Each variant changes `TrainConfig`'s defaults as its "
+        "name says. Test UA % as mean ± sample std; differences in UA points paired by fold and "
+        "seed (mean ± sample std, two-sided Wilcoxon p; n*: too few pairs to ever reach "
+        "p < 0.05); wins / losses: pairs above / below the frozen features; best epochs: the "
+        "epoch each run kept (0: the probe head before fine-tuning).",
+        "",
+        *table(
+            [
+                "model",
+                "test UA %",
+                "minus frozen (points)",
+                "wins / losses",
+                f"minus `{first}` (points)",
+                "best epochs",
+                "train s/run",
+            ],
+            rows,
+        ),
+        "",
+        "Fine-tuning:",
+        "",
+        *(f"- `{name}`: {v['training']}." for name, v in variants.items()),
+        "",
+        "Every run's test UA is in `bench/results/whisper_finetune.json`.",
+        "",
+        scoring,
+    ]
+
+
+def _render_one_fine_tuning(r: dict[str, Any]) -> list[str]:
+    s = r["summary"]
+    variants = [k for k in s if k != f"frozen:{BACKBONE}"]
+    rows = [
+        [
+            f"`frozen:{BACKBONE}` (learner on frozen features)",
+            s[f"frozen:{BACKBONE}"]["ua"],
+            "-",
+            "-",
+            "-",
+        ]
+    ]
+    rows += [
+        [
+            f"`{BACKBONE}` fine-tuned, {v}",
+            s[v]["ua"],
+            s[v]["minus_frozen"]["difference"],
+            s[v]["minus_frozen"]["wilcoxon_p"],
+            s[v]["train_seconds"],
+        ]
+        for v in variants
+    ]
+    return [
+        f"{r['corpus']}; {r['protocol']}. Fine-tuning: {r['training']}.",
+        "",
+        *table(["model", "test UA %", "minus frozen (points)", "Wilcoxon p", "train s/run"], rows),
+        "",
+        "Per-pair differences are in `bench/results/whisper_finetune.json`.",
+        "",
+        "Scoring 535 clips with a fine-tuned model, its bottom two layers read from the cache: "
+        + _speed(r["scoring_clips_per_second"]),
+    ]
+
+
+def _speed(speed: dict[str, float]) -> str:
+    return (
+        f"{speed['cache empty']} clips/s with the cache empty, {speed['cache filled']} filled "
+        f"({speed['speed_up']}x)."
+    )
+
+
+def headline(r: dict[str, Any]) -> str:
+    """README's line: each fine-tuning's UA and its difference from the frozen features."""
+    if "summary" in r:
+        every = r["summary"]["every layer trained"]
+        return (
+            f"- **Fine-tuned `{BACKBONE}`** ({r['protocol']}): {every['ua']} UA, "
+            f"{every['minus_frozen']['difference']} points against its frozen features "
+            f"(Wilcoxon p = {every['minus_frozen']['wilcoxon_p']:.2g})."
+        )
+    return (
+        f"- **Fine-tuned `{BACKBONE}`** ({r['protocol']}): frozen features {r['frozen']['ua']} UA; "
+        + "; ".join(
+            f"`{name}` {v['test_ua']} UA, {v['minus_frozen']['points']:+.1f} ± "
+            f"{v['minus_frozen']['std']:.1f} points against them "
+            f"(Wilcoxon p = {v['minus_frozen']['wilcoxon_p']:.2g})"
+            for name, v in r["variants"].items()
+        )
+        + "."
+    )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""BENCHMARKS.md is what `bench/run_all.py` writes from the saved results, and every benchmark it
-runs has a saved result."""
+"""BENCHMARKS.md is what `bench/run_all.py` writes from the saved results, every benchmark it runs
+has a saved result, and each benchmark script renders the JSON it prints."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -28,6 +29,7 @@ def test_benchmarks_md_is_rendered_from_every_saved_result() -> None:
         saved = (run_all.RESULTS / f"{bench.name}.json").is_file()
         assert saved or bench.gpu, f"{bench.name}: not run"
         assert (ROOT / bench.args[0]).is_file()
+        assert callable(run_all.section(bench.name).render), f"{bench.args[0]}: no render"
     assert (ROOT / "BENCHMARKS.md").read_text() == run_all.render(), (
         "BENCHMARKS.md is stale: run `.venv/bin/python bench/run_all.py --render`"
     )
@@ -51,3 +53,63 @@ def test_the_last_json_object_of_a_benchmark_output_is_its_result() -> None:
     assert run_all.last_json(out) == {"benchmark": "x", "cases": [{"a": 1}]}
     with pytest.raises(ValueError, match="no JSON"):
         run_all.last_json("Traceback ...\nerror\n")
+
+
+def _paired(points: float, wins: int, losses: int) -> dict[str, Any]:
+    return {
+        "points": points,
+        "std": 4.0,
+        "wilcoxon_p": 0.25,
+        "n": 3,
+        "min_p": 0.25,
+        "wins": wins,
+        "losses": losses,
+    }
+
+
+def test_whisper_finetune_renders_one_row_per_variant() -> None:
+    """The shape `bench/whisper_finetune.py` prints (variants, each paired with the frozen features
+    and all but the first with the first); the saved result still has the shape before it."""
+    module = _run_all().section("whisper_finetune")
+    variant = {"runs": [], "train_seconds": 274.5}
+    result = {
+        "benchmark": "whisper_finetune",
+        "corpus": "EmoDB (535 clips)",
+        "protocol": "LOSO, 3 folds, seeds [0]",
+        "frozen": {"ua": "87.0 ± 5.0 (n=3)", "per_fold": {"emodb_03": 0.8184}},
+        "variants": {
+            "default": {
+                **variant,
+                "training": "20 epochs max",
+                "test_ua": "83.3 ± 7.1 (n=3)",
+                "minus_frozen": _paired(-3.7, 1, 2),
+                "best_epochs": [3, 0, 11],
+            },
+            "head_init=random": {
+                **variant,
+                "training": "20 epochs max, a random head",
+                "test_ua": "80.1 ± 6.0 (n=3)",
+                "minus_frozen": _paired(-6.9, 0, 3),
+                "minus_first": _paired(-3.2, 1, 2),
+                "best_epochs": [5, 6, 7],
+            },
+        },
+        "scoring_clips_per_second": {"cache empty": 30.8, "cache filled": 153.5, "speed_up": 4.98},
+    }
+    lines = module.render(result)
+    rows = [line for line in lines if line.startswith("| `")]
+    assert rows == [
+        "| `frozen:whisper-tiny.en` (learner on frozen features) | 87.0 ± 5.0 (n=3) "
+        "| - | - | - | - | - |",
+        "| `whisper-tiny.en` fine-tuned, `default` | 83.3 ± 7.1 (n=3) "
+        "| -3.7 ± 4.0 (p=0.25, n=3*) | 1 / 2 | - | 3, 0, 11 | 274.5 |",
+        "| `whisper-tiny.en` fine-tuned, `head_init=random` | 80.1 ± 6.0 (n=3) "
+        "| -6.9 ± 4.0 (p=0.25, n=3*) | 0 / 3 | -3.2 ± 4.0 (p=0.25, n=3*) | 5, 6, 7 | 274.5 |",
+    ]
+    assert "minus `default` (points)" in lines[2]
+    assert "- `head_init=random`: 20 epochs max, a random head." in lines
+    assert lines[-1].endswith("30.8 clips/s with the cache empty, 153.5 filled (4.98x).")
+    assert "`head_init=random` 80.1 ± 6.0 (n=3) UA, -6.9 ± 4.0 points" in module.headline(result)
+
+    result["scoring_clips_per_second"] = {}  # every run reused: no fine-tuned model to time
+    assert module.render(result)[-1].startswith("Scoring speed: not measured")
