@@ -56,8 +56,8 @@ def fit_and_test(
 ) -> tuple[FitResult, dict[str, Any]]:
     """Fine-tuning on all labels of a fold (AFTER's V-FT baseline): fit on every labeled training
     clip, keep the best dev epoch, test once. Returns the fit and its record: its settings
-    (`_SETTINGS`), the number of training clips, best epoch, dev and test scores, and
-    training seconds."""
+    (`_SETTINGS`), the number of training clips, best epoch, dev and test scores, training
+    seconds and the fit's per-epoch history."""
     labeled = [i for i in fold.train if manifest[i].label is not None]
     result = fit(
         manifest, labeled, fold.dev, backbone, config, cache_dir=cache_dir, progress=progress
@@ -72,6 +72,7 @@ def fit_and_test(
         "dev": result.dev,
         "test": scores_of(clf, manifest, fold.test, probs),
         "seconds": result.seconds,
+        "history": result.history,  # per epoch: steps, training loss, dev UA (0: a probe head)
     }
     return result, record
 
