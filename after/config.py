@@ -141,6 +141,9 @@ class TrainConfig:
     # inner grouped CV), so that fine-tuning starts where frozen features end (LP-FT, Kumar et al.
     # 2022); the dev split then also judges that start (epoch 0). Warm starts keep their head.
     head_init: str = "random"
+    # Dropout inside the transformer while fine-tuning (None: the backbone's own; Whisper's is 0,
+    # wav2vec 2.0's 0.1).
+    dropout: float | None = None
     # Cache the frozen bottom's outputs per clip (the CNN; for Whisper also the frozen layers).
     cache_cnn: bool = True
     # Frozen features: the logistic regression's C (None: chosen by CV within the labeled clips),
@@ -197,6 +200,7 @@ class TrainConfig:
             "l2_c": self.l2_c is None or self.l2_c > 0,
             "feature_view": self.feature_view in ("clip", "speaker", "auto"),
             "head_init": self.head_init in HEAD_INITS,
+            "dropout": self.dropout is None or 0 <= self.dropout < 1,
             "self_training": self.self_training >= 0,
             "pseudo_threshold": 0 < self.pseudo_threshold <= 1,
         }
@@ -221,7 +225,12 @@ class TrainConfig:
 
 # Training settings added since records were first written, at the value that reproduces what ran
 # before they existed.
-TRAIN_BEFORE: dict[str, Any] = {"min_steps": 0, "layer_sum": False, "head_init": "random"}
+TRAIN_BEFORE: dict[str, Any] = {
+    "min_steps": 0,
+    "layer_sum": False,
+    "head_init": "random",
+    "dropout": None,
+}
 
 
 @dataclass(frozen=True)

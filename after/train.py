@@ -421,6 +421,7 @@ def fresh_classifier(backbone: str, labels: Sequence[str], config: TrainConfig) 
         spec_feature_prob=config.spec_feature_prob,
         layer_sum=config.layer_sum,
         probe_head=config.head_init == "probe",
+        dropout=config.dropout,
     )
 
 

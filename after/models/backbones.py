@@ -267,6 +267,8 @@ class Family(ABC):
     """
 
     SAMPLES_PER_FRAME: ClassVar[int] = 320
+    # The config's dropout rates inside the transformer (`TrainConfig.dropout` sets them all).
+    DROPOUTS: ClassVar[tuple[str, ...]] = ()
 
     @abstractmethod
     def classifier_class(self) -> type[PreTrainedModel]:
@@ -356,6 +358,8 @@ class Wav2Vec2Family(Family):
     """wav2vec 2.0, HuBERT, WavLM and data2vec-audio: a CNN on the waveform, then a transformer.
     The CNN's group norm normalises over time, so its output depends on padding: frozen frames
     are computed one clip at a time."""
+
+    DROPOUTS = ("hidden_dropout", "attention_dropout", "activation_dropout")
 
     def classifier_class(self) -> type[PreTrainedModel]:
         return AutoModelForAudioClassification  # type: ignore[return-value]
@@ -479,6 +483,8 @@ class WhisperFamily(Family):
     """OpenAI Whisper's encoder: log-mel frames, a conv stem, sinusoidal positions, a transformer.
     Read over each clip's own frames (`after.models.whisper_model`), so its frozen frames are
     exact per clip and batches mask their padding."""
+
+    DROPOUTS = ("dropout", "attention_dropout", "activation_dropout")
 
     def classifier_class(self) -> type[PreTrainedModel]:
         from after.models.whisper_model import WhisperEncoderForAudioClassification

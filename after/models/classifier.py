@@ -200,6 +200,7 @@ def new_classifier(
     spec_feature_prob: float = 0.0,
     layer_sum: bool = True,
     probe_head: bool = False,
+    dropout: float | None = None,
 ) -> Classifier:
     """A classifier with a new, random head on `backbone` (a feature backbone name, or a
     transformers backbone spec: see `after.models.backbones`). `num_layers` keeps only the
@@ -208,7 +209,9 @@ def new_classifier(
     `freeze_layers` up (`after.models.whisper_model`); otherwise, and for the other families,
     the last layer. Time masks hide about `spec_time_prob` of each clip's frames, however short
     the clip (no minimum number of spans). `probe_head` makes the projector square (hidden size
-    in and out), so that it can hold a probe's standardiser (`after.train.probe_head`)."""
+    in and out), so that it can hold a probe's standardiser (`after.train.probe_head`).
+    `dropout` sets every dropout rate inside the transformer (None: the backbone's own; Whisper's
+    are 0)."""
     if len(labels) < 2:
         raise AfterError(f"need at least 2 labels to classify, got {labels}")
     if is_feature_backbone(backbone):
@@ -236,6 +239,8 @@ def new_classifier(
         changes["layer_sum_from"] = freeze_layers
     if probe_head:
         changes["classifier_proj_size"] = config.hidden_size
+    if dropout is not None:
+        changes.update(dict.fromkeys(family_of(config).DROPOUTS, dropout))
     model = load_audio_classifier(
         backbone,
         num_labels=len(labels),

@@ -233,3 +233,20 @@ def test_frames_cached_above_the_first_layer_are_not_masked() -> None:
     with torch.no_grad():
         model.train()(**cached)
     torch.testing.assert_close(seen[0], cached["frames"], atol=0, rtol=0)
+
+
+def test_dropout_inside_the_encoder_is_set_and_acts_in_training_only() -> None:
+    x = torch.randn(2, 80, 200)
+    for rate, differ in ((None, False), (0.3, True)):  # Whisper's own rates are 0
+        clf = new_classifier("whisper-tiny.en", ["a", "b"], dropout=rate, spec_time_prob=0.0)
+        model = clf.module
+        assert model.config.dropout == model.config.attention_dropout == (rate or 0.0)
+        model.final_dropout.p = 0.0  # the head's own dropout aside
+        with torch.no_grad():
+            model.train()
+            a, b = (model(input_features=x).logits for _ in range(2))
+            assert differ != torch.allclose(a, b)
+            model.eval()
+            torch.testing.assert_close(
+                model(input_features=x).logits, model(input_features=x).logits
+            )
