@@ -6,9 +6,12 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
+
+from after.errors import SettingsError
 
 Precision = Literal["auto", "no", "fp16", "bf16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 # How the seed set of round 0 is chosen, by name (the one list: `after.strategies.cold_start`
 # and the runner read it).
 COLD_STARTS: dict[str, str] = {
@@ -20,6 +23,27 @@ COLD_STARTS: dict[str, str] = {
 }
 CLUSTERING_COLD_STARTS = ("kmeans", "typiclust", "probcover")  # read clip embeddings
 HEAD_INITS = ("random", "probe")
+FEATURE_VIEWS = ("clip", "speaker", "auto")
+ORACLES = ("simulated", "human")
+
+# What a rule's failure asks for (the messages of `SettingsError`).
+AT_LEAST_0 = "give 0 or more"
+AT_LEAST_1 = "give 1 or more"
+ABOVE_0 = "give a number above 0"
+SHARE = "give a share from 0 to 1"
+SHARE_BELOW_1 = "give a share from 0 up to, not including, 1"
+SHARE_ABOVE_0 = "give a share above 0, at most 1"
+
+
+def one_of(names: tuple[str, ...]) -> str:
+    return f"choose one of {', '.join(names)}"
+
+
+def check(what: str, settings: object, rules: dict[str, tuple[bool, str]]) -> None:
+    """`SettingsError` naming each setting of `settings` whose rule (ok, what it needs) fails."""
+    bad = {name: (getattr(settings, name), need) for name, (ok, need) in rules.items() if not ok}
+    if bad:
+        raise SettingsError(what, bad)
 
 
 @dataclass(frozen=True)
@@ -64,30 +88,26 @@ class TaptConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        from after.errors import AfterError
-
-        checks = {
-            "steps": self.steps >= 1,
-            "batch_size": self.batch_size >= 1,
-            "max_seconds": self.max_seconds > 0,
-            "lr": self.lr > 0,
-            "warmup_steps": self.warmup_steps >= 0,
-            "flat_ratio": 0 <= self.flat_ratio <= 1,
-            "mask_prob": 0 < self.mask_prob <= 1,
-            "mask_length": self.mask_length >= 1,
-            "kmeans_clusters": self.kmeans_clusters >= 2,
-            "grad_accum": self.grad_accum >= 1,
-            "num_processes": self.num_processes >= 1,
-            "save_every": self.save_every >= 1,
-            "keep_checkpoints": self.keep_checkpoints >= 1,
-            "precision": self.precision in ("auto", "no", "fp16", "bf16"),
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise AfterError(
-                "invalid TAPT setting(s): "
-                + ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
-            )
+        check(
+            "TAPT",
+            self,
+            {
+                "steps": (self.steps >= 1, AT_LEAST_1),
+                "batch_size": (self.batch_size >= 1, AT_LEAST_1),
+                "max_seconds": (self.max_seconds > 0, ABOVE_0),
+                "lr": (self.lr > 0, ABOVE_0),
+                "warmup_steps": (self.warmup_steps >= 0, AT_LEAST_0),
+                "flat_ratio": (0 <= self.flat_ratio <= 1, SHARE),
+                "mask_prob": (0 < self.mask_prob <= 1, SHARE_ABOVE_0),
+                "mask_length": (self.mask_length >= 1, AT_LEAST_1),
+                "kmeans_clusters": (self.kmeans_clusters >= 2, "give 2 or more"),
+                "grad_accum": (self.grad_accum >= 1, AT_LEAST_1),
+                "num_processes": (self.num_processes >= 1, AT_LEAST_1),
+                "save_every": (self.save_every >= 1, AT_LEAST_1),
+                "keep_checkpoints": (self.keep_checkpoints >= 1, AT_LEAST_1),
+                "precision": (self.precision in PRECISIONS, one_of(PRECISIONS)),
+            },
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -176,40 +196,36 @@ class TrainConfig:
     num_processes: int = 1
 
     def __post_init__(self) -> None:
-        from after.errors import AfterError
-
-        checks = {
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
-            "lr": self.lr > 0,
-            "head_lr": self.head_lr > 0,
-            "warmup_ratio": 0 <= self.warmup_ratio < 1,
-            "patience": self.patience >= 0,
-            "max_seconds": self.max_seconds > 0,
-            "max_eval_seconds": self.max_eval_seconds > 0,
-            "spec_time_prob": 0 <= self.spec_time_prob < 1,
-            "spec_feature_prob": 0 <= self.spec_feature_prob < 1,
-            "eval_batch_size": self.eval_batch_size >= 1,
-            "grad_accum": self.grad_accum >= 1,
-            "num_processes": self.num_processes >= 1,
-            "precision": self.precision in ("auto", "no", "fp16", "bf16"),
-            "freeze_layers": self.freeze_layers >= 0,
-            "max_steps": self.max_steps is None or self.max_steps >= 1,
-            "min_steps": self.min_steps >= 0,
-            "num_layers": self.num_layers is None or self.num_layers >= 1,
-            "l2_c": self.l2_c is None or self.l2_c > 0,
-            "feature_view": self.feature_view in ("clip", "speaker", "auto"),
-            "head_init": self.head_init in HEAD_INITS,
-            "dropout": self.dropout is None or 0 <= self.dropout < 1,
-            "self_training": self.self_training >= 0,
-            "pseudo_threshold": 0 < self.pseudo_threshold <= 1,
-        }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            raise AfterError(
-                "invalid training setting(s): "
-                + ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
-            )
+        check(
+            "training",
+            self,
+            {
+                "epochs": (self.epochs >= 1, AT_LEAST_1),
+                "batch_size": (self.batch_size >= 1, AT_LEAST_1),
+                "lr": (self.lr > 0, ABOVE_0),
+                "head_lr": (self.head_lr > 0, ABOVE_0),
+                "warmup_ratio": (0 <= self.warmup_ratio < 1, SHARE_BELOW_1),
+                "patience": (self.patience >= 0, AT_LEAST_0),
+                "max_seconds": (self.max_seconds > 0, ABOVE_0),
+                "max_eval_seconds": (self.max_eval_seconds > 0, ABOVE_0),
+                "spec_time_prob": (0 <= self.spec_time_prob < 1, SHARE_BELOW_1),
+                "spec_feature_prob": (0 <= self.spec_feature_prob < 1, SHARE_BELOW_1),
+                "eval_batch_size": (self.eval_batch_size >= 1, AT_LEAST_1),
+                "grad_accum": (self.grad_accum >= 1, AT_LEAST_1),
+                "num_processes": (self.num_processes >= 1, AT_LEAST_1),
+                "precision": (self.precision in PRECISIONS, one_of(PRECISIONS)),
+                "freeze_layers": (self.freeze_layers >= 0, AT_LEAST_0),
+                "max_steps": (self.max_steps is None or self.max_steps >= 1, AT_LEAST_1),
+                "min_steps": (self.min_steps >= 0, AT_LEAST_0),
+                "num_layers": (self.num_layers is None or self.num_layers >= 1, AT_LEAST_1),
+                "l2_c": (self.l2_c is None or self.l2_c > 0, ABOVE_0),
+                "feature_view": (self.feature_view in FEATURE_VIEWS, one_of(FEATURE_VIEWS)),
+                "head_init": (self.head_init in HEAD_INITS, one_of(HEAD_INITS)),
+                "dropout": (self.dropout is None or 0 <= self.dropout < 1, SHARE_BELOW_1),
+                "self_training": (self.self_training >= 0, AT_LEAST_0),
+                "pseudo_threshold": (0 < self.pseudo_threshold <= 1, SHARE_ABOVE_0),
+            },
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -265,22 +281,18 @@ class ALConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from after.errors import AfterError
-
-        if not self.schedule:
-            raise AfterError("the schedule is empty; give label budgets like 0.05,0.1,0.2")
-        if self.cold_start not in COLD_STARTS:
-            raise AfterError(
-                f"cold_start={self.cold_start!r}: choose one of {', '.join(COLD_STARTS)}"
-            )
-        if self.mc_passes < 2:
-            raise AfterError(f"mc_passes={self.mc_passes}: MC dropout needs at least 2 passes")
-        if self.oracle not in ("simulated", "human"):
-            raise AfterError(f"oracle={self.oracle!r}: choose simulated or human")
-        if not 0 <= self.shrink <= 1:
-            raise AfterError(f"shrink={self.shrink}: give a share from 0 (fresh) to 1 (as trained)")
-        if self.min_votes < 1:
-            raise AfterError(f"min_votes={self.min_votes}: a clip needs at least one answer")
+        check(
+            "active-learning",
+            self,
+            {
+                "schedule": (bool(self.schedule), "give label budgets like 0.05,0.1,0.2"),
+                "cold_start": (self.cold_start in COLD_STARTS, one_of(tuple(COLD_STARTS))),
+                "mc_passes": (self.mc_passes >= 2, "MC dropout needs 2 passes or more"),
+                "oracle": (self.oracle in ORACLES, one_of(ORACLES)),
+                "shrink": (0 <= self.shrink <= 1, "give a share from 0 (fresh) to 1 (as trained)"),
+                "min_votes": (self.min_votes >= 1, "a clip needs 1 answer or more"),
+            },
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -11,6 +11,17 @@ class AfterError(Exception):
     """A problem with the user's input or environment; the message says the fix."""
 
 
+class SettingsError(AfterError):
+    """Settings out of range: `problems` maps each setting to its value and what it needs (a
+    phrase that says the fix, "give 1 or more"), so that a caller can name the setting its own
+    way (the command line names the option)."""
+
+    def __init__(self, what: str, problems: dict[str, tuple[object, str]]) -> None:
+        self.problems = problems
+        each = [f"{name}={quoted(value)} ({need})" for name, (value, need) in problems.items()]
+        super().__init__(f"invalid {what} setting(s): {', '.join(each)}")
+
+
 class ManifestError(AfterError):
     """A manifest, CSV or folds file is malformed (missing column, duplicate id, unknown id, bad
     value)."""

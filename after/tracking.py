@@ -1,8 +1,8 @@
 """Experiment logging through HF Accelerate's trackers: TensorBoard (`pip install tensorboard`),
 Weights & Biases, MLflow, Aim, Comet, ClearML, DVCLive, SwanLab, Trackio (each with its own
-package). `after train|cv|run|tapt --log-with tensorboard` logs the settings and the metrics:
-per epoch of each fine-tuning, per active-learning round, per logged TAPT step (followed live
-from `tapt_log.jsonl`). The run's own files (result.json, rounds.csv, tapt_log.jsonl) stay the
+package). `after train|cv|run|compare|tapt --log-with tensorboard` logs the settings and the
+metrics: per epoch of each fine-tuning, per active-learning round, per logged TAPT step (followed
+live from `tapt_log.jsonl`). The run's own files (result.json, rounds.csv, tapt_log.jsonl) stay the
 record; a tracker is a view of them.
 """
 

@@ -1,9 +1,11 @@
-"""Experiment logging through Accelerate's trackers: TAPT's log followed as it grows."""
+"""Experiment logging through Accelerate's trackers: TAPT's log followed as it grows; a
+comparison's fits and runs."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,3 +34,24 @@ def test_a_growing_log_is_forwarded_to_tensorboard(tmp_path: Path) -> None:
 def test_an_unknown_tracker_names_the_known_ones(tmp_path: Path) -> None:
     with pytest.raises(AfterError, match=r"--log-with 'tensorbord': choose one of .*tensorboard"):
         Tracker("tensorbord", "x", tmp_path, {})
+
+
+def test_compare_logs_each_all_labels_fit_and_each_run(
+    corpus: tuple[Any, Path, Path], tmp_path: Path
+) -> None:
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from after.cli import main
+
+    _, manifest, folds = corpus
+    args = ["compare", "--manifest", str(manifest), "--folds", str(folds), "--fold", "0"]
+    args += ["--backbone", "egemaps", "--strategies", "random", "--seeds", "0"]
+    args += ["--schedule", "4,8", "--cold-start", "random", "--out", str(tmp_path / "c")]
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--log-with", "tensorboard"])
+    assert e.value.code in (0, None)
+    (full,) = (tmp_path / "c" / "logs").glob("*_all_seed0")
+    assert len(EventAccumulator(str(full)).Reload().Scalars("test_ua")) == 1  # as cv logs it
+    (rounds,) = (tmp_path / "c" / "logs").glob("*_random_seed0")
+    assert [e.step for e in EventAccumulator(str(rounds)).Reload().Scalars("test_ua")] == [0, 1]

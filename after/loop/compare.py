@@ -15,7 +15,7 @@ import json
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +38,9 @@ from after.progress import progress_bar
 from after.report import budget_name, curve_points
 from after.strategies.cold_start import cold_start_features
 
+if TYPE_CHECKING:
+    from after.train import FitResult
+
 
 def compare(
     manifest: Manifest,
@@ -54,10 +57,14 @@ def compare(
     cache_dir: str | None = None,
     log: Callable[[str], None] = print,
     progress: bool = False,
+    on_fit: Callable[[FitResult, dict[str, Any]], None] | None = None,
+    on_round: Callable[[Run, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run everything missing in `out_dir`, then write `curve.csv`, `curve.json` and
     `summary.md` there; returns the summary. `progress` shows bars for the feature caches and
-    for every fine-tuning (each all-labels run and each round)."""
+    for every fine-tuning (each all-labels run and each round). `on_fit` gets each new
+    all-labels fit and its record (`after.experiments.fit_and_test`'s, with the fold and seed);
+    `on_round` each new round of an active-learning run, with the run."""
     from after.experiments import fit_and_test
 
     out = Path(out_dir)
@@ -97,9 +104,11 @@ def compare(
                     check_same_settings(path, read_json(path, "delete it"), settings)
                 else:
                     t0 = time.perf_counter()
-                    _, record = fit_and_test(
+                    fit, record = fit_and_test(
                         manifest, fold, backbone, config, cache_dir=cache_dir, progress=False
                     )
+                    if on_fit is not None:
+                        on_fit(fit, record)
                     test = record["test"]
                     atomic_write_json(
                         path,
@@ -134,7 +143,13 @@ def compare(
                     )
                     bar.advance(task, len(state.rounds))
                     if state.phase != "done":
-                        state = run_loop(run, state, on_round=lambda _: bar.advance(task))
+
+                        def done(record: dict[str, Any], run: Run = run) -> None:
+                            bar.advance(task)
+                            if on_round is not None:
+                                on_round(run, record)
+
+                        state = run_loop(run, state, on_round=done)
                         last = state.rounds[-1]
                         log(
                             f"{fold.name} seed {seed} {strategy}: test UA "

@@ -54,7 +54,6 @@ MAX_FOLDS = 5
 # A speaker's statistics are shrunk toward the global ones by this many pseudo-clips: a speaker with
 # one clip is standardised almost as the global standardiser would, one with 100 clips by its own.
 SPEAKER_PRIOR_CLIPS = 10.0
-VIEWS = ("clip", "speaker", "auto")
 
 
 @dataclass
