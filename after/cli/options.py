@@ -262,6 +262,32 @@ LOG_WITH = typer.Option(
 LOG_DIR = typer.Option(None, help="The tracker's folder (default: OUT/logs).")
 
 
+# ---- preparing your own data --------------------------------------------------------------------
+
+LABEL_SET = typer.Option(
+    None,
+    "--labels",
+    help="csv and folder: the label set, comma-separated (e.g. anger,happiness,neutral,sadness). "
+    "Needed where the clips have no labels yet (a folder of recordings, a CSV without a label "
+    "column): people label them with after run --oracle human.",
+    show_default=False,
+)
+SPEAKER_REGEX = typer.Option(
+    None,
+    help="csv (without a speaker column) and folder: a regex whose group (named speaker, or the "
+    "first) finds the speaker in each file's path: searched in the file name, then in the path "
+    "under the folder, e.g. '^([^_]+)_' or '^([^/]+)/'. Without it, unlabeled clips have an "
+    "unknown speaker: each is its own.",
+)
+
+
+def parse_labels(text: str | None) -> list[str] | None:
+    """`--labels a,b,c` as a list (None when not given)."""
+    if text is None:
+        return None
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
 def chosen_folds(all_folds: Folds, given: list[str]) -> list[Any]:
     """The folds `--fold` names (repeated, or comma-separated), or all of them."""
     names = [x.strip() for item in given for x in item.split(",") if x.strip()]

@@ -130,10 +130,13 @@ class Folds:
 
 
 def manifest_digest(manifest: Manifest) -> str:
-    """A short hash of ids, speakers and labels: changes when the folds would."""
+    """A short hash of ids, speakers and labels (and a declared label set): changes when the
+    folds would, or the classes."""
     h = hashlib.sha256()
     for u in sorted(manifest, key=lambda u: u.id):
         h.update(f"{u.id}\t{u.speaker}\t{u.session}\t{u.label}\t{u.split}\n".encode())
+    if manifest.label_set is not None:
+        h.update(("label_set\t" + "\t".join(manifest.label_set)).encode())
     return h.hexdigest()[:16]
 
 
