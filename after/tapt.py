@@ -52,7 +52,7 @@ from after.dist import accelerator as make_accelerator
 from after.dist import job_folder, launch, must_launch
 from after.errors import AfterError, AudioError, FoldError
 from after.faults import fault_point
-from after.io import atomic_write_json
+from after.io import apply_umask, atomic_write_json
 from after.models.backbones import (
     FAMILIES,
     SCRATCH_PREFIX,
@@ -280,14 +280,20 @@ class MaskedPrediction(nn.Module):
 
 @torch.no_grad()
 def fit_kmeans_targets(
-    encoder: Any, stream: _Stream, config: TaptConfig, device: torch.device
+    encoder: Any,
+    stream: _Stream,
+    config: TaptConfig,
+    device: torch.device,
+    *,
+    progress: bool = False,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """k-means on one hidden layer of `encoder` over the stream's clips; returns the centroids
     (K, D) and each clip's per-frame cluster ids (whole clips, not crops).
 
     Memory stays bounded on large corpora: k-means is fitted on the frames of clips drawn at random
     until `kmeans_max_frames` are collected; then every clip is encoded again and only its cluster
-    ids are kept.
+    ids are kept. With `progress`, each of the three stretches shows a bar (on a CPU they take
+    minutes before the first step).
     """
     from sklearn.cluster import MiniBatchKMeans
 
@@ -313,23 +319,42 @@ def fit_kmeans_targets(
 
     rng = derived_rng(config.seed, "kmeans")
     sample: list[np.ndarray] = []
-    for i in rng.permutation(len(stream.utts)):
-        if sum(len(f) for f in sample) >= config.kmeans_max_frames:
-            break
-        if (f := hidden(stream.utts[i])) is not None:
-            sample.append(f)
-    if not sample:
-        raise AfterError("TAPT: no readable training clip to fit k-means on")
-    frames = np.concatenate(sample)
-    if len(frames) > config.kmeans_max_frames:
-        frames = frames[rng.choice(len(frames), config.kmeans_max_frames, replace=False)]
-    k = min(config.kmeans_clusters, len(frames))
-    kmeans = MiniBatchKMeans(n_clusters=k, random_state=config.seed, n_init=3, batch_size=4096)
-    kmeans.fit(frames)
-    targets = {}
-    for u in stream.utts:
-        if (f := hidden(u)) is not None:
-            targets[u.id] = kmeans.predict(f).astype(np.int16 if k <= 2**15 else np.int32)
+    with progress_bar(progress, transient=True) as bar:
+        task = bar.add_task(
+            f"TAPT targets: frames of layer {layer} to fit k-means on",
+            total=config.kmeans_max_frames,
+            info="",
+        )
+        for i in rng.permutation(len(stream.utts)):
+            if sum(len(f) for f in sample) >= config.kmeans_max_frames:
+                break
+            if (f := hidden(stream.utts[i])) is not None:
+                sample.append(f)
+                bar.update(task, completed=min(config.kmeans_max_frames, sum(map(len, sample))))
+        bar.update(task, completed=config.kmeans_max_frames)
+        if not sample:
+            raise AfterError("TAPT: no readable training clip to fit k-means on")
+        frames = np.concatenate(sample)
+        if len(frames) > config.kmeans_max_frames:
+            frames = frames[rng.choice(len(frames), config.kmeans_max_frames, replace=False)]
+        k = min(config.kmeans_clusters, len(frames))
+        fitting = bar.add_task(
+            f"TAPT targets: k-means, {k} clusters on {len(frames)} frames",
+            total=1,
+            info="",
+            announce=True,
+        )
+        kmeans = MiniBatchKMeans(n_clusters=k, random_state=config.seed, n_init=3, batch_size=4096)
+        kmeans.fit(frames)
+        bar.advance(fitting)
+        labeling = bar.add_task(
+            "TAPT targets: cluster ids of every clip", total=len(stream.utts), info=""
+        )
+        targets = {}
+        for u in stream.utts:
+            if (f := hidden(u)) is not None:
+                targets[u.id] = kmeans.predict(f).astype(np.int16 if k <= 2**15 else np.int32)
+            bar.advance(labeling)
     encoder.train(was_training)
     return kmeans.cluster_centers_.astype(np.float32), targets
 
@@ -452,7 +477,11 @@ def run_tapt(
         else:
             backbone_model.to(accelerator.device)
             centroids, targets = fit_kmeans_targets(
-                backbone_model, stream, config, accelerator.device
+                backbone_model,
+                stream,
+                config,
+                accelerator.device,
+                progress=progress and accelerator.is_main_process,
             )
             if accelerator.is_main_process:
                 _save_targets(targets_path, centroids, targets)
@@ -556,6 +585,7 @@ def run_tapt(
         encoder_only = {k: v for k, v in final.state_dict().items() if k.startswith("encoder.")}
         final.save_pretrained(out, state_dict=encoder_only if family == "whisper" else None)
         stream.fe.save_pretrained(out)
+        apply_umask(out)  # safetensors writes the weights 0600 whatever the umask
         atomic_write_json(
             out / DONE_FILE,
             {
@@ -563,6 +593,9 @@ def run_tapt(
                 "family": family,
                 "manifest_digest": _manifest_digest(manifest),
                 "num_clips": len(ids),
+                # The clips whose audio TAPT read: a run refuses a model that read its audit,
+                # dev or test audio (`after.loop.runner.check_run`).
+                "ids": ids,
                 "skipped": stream.skipped,
                 "steps": config.steps,
                 "resumed_from_step": start,

@@ -10,7 +10,13 @@ from typing import Any
 import typer
 
 from after.cli.app import app, console, err, new_table, print_table
-from after.cli.options import LABEL_SET, SPEAKER_REGEX, parse_labels
+from after.cli.options import (
+    LABEL_SET,
+    MIN_DURATION,
+    SILENCE_DBFS,
+    SPEAKER_REGEX,
+    parse_labels,
+)
 from after.data.audio import DECODE_LIMIT_S, MAX_DURATION_S, validate_manifest, write_rejections
 from after.data.corpora import CORPORA
 from after.data.folds import PROTOCOLS, Folds, make_folds
@@ -20,15 +26,11 @@ from after.data.synth import DEFAULT_EMOTIONS, PROSODY
 from after.errors import AfterError, cut
 from after.progress import progress_bar
 
-MIN_DURATION = typer.Option(0.25, help="Clips shorter than this (seconds) are rejected.")
 MAX_DURATION = typer.Option(
     MAX_DURATION_S,
     min=0.0,
     max=DECODE_LIMIT_S,
     help="Clips longer than this (seconds) are rejected.",
-)
-SILENCE_DBFS = typer.Option(
-    -60.0, help="Clips whose loudest 50 ms is below this level (dBFS) are rejected as silent."
 )
 WORKERS = typer.Option(4, min=1, help="Threads reading audio.")
 
