@@ -316,3 +316,45 @@ def test_a_tapt_output_fine_tunes(
     r = fit(m, labeled, fold.dev, str(out), TrainConfig(epochs=1, min_steps=0), progress=False)
     assert type(r.classifier.module).__name__ == "Wav2Vec2ForSequenceClassification"
     assert evaluate(r.classifier, m, fold.test)["num_clips"] == len(fold.test)
+
+
+def test_tapt_says_what_it_does_while_it_fits_targets_and_writes_what_it_read(
+    corpus: tuple[Manifest, Fold],
+    models: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The k-means targets show progress (they ran silent for minutes); the weights get the
+    umask's mode however TAPT is called (the demo calls it directly); tapt.json lists the clips
+    whose audio it read, and a run whose audit or test clips are among them is refused."""
+    import os
+    import stat
+
+    import after.progress
+    from after.config import ALConfig, TrainConfig
+    from after.loop.runner import Run, check_run
+
+    monkeypatch.setattr(after.progress, "FIRST_S", 0.0)
+    m, fold = corpus
+    config = TaptConfig(**{**FAST.to_dict(), "steps": 2, "kmeans_max_frames": 300})
+    old = os.umask(0o022)
+    try:
+        out = tapt.run_tapt(m, fold, str(models["hubert"]), tmp_path / "t", config, progress=True)
+    finally:
+        os.umask(old)
+    err = capsys.readouterr().err
+    assert "TAPT targets: frames of layer 1 to fit k-means on" in err
+    assert "TAPT targets: k-means, 8 clusters on 300 frames: started" in err
+    assert "TAPT targets: cluster ids of every clip: 24/24 (100%)" in err
+    assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == 0o644
+    assert json.loads((out / tapt.DONE_FILE).read_text())["ids"] == list(fold.train)
+
+    al = ALConfig(schedule=("4", "8"), cold_start="random", audit="4")
+    run = Run(m, "m.jsonl", "f.json", fold, str(out), al, TrainConfig(), tmp_path / "r", None)
+    with pytest.raises(AfterError, match=r"pre-trained it on the audio of 4 of this run's audit"):
+        check_run(run)
+    other = make_folds(m, "loso", seed=0).get(1)  # fold 0's training voices are tested here
+    plain = Run(m, "m.jsonl", "f.json", other, str(out), ALConfig(), TrainConfig(), tmp_path, None)
+    with pytest.raises(AfterError, match=r"of this run's (dev|test) clips"):
+        check_run(plain)
