@@ -120,11 +120,12 @@ def run(
     cache = str((cache_dir or default_cache_dir()).resolve())
     the_run = Run(m, str(manifest.resolve()), folds_path, chosen, backbone, al, config, out, cache)
     if RunFolder(out).config.is_file():  # the same command again: continue, if the same run
-        if labels_from is not None:
+        found = read_json(RunFolder(out).config, "restore it from a backup, or another --out")
+        started_from = found.get("labels_from") if isinstance(found, dict) else None
+        if labels_from is not None and started_from != str(labels_from.resolve()):
             raise AfterError(
                 f"{out}: holds a run already; --labels-from starts a new one: choose another --out"
             )
-        found = read_json(RunFolder(out).config, "restore it from a backup, or another --out")
         wanted = {k: the_run.to_json()[k] for k in RUN_SETTINGS}
         differ = settings_differ(found, wanted) if isinstance(found, dict) else ["config"]
         if differ and differ != ["al.schedule"]:
@@ -209,6 +210,10 @@ def continue_run(
     from after.tracking import open_tracker
 
     exists = the_run.folder.state.is_file()
+    if not exists and carried is None and the_run.labels_from:  # its start was cut off
+        from after.loop.runner import read_carried
+
+        carried, _ = read_carried(the_run.labels_from, the_run)
     try:
         audit = LoopState.load(the_run.run_dir).audit if exists else None
         warnings = check_run(the_run, audit=audit, carried=carried)

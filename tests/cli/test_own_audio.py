@@ -160,6 +160,26 @@ def test_from_a_flat_folder_of_recordings_to_predictions_with_an_audit_estimate(
     code, out, _ = _run(capsys, "report", str(run_dir), "--markdown")
     assert code == 0 and "(n=12)" in out and "audit estimate" in out
 
+    # A new run (another strategy) starts from the labels people gave: its round 0 trains on
+    # them at once, its audit set is theirs, and the same command again continues it.
+    again = [
+        *start[:-4],
+        "--schedule",
+        "24,32",
+        "--strategy",
+        "margin",
+        "--out",
+        str(tmp_path / "new"),
+    ]
+    again += ["--labels-from", str(run_dir)]
+    code, out, err = _run(capsys, *again)
+    assert code == 0 and "starts from 24 label(s) and 12 audit label(s)" in err, err
+    assert "round 0: 24 labeled" in out and "round 1 waits for 8 label(s)" in out
+    code, out, err = _run(capsys, *again)
+    assert code == 0 and "continuing" in err and "round 1 waits for 8 label(s)" in out
+    new = LoopState.load(tmp_path / "new")
+    assert new.audit_labels == state.audit_labels and set(new.labeled.values()) == {-1}
+
 
 def test_a_run_without_folds_or_audit_says_it_has_no_accuracy_figure(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
