@@ -61,18 +61,19 @@ class TaptConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     freeze_cnn: bool = False
-    # Masking (both objectives): spans of `mask_length` frames start at `mask_prob` of the frames.
+    # Masking (every objective): spans of `mask_length` frames start at `mask_prob` of the frames.
     mask_prob: float = 0.65
     mask_length: int = 10
     min_masks: int = 2
-    # wav2vec 2.0 only: Gumbel-softmax temperature max(end, start * decay**step). None: 2.0 for a
-    # random-init model (wav2vec 2.0's own start), `gumbel_end` for a pretrained one, whose
+    # Contrastive objective (wav2vec 2.0) only: Gumbel-softmax temperature
+    # max(end, start * decay**step). None: 2.0 for a random-init model (wav2vec 2.0's own
+    # start), `gumbel_end` for a pretrained one, whose
     # quantizer finished pre-training there: restarting at 2.0 would blur the codebook choices
     # that pre-training sharpened (over a few thousand steps it only falls to about 1.98).
     gumbel_start: float | None = None
     gumbel_end: float = 0.5
     gumbel_decay: float = 0.999995
-    # HuBERT / WavLM only: k-means targets from a hidden layer of the starting model.
+    # Masked prediction only: k-means targets from a hidden layer of the starting model.
     kmeans_clusters: int = 100
     kmeans_layer: int | None = None  # None: the middle layer
     kmeans_max_frames: int = 200_000  # frames sampled to fit k-means

@@ -19,6 +19,7 @@ from after.data.folds import Fold, make_folds
 from after.data.manifest import Manifest
 from after.data.synth import synthesize
 from after.errors import AfterError, FoldError
+from after.models.objectives import KMEANS_FILE, MaskedPredictionObjective
 from after.testing.dummies import tiny_backbone
 
 FAST = TaptConfig(
@@ -230,14 +231,14 @@ def test_masked_prediction_tapt(
     assert len(log) == FAST.steps and all("masked_accuracy" in r for r in log)
     reloaded = AutoModel.from_pretrained(out)
     assert reloaded.config.model_type == family
-    with np.load(out / tapt.KMEANS_FILE) as targets:
+    with np.load(out / KMEANS_FILE) as targets:
         assert targets["centroids"].shape == (8, 32)
         assert {str(i) for i in targets["ids"]} == set(fold.train)
 
 
 def test_masked_accuracy_is_the_share_of_scored_frames_predicted(models: dict[str, Path]) -> None:
     encoder = AutoModel.from_pretrained(models["hubert"])
-    objective = tapt.MaskedPrediction(encoder, num_clusters=4, proj_dim=4)
+    objective = MaskedPredictionObjective(encoder, num_clusters=4, proj_dim=4)
     with torch.no_grad():  # every frame predicts cluster 0, whatever the encoder outputs
         objective.proj.weight.zero_()
         objective.proj.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
@@ -316,3 +317,28 @@ def test_a_tapt_output_fine_tunes(
     r = fit(m, labeled, fold.dev, str(out), TrainConfig(epochs=1, min_steps=0), progress=False)
     assert type(r.classifier.module).__name__ == "Wav2Vec2ForSequenceClassification"
     assert evaluate(r.classifier, m, fold.test)["num_clips"] == len(fold.test)
+
+
+# ---- preparing the objective ---------------------------------------------------------------------
+
+
+def test_kmeans_shows_its_progress(
+    corpus: tuple[Manifest, Fold],
+    models: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import after.progress
+    from after.models.backbones import load_backbone, load_config, load_feature_extractor
+    from after.models.objectives import fit_kmeans_targets
+
+    m, fold = corpus
+    monkeypatch.setattr(after.progress, "FIRST_S", 0.0)  # print from the first update on
+    backbone = str(models["hubert"])
+    stream = tapt._Stream(
+        m, fold.train[:6], FAST, load_config(backbone), load_feature_extractor(backbone)
+    )
+    fit_kmeans_targets(load_backbone(backbone), stream, FAST, torch.device("cpu"), progress=True)
+    printed = capsys.readouterr().err
+    for stage in ("k-means: frames", "k-means: 8 clusters", "k-means: targets"):
+        assert stage in printed, printed

@@ -13,10 +13,11 @@ A backbone spec is one of:
   once to a transformers folder in the cache. A transformers Whisper folder or hub id
   (`openai/whisper-base`) loads like any other.
 
-Families (`FAMILIES`): wav2vec 2.0, HuBERT, WavLM, data2vec-audio and Whisper. Training, pool
+Families (`FAMILIES`): wav2vec 2.0, HuBERT, WavLM, data2vec-audio and Whisper. Training, TAPT, pool
 scoring and frozen features never ask which one they hold: they go through `Family` (`family_of`),
 which knows how to turn audio into model inputs, which bottom part of the encoder is frozen and how
-to cache its outputs per clip, and how to read a layer's frames.
+to cache its outputs per clip, how to read a layer's frames, and which self-supervised objective
+continues the model's pre-training (`tapt_objective`, see `after.models.objectives`).
 """
 
 from __future__ import annotations
@@ -339,8 +340,17 @@ class Family(ABC):
         """Frames (B,) of clips of `num_samples` (B,) samples."""
 
     # Whether the encoder has its own learned embedding for masked frames (wav2vec 2.0's
-    # `masked_spec_embed`); masked prediction (TAPT) adds one where it has not.
+    # `masked_spec_embed`); TAPT objectives that mask add one where it has not.
     OWN_MASK_EMBEDDING: ClassVar[bool] = True
+
+    @abstractmethod
+    def tapt_objective(self, config: PretrainedConfig) -> str | None:
+        """The TAPT objective that continues this model's own pre-training, by its name in
+        `after.models.objectives.OBJECTIVES`; None where there is none."""
+
+    def save(self, model: torch.nn.Module, out_dir: Path) -> None:
+        """Write a (TAPT-)trained `model` as a `from_pretrained` folder."""
+        model.save_pretrained(out_dir)  # type: ignore[operator]
 
     @abstractmethod
     def masked_output(
@@ -454,6 +464,17 @@ class Wav2Vec2Family(Family):
     ) -> torch.Tensor:
         out: torch.Tensor = model(**inputs, mask_time_indices=mask).last_hidden_state
         return out
+
+    # HuBERT and WavLM ship without a pre-training head in transformers: they continue HuBERT's
+    # objective. data2vec-audio has none here.
+    _TAPT_OBJECTIVES: ClassVar[dict[str, str]] = {
+        "wav2vec2": "contrastive",
+        "hubert": "masked_prediction",
+        "wavlm": "masked_prediction",
+    }
+
+    def tapt_objective(self, config: PretrainedConfig) -> str | None:
+        return self._TAPT_OBJECTIVES.get(config.model_type)
 
 
 class _Passthrough(nn.Module):
@@ -570,6 +591,17 @@ class WhisperFamily(Family):
         masked = mask_embedding.to(h.dtype) + m.positions(h.shape[1])
         out: torch.Tensor = m.encode(torch.where(hidden, masked, h), valid)
         return out
+
+    def tapt_objective(self, config: PretrainedConfig) -> str | None:
+        # Trained for speech recognition with labels, Whisper has no self-supervised objective of
+        # its own: it continues with HuBERT's.
+        return "masked_prediction"
+
+    def save(self, model: torch.nn.Module, out_dir: Path) -> None:
+        # The encoder only: it comes inside an (untrained) classifier, whose head would not fit
+        # the labels of whoever fine-tunes the output.
+        state = {k: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
+        model.save_pretrained(out_dir, state_dict=state)  # type: ignore[operator]
 
 
 def _whisper_encoder(model: torch.nn.Module) -> Any:
