@@ -61,6 +61,11 @@ class TaptConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     freeze_cnn: bool = False
+    # The objective's new head (masked prediction) starts random: its own learning rate
+    # (None: `lr`), and a warm-up of this many steps where only it trains (the encoder's
+    # learning rate is 0, then follows the schedule over the steps that remain).
+    head_lr: float | None = None
+    head_warmup_steps: int = 0
     # Masking (every objective): spans of `mask_length` frames start at `mask_prob` of the frames.
     mask_prob: float = 0.65
     mask_length: int = 10
@@ -102,6 +107,11 @@ class TaptConfig:
                 "mask_prob": (0 < self.mask_prob <= 1, SHARE_ABOVE_0),
                 "mask_length": (self.mask_length >= 1, AT_LEAST_1),
                 "kmeans_clusters": (self.kmeans_clusters >= 2, "give 2 or more"),
+                "head_lr": (self.head_lr is None or self.head_lr > 0, ABOVE_0),
+                "head_warmup_steps": (
+                    0 <= self.head_warmup_steps < self.steps,
+                    "give 0 or more, fewer than the steps",
+                ),
                 "grad_accum": (self.grad_accum >= 1, AT_LEAST_1),
                 "num_processes": (self.num_processes >= 1, AT_LEAST_1),
                 "save_every": (self.save_every >= 1, AT_LEAST_1),

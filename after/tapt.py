@@ -17,7 +17,8 @@ in `after.models.objectives`:
   and clips read over their own frames (`after.models.whisper_model`).
 
 This module knows no family: it loads the backbone as the objective asks, lets it prepare (k-means
-targets, with progress), and runs the steps.
+targets, with progress), and runs the steps. The objective's new head may train at its own
+learning rate (`head_lr`) and alone for its first steps (`head_warmup_steps`).
 
 Only `Fold.train` is ever read (`tapt_ids`): dev and test audio cannot reach TAPT. The loop runs
 over HF Accelerate (CPU, one GPU, or several with `accelerate launch`). Batches are a pure
@@ -241,26 +242,57 @@ def _build_model(
 
 def lr_factor(step: int, config: TaptConfig) -> float:
     """Warm-up (linear 0 -> 1), flat (`flat_ratio` of all steps), then linear decay to 0."""
-    warmup = min(config.warmup_steps, config.steps)
-    flat = min(round(config.flat_ratio * config.steps), config.steps - warmup)
+    return _schedule(step, config.steps, config)
+
+
+def encoder_lr_factor(step: int, config: TaptConfig) -> float:
+    """The encoder's factor: 0 while the objective's head warms up alone (the first
+    `head_warmup_steps`), then `lr_factor`'s schedule over the steps that remain."""
+    if step < config.head_warmup_steps:
+        return 0.0
+    return _schedule(
+        step - config.head_warmup_steps, config.steps - config.head_warmup_steps, config
+    )
+
+
+def _schedule(step: int, steps: int, config: TaptConfig) -> float:
+    """`lr_factor`'s shape over a run of `steps` steps."""
+    warmup = min(config.warmup_steps, steps)
+    flat = min(round(config.flat_ratio * steps), steps - warmup)
     if step < warmup:
         return (step + 1) / warmup
     if step < warmup + flat:
         return 1.0
-    decay = config.steps - warmup - flat
-    return max(0.0, (config.steps - step) / decay) if decay else 1.0
+    decay = steps - warmup - flat
+    return max(0.0, (steps - step) / decay) if decay else 1.0
 
 
 def _optimizer(model: TaptModel, config: TaptConfig) -> tuple[torch.optim.Optimizer, Any]:
-    """AdamW over the trained parameters, with `lr_factor`'s schedule."""
+    """AdamW over the trained parameters in two groups, each with its schedule: the encoder's at
+    `lr` (`encoder_lr_factor`), and the objective's new head at `head_lr` (`lr_factor`). During
+    the head's warm-up the encoder's gradients are still computed; its learning rate is 0, which
+    leaves its weights exactly as they were."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    head = {id(p) for p in model.objective.head_parameters()}
+    if not head and (config.head_lr is not None or config.head_warmup_steps):
+        raise AfterError(
+            f"head_lr / head_warmup_steps: the {model.objective.name} objective adds no head "
+            "to the encoder"
+        )
+    groups = [
+        {"params": [p for p in trainable if id(p) not in head], "lr": config.lr},
+        {"params": [p for p in trainable if id(p) in head], "lr": config.head_lr or config.lr},
+    ]
+    factors = [lambda s: encoder_lr_factor(s, config), lambda s: lr_factor(s, config)]
+    kept = [i for i, g in enumerate(groups) if g["params"]]
     optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad],
+        [groups[i] for i in kept],
         lr=config.lr,
         betas=(0.9, 0.98),
         eps=1e-6,
         weight_decay=config.weight_decay,
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [factors[i] for i in kept])
     return optimizer, scheduler
 
 
@@ -393,7 +425,7 @@ class _Training:
                     "loss": float(total[0]) / accelerator.num_processes,
                     **parts,
                     "grad_norm": grad_norm,
-                    "lr": self.scheduler.get_last_lr()[0],
+                    **self._rates(),
                     "seconds": time.perf_counter() - t0,
                     "audio_seconds": audio_s,
                 }
@@ -449,6 +481,12 @@ class _Training:
         self.unwrapped.objective.after_step(step)
         mean_parts = {name: float(np.mean([p[name] for p in parts])) for name in parts[0]}
         return torch.stack(losses).mean(), mean_parts, audio, float(grad_norm)
+
+    def _rates(self) -> dict[str, float]:
+        """The learning rates to log: the encoder's, and the head's where it has its own."""
+        rates = self.scheduler.get_last_lr()
+        own = self.config.head_lr is not None or self.config.head_warmup_steps > 0
+        return {"lr": rates[0], **({"head_lr": rates[-1]} if own else {})}
 
 
 def _launch(

@@ -319,6 +319,57 @@ def test_a_tapt_output_fine_tunes(
     assert evaluate(r.classifier, m, fold.test)["num_clips"] == len(fold.test)
 
 
+# ---- the objective's head: its own rate and warm-up ---------------------------------------------
+
+
+def _checkpoint(out: Path, step: int) -> dict[str, torch.Tensor]:
+    """The whole trained state (`TaptModel`: objective, encoder, heads) at checkpoint `step`."""
+    from safetensors.torch import load_file
+
+    return load_file(str(out / tapt.CHECKPOINTS / f"step_{step}" / "model.safetensors"))
+
+
+def _part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _largest_move(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_the_head_warms_up_alone_then_trains_at_its_own_rate(
+    corpus: tuple[Manifest, Fold], models: dict[str, Path], tmp_path: Path
+) -> None:
+    m, fold = corpus
+    changes = {"steps": 6, "save_every": 1, "keep_checkpoints": 10, "kmeans_max_frames": 300}
+    changes |= {"head_warmup_steps": 3, "lr": 1e-4, "head_lr": 1e-2}
+    config = TaptConfig(**{**FAST.to_dict(), **changes})
+    out = tapt.run_tapt(m, fold, str(models["hubert"]), tmp_path / "o", config, progress=False)
+    start = AutoModel.from_pretrained(models["hubert"]).state_dict()
+    states = {s: _checkpoint(out, s) for s in range(1, 6)}
+    encoder = {s: _part(state, "objective.encoder.") for s, state in states.items()}
+    head = {s: _part(state, "objective.proj.") for s, state in states.items()}
+    for s in (1, 2, 3):  # warm-up: the encoder exactly as it started, the head learning
+        assert all(torch.equal(p, start[k]) for k, p in encoder[s].items()), s
+    assert _largest_move(head[1], head[2]) > 0 and _largest_move(head[2], head[3]) > 0
+    assert any(not torch.equal(p, start[k]) for k, p in encoder[4].items())  # then it trains
+    # Adam moves each weight by about its rate x schedule: head 1e-2 x 0.5, encoder 1e-4 x 1.
+    assert _largest_move(head[4], head[5]) > 10 * _largest_move(encoder[4], encoder[5])
+    log = _log(out)
+    # Each record logs the rate of the step after it: steps 2 and 3 had 0, step 4 did not.
+    assert [r["lr"] for r in log[:2]] == [0.0, 0.0] and log[2]["lr"] > 0
+    assert all(r["head_lr"] > 0 for r in log[:-1])  # the head trains from step 1 (0 after the last)
+
+
+def test_an_objective_without_a_head_refuses_head_settings(
+    corpus: tuple[Manifest, Fold], models: dict[str, Path], tmp_path: Path
+) -> None:
+    m, fold = corpus
+    config = TaptConfig(**{**FAST.to_dict(), "head_warmup_steps": 2})
+    with pytest.raises(AfterError, match="adds no head"):
+        tapt.run_tapt(m, fold, str(models["wav2vec2"]), tmp_path / "o", config, progress=False)
+
+
 # ---- preparing the objective ---------------------------------------------------------------------
 
 
