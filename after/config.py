@@ -66,6 +66,16 @@ class TaptConfig:
     # learning rate is 0, then follows the schedule over the steps that remain).
     head_lr: float | None = None
     head_warmup_steps: int = 0
+    # Protecting what the model knows while it adapts (all off by default):
+    # freeze the bottom N transformer layers (and the front end below them);
+    freeze_layers: int = 0
+    # L2-SP (Li et al. 2018): add l2sp * ||theta - theta_0||^2 over the encoder's trained weights;
+    l2sp: float = 0.0
+    # add distill * the mean squared difference between the encoder's hidden states and a frozen
+    # copy of the starting encoder's, on the same unmasked input, both without dropout, at layer
+    # `distill_layer` (0: the input to the first layer; None: the mean over every layer).
+    distill: float = 0.0
+    distill_layer: int | None = None
     # Masking (every objective): spans of `mask_length` frames start at `mask_prob` of the frames.
     mask_prob: float = 0.65
     mask_length: int = 10
@@ -111,6 +121,13 @@ class TaptConfig:
                 "head_warmup_steps": (
                     0 <= self.head_warmup_steps < self.steps,
                     "give 0 or more, fewer than the steps",
+                ),
+                "freeze_layers": (self.freeze_layers >= 0, AT_LEAST_0),
+                "l2sp": (self.l2sp >= 0, AT_LEAST_0),
+                "distill": (self.distill >= 0, AT_LEAST_0),
+                "distill_layer": (
+                    self.distill_layer is None or self.distill_layer >= 0,
+                    AT_LEAST_0,
                 ),
                 "grad_accum": (self.grad_accum >= 1, AT_LEAST_1),
                 "num_processes": (self.num_processes >= 1, AT_LEAST_1),

@@ -18,7 +18,10 @@ in `after.models.objectives`:
 
 This module knows no family: it loads the backbone as the objective asks, lets it prepare (k-means
 targets, with progress), and runs the steps. The objective's new head may train at its own
-learning rate (`head_lr`) and alone for its first steps (`head_warmup_steps`).
+learning rate (`head_lr`) and alone for its first steps (`head_warmup_steps`). What the starting
+model knows can be protected while it adapts (`TaptModel`; all off by default): the bottom layers
+frozen (`freeze_layers`), a pull of the weights toward the start (L2-SP, `l2sp`), and distillation
+from a frozen copy of the starting encoder (`distill`, `distill_layer`).
 
 Only `Fold.train` is ever read (`tapt_ids`): dev and test audio cannot reach TAPT. The loop runs
 over HF Accelerate (CPU, one GPU, or several with `accelerate launch`). Batches are a pure
@@ -32,6 +35,7 @@ Output: `out_dir` is a `from_pretrained` folder (model + preprocessor config) pl
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -39,6 +43,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,16 +195,42 @@ class _Stream:
         return wave[start : start + self.max_samples], start
 
 
-# ---- what a run trains --------------------------------------------------------------------------
+# ---- what a run trains: the objective, and what protects the starting model ---------------------
 
 
 class TaptModel(nn.Module):
-    """The objective (its encoder and heads), as the loop trains it: one forward pass computes the
-    whole loss, so that DDP sees one."""
+    """The objective (its encoder and heads) plus, where the settings ask, `start`: a frozen copy
+    of the starting encoder (kept in eval mode, and in checkpoints) that the protections compare
+    the encoder with. One forward pass computes the whole loss, so that DDP sees one:
 
-    def __init__(self, objective: TaptObjective) -> None:
+    - L2-SP (`l2sp`): + l2sp * ||theta - theta_0||^2 over the encoder's trained weights;
+    - distillation (`distill`): + distill * the mean squared difference between the hidden states
+      of the encoder and of `start` on the same unmasked input, both without dropout (so it is 0
+      before the first update), at layer `distill_layer` or averaged over every layer.
+
+    With either on, the log shows the objective's own loss (`objective`) and each term unweighted.
+    """
+
+    def __init__(self, objective: TaptObjective, config: TaptConfig) -> None:
         super().__init__()
         self.objective = objective
+        self.l2sp = config.l2sp
+        self.distill = config.distill
+        self.distill_layer = config.distill_layer
+        self.start: nn.Module | None = None
+        if config.l2sp or config.distill:
+            self.start = copy.deepcopy(objective.encoder).requires_grad_(False).eval()
+        num_layers: int = objective.encoder.config.num_hidden_layers
+        if config.distill and self.distill_layer is not None and self.distill_layer > num_layers:
+            raise AfterError(
+                f"distill_layer={self.distill_layer}: the model has hidden layers 0..{num_layers}"
+            )
+
+    def train(self, mode: bool = True) -> TaptModel:
+        super().train(mode)
+        if self.start is not None:
+            self.start.eval()
+        return self
 
     def forward(
         self,
@@ -208,7 +239,59 @@ class TaptModel(nn.Module):
         targets: dict[str, torch.Tensor],
         step: int,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.objective.loss(inputs, mask, targets, step)
+        loss, metrics = self.objective.loss(inputs, mask, targets, step)
+        if self.start is None:
+            return loss, metrics
+        metrics = {**metrics, "objective": float(loss.detach())}
+        if self.l2sp:
+            distance = self._distance()
+            loss = loss + self.l2sp * distance
+            metrics["l2sp"] = float(distance.detach())
+        if self.distill:
+            gap = self._distillation(inputs)
+            loss = loss + self.distill * gap
+            metrics["distill"] = float(gap.detach())
+        return loss, metrics
+
+    def _distance(self) -> torch.Tensor:
+        """||theta - theta_0||^2 over the encoder's trained parameters."""
+        assert self.start is not None
+        start = dict(self.start.named_parameters())
+        moved = [
+            (p - start[name]).pow(2).sum()
+            for name, p in self.objective.encoder.named_parameters()
+            if p.requires_grad
+        ]
+        return torch.stack(moved).sum()
+
+    def _distillation(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean over the chosen layers of the squared difference per frame (mean over channels,
+        then over each clip's frames) between the encoder's and `start`'s hidden states."""
+        assert self.start is not None
+        family, encoder = self.objective.family, self.objective.encoder
+        with _evaluating(encoder):
+            student, valid = family.states(encoder, inputs)
+        with torch.no_grad():
+            frozen, _ = family.states(self.start, inputs)
+        layers = range(len(student)) if self.distill_layer is None else [self.distill_layer]
+        weights = valid.float()
+        gaps = [
+            ((student[i].float() - frozen[i].float()).pow(2).mean(-1) * weights).sum()
+            / weights.sum()
+            for i in layers
+        ]
+        return torch.stack(gaps).mean()
+
+
+@contextlib.contextmanager
+def _evaluating(module: nn.Module) -> Iterator[None]:
+    """`module` in eval mode (no dropout, no SpecAugment) while inside; gradients still flow."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
 
 def _build_model(
@@ -220,11 +303,13 @@ def _build_model(
     accelerator: Any,
     progress: bool,
 ) -> TaptModel:
-    """The backbone as `objective` trains it, its front end frozen as asked, and the objective
-    prepared (e.g. k-means targets fitted on the fold's training audio)."""
+    """The backbone as `objective` trains it, its bottom frozen as asked, the objective prepared
+    (e.g. k-means targets fitted on the fold's training audio), and the protections around it."""
     encoder = objective.load(backbone)
-    if config.freeze_cnn:
-        family_of(encoder.config).freeze(encoder, cnn=True, layers=0)
+    if config.freeze_cnn or config.freeze_layers:
+        family_of(encoder.config).freeze(
+            encoder, cnn=config.freeze_cnn, layers=config.freeze_layers
+        )
     prepared = objective.prepare(
         encoder,
         config,
@@ -234,7 +319,7 @@ def _build_model(
         main_process=accelerator.is_main_process,
         progress=progress,
     )
-    return TaptModel(prepared)
+    return TaptModel(prepared, config)
 
 
 # ---- schedule, optimiser, checkpoints ----------------------------------------------------------

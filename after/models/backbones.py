@@ -336,6 +336,14 @@ class Family(ABC):
         the frame mask (B, T), 1 on a clip's frames."""
 
     @abstractmethod
+    def states(
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every layer's output as `hidden` numbers them (the input to the first layer, then each
+        layer's), L + 1 tensors (B, T, D), and the frame mask (B, T). In training mode the model's
+        own dropout and SpecAugment apply; in eval mode the outputs depend on the input alone."""
+
+    @abstractmethod
     def num_frames(self, config: PretrainedConfig, num_samples: np.ndarray) -> np.ndarray:
         """Frames (B,) of clips of `num_samples` (B,) samples."""
 
@@ -444,12 +452,17 @@ class Wav2Vec2Family(Family):
     def hidden(
         self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], layer: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        states, mask = self.states(model, inputs)
+        return states[layer], mask
+
+    def states(
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         base: Any = getattr(model, "base_model", model)
-        out = base(**inputs, output_hidden_states=True)
-        states = out.hidden_states[layer]
+        states = list(base(**inputs, output_hidden_states=True).hidden_states)
         lengths = num_frames(base.config, inputs["attention_mask"].sum(dim=-1))
-        mask = torch.arange(states.shape[1], device=states.device)[None, :] < lengths[:, None]
-        return states, mask.long()
+        frames = torch.arange(states[0].shape[1], device=states[0].device)
+        return states, (frames[None, :] < lengths[:, None]).long()
 
     def num_frames(self, config: PretrainedConfig, num_samples: np.ndarray) -> np.ndarray:
         counted: np.ndarray = num_frames(config, torch.as_tensor(num_samples)).numpy()
@@ -567,6 +580,13 @@ class WhisperFamily(Family):
         m: Any = model
         h, mask = m.embed(inputs["input_features"], inputs.get("attention_mask"))
         return m.encode(h, mask, start=0, end=layer), mask
+
+    def states(
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        m: Any = model
+        h, mask = m.embed(inputs["input_features"], inputs.get("attention_mask"))
+        return m.states(h, mask), mask
 
     def num_frames(self, config: PretrainedConfig, num_samples: np.ndarray) -> np.ndarray:
         from after.models.whisper_model import frame_lengths
