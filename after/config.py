@@ -61,7 +61,11 @@ class TaptConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     freeze_cnn: bool = False
-    # The objective's new head (masked prediction) starts random: its own learning rate
+    # The objective (after.models.objectives): None, the one that continues the family's own
+    # pre-training (contrastive for wav2vec 2.0, masked prediction for HuBERT, WavLM and
+    # Whisper); or by name, e.g. "teacher" (data2vec-style, any family).
+    objective: str | None = None
+    # The objective's new head (masked prediction, teacher) starts random: its own learning rate
     # (None: `lr`), and a warm-up of this many steps where only it trains (the encoder's
     # learning rate is 0, then follows the schedule over the steps that remain).
     head_lr: float | None = None
@@ -76,6 +80,13 @@ class TaptConfig:
     # `distill_layer` (0: the input to the first layer; None: the mean over every layer).
     distill: float = 0.0
     distill_layer: int | None = None
+    # Teacher objective: the student regresses the mean of the teacher's top `teacher_layers`
+    # layers (each instance-normalised; at most the model's layers) at its masked frames; the
+    # teacher follows the student by EMA, its decay going linearly from `teacher_decay` to
+    # `teacher_decay_end` over the run (data2vec's 0.999 -> 0.9999).
+    teacher_layers: int = 8
+    teacher_decay: float = 0.999
+    teacher_decay_end: float = 0.9999
     # Masking (every objective): spans of `mask_length` frames start at `mask_prob` of the frames.
     mask_prob: float = 0.65
     mask_length: int = 10
@@ -129,6 +140,9 @@ class TaptConfig:
                     self.distill_layer is None or self.distill_layer >= 0,
                     AT_LEAST_0,
                 ),
+                "teacher_layers": (self.teacher_layers >= 1, AT_LEAST_1),
+                "teacher_decay": (0 <= self.teacher_decay <= 1, SHARE),
+                "teacher_decay_end": (0 <= self.teacher_decay_end <= 1, SHARE),
                 "grad_accum": (self.grad_accum >= 1, AT_LEAST_1),
                 "num_processes": (self.num_processes >= 1, AT_LEAST_1),
                 "save_every": (self.save_every >= 1, AT_LEAST_1),

@@ -1,8 +1,8 @@
 """Task-adaptive pre-training (TAPT): continue a backbone's self-supervised objective on the
 training audio of one fold, before any labels are used.
 
-The objective is chosen by the backbone's family (`Family.tapt_objective`); the objectives live
-in `after.models.objectives`:
+The objective is chosen by the backbone's family (`Family.tapt_objective`) or by name
+(`TaptConfig.objective`); the objectives live in `after.models.objectives`:
 
 - wav2vec 2.0: its own objective, contrastive loss over masked frames against quantized targets
   plus the weighted codebook diversity loss (`Wav2Vec2ForPreTraining`). Masks are spans drawn
@@ -15,6 +15,7 @@ in `after.models.objectives`:
   own; it continues with HuBERT's masked prediction as above, with a learned embedding in place
   of masked frames' conv-stem output (before the positions), targets from its own middle layer,
   and clips read over their own frames (`after.models.whisper_model`).
+- Any family, when asked for (`objective="teacher"`): data2vec's EMA-teacher regression.
 
 This module knows no family: it loads the backbone as the objective asks, lets it prepare (k-means
 targets, with progress), and runs the steps. The objective's new head may train at its own
@@ -426,7 +427,7 @@ def run_tapt(
     ids = tapt_ids(manifest, fold)
     model_config = load_config(backbone)
     config = config or TaptConfig()
-    objective = objective_class(backbone, model_config)
+    objective = objective_class(backbone, model_config, config.objective)
     config = objective.settle(config, backbone)
     if must_launch(config.num_processes, "TAPT"):
         _launch(manifest, fold, backbone, out, config, resume=resume, progress=progress)

@@ -304,6 +304,18 @@ def test_data2vec_has_no_tapt_objective(corpus: tuple[Manifest, Fold], tmp_path:
         tapt.run_tapt(m, fold, str(d2v), tmp_path / "out", FAST, progress=False)
 
 
+def test_an_objective_is_chosen_by_name_where_it_fits(
+    corpus: tuple[Manifest, Fold], models: dict[str, Path], tmp_path: Path
+) -> None:
+    m, fold = corpus
+    unknown = TaptConfig(**{**FAST.to_dict(), "objective": "nope"})
+    with pytest.raises(AfterError, match="unknown TAPT objective 'nope'; choose contrastive"):
+        tapt.run_tapt(m, fold, str(models["hubert"]), tmp_path / "a", unknown, progress=False)
+    contrastive = TaptConfig(**{**FAST.to_dict(), "objective": "contrastive"})
+    with pytest.raises(AfterError, match=r"needs wav2vec 2\.0's quantizer"):
+        tapt.run_tapt(m, fold, str(models["hubert"]), tmp_path / "b", contrastive, progress=False)
+
+
 def test_a_tapt_output_fine_tunes(
     corpus: tuple[Manifest, Fold], models: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -474,3 +486,82 @@ def test_distillation_pulls_toward_a_frozen_copy_of_the_start(
     # Measured on these tiny models: the last layers differ about 200x less with it.
     ids = fold.train[:6]
     assert _hidden_gap(b, backbone, m, ids) < 0.1 * _hidden_gap(a, backbone, m, ids)
+
+
+# ---- the EMA teacher (data2vec-style) ------------------------------------------------------------
+
+
+def test_the_teacher_follows_the_student_by_ema(models: dict[str, Path]) -> None:
+    from after.models.objectives import TeacherObjective
+
+    config = TaptConfig(steps=10, teacher_decay=0.9, teacher_decay_end=0.99)
+    objective = TeacherObjective(AutoModel.from_pretrained(models["hubert"]), config)
+    assert [objective.decay(s) for s in (0, 4, 9)] == pytest.approx([0.909, 0.945, 0.99])
+    before = {k: v.clone() for k, v in objective.teacher.state_dict().items()}
+    assert all(torch.equal(v, objective.encoder.state_dict()[k]) for k, v in before.items())
+    with torch.no_grad():  # the student takes a step
+        for p in objective.encoder.parameters():
+            p.add_(torch.randn_like(p))
+    objective.after_step(4)
+    student = objective.encoder.state_dict()
+    for k, v in objective.teacher.state_dict().items():
+        expected = 0.945 * before[k] + 0.055 * student[k]
+        torch.testing.assert_close(v, expected, rtol=0, atol=1e-6, msg=k)
+    assert not any(p.requires_grad for p in objective.teacher.parameters())
+    assert objective.train().teacher.training is False  # its targets never see dropout
+
+
+@pytest.mark.parametrize("family", ["whisper", "data2vec-audio"])
+def test_teacher_tapt_runs_for_any_family(
+    family: str, corpus: tuple[Manifest, Fold], models: dict[str, Path], tmp_path: Path
+) -> None:
+    m, fold = corpus
+    backbone = models.get(family) or tiny_backbone(tmp_path / family, family)
+    config = TaptConfig(**{**FAST.to_dict(), "objective": "teacher", "lr": 1e-3})
+    out = tapt.run_tapt(m, fold, str(backbone), tmp_path / "o", config, progress=False)
+    log = _log(out)
+    assert len(log) == FAST.steps
+    assert all(np.isfinite(r["loss"]) and r["target_std"] > 0 for r in log)
+    state = _checkpoint(out, 10)
+    teacher, student = _part(state, "objective.teacher."), _part(state, "objective.encoder.")
+    start = AutoModel.from_pretrained(backbone).state_dict()
+    key = {
+        "whisper": "encoder.layers.1.fc1.weight",
+        "data2vec-audio": "encoder.layers.1.feed_forward.intermediate_dense.weight",
+    }[family]
+    t, s, s0 = teacher[key], student[key], start[key]
+    assert not torch.equal(t, s0) and not torch.equal(t, s)  # between the start and the student
+    assert float((t - s0).abs().max()) < float((s - s0).abs().max())
+    assert AutoModel.from_pretrained(out).config.model_type == family
+
+
+def test_teacher_tapt_resumes_with_its_teacher(
+    corpus: tuple[Manifest, Fold],
+    models: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from safetensors.torch import load_file
+
+    m, fold = corpus
+    backbone = str(models["hubert"])
+    config = TaptConfig(**{**FAST.to_dict(), "objective": "teacher"})
+    whole = tapt.run_tapt(m, fold, backbone, tmp_path / "whole", config, progress=False)
+    real_batch = tapt._Stream.batch
+
+    def killed_at_8(self: tapt._Stream, g: int) -> tapt._Batch:
+        if g == 8:
+            raise KeyboardInterrupt
+        return real_batch(self, g)
+
+    monkeypatch.setattr(tapt._Stream, "batch", killed_at_8)
+    with pytest.raises(KeyboardInterrupt):
+        tapt.run_tapt(m, fold, backbone, tmp_path / "cut", config, progress=False)
+    monkeypatch.setattr(tapt._Stream, "batch", real_batch)
+    cut = tapt.run_tapt(m, fold, backbone, tmp_path / "cut", config, resume=True, progress=False)
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(cut / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    assert [r["loss"] for r in _log(whole)][-3:] == pytest.approx(
+        [r["loss"] for r in _log(cut)][-3:], abs=1e-5
+    )

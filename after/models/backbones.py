@@ -479,7 +479,8 @@ class Wav2Vec2Family(Family):
         return out
 
     # HuBERT and WavLM ship without a pre-training head in transformers: they continue HuBERT's
-    # objective. data2vec-audio has none here.
+    # objective. data2vec-audio pre-trains with an EMA teacher; TAPT offers that objective
+    # (`TaptConfig.objective="teacher"`) without choosing it for the family.
     _TAPT_OBJECTIVES: ClassVar[dict[str, str]] = {
         "wav2vec2": "contrastive",
         "hubert": "masked_prediction",

@@ -1,7 +1,7 @@
 """Self-supervised objectives for task-adaptive pre-training (TAPT, `after.tapt`).
 
 The backbone family names the objective that continues the model's own pre-training
-(`Family.tapt_objective`), and `OBJECTIVES` holds them:
+(`Family.tapt_objective`; `TaptConfig.objective` may name another), and `OBJECTIVES` holds them:
 
 - `contrastive` (wav2vec 2.0's own): contrastive loss over masked frames against quantized targets
   plus the weighted codebook diversity loss (`Wav2Vec2ForPreTraining`). Negatives are other masked
@@ -10,11 +10,14 @@ The backbone family names the objective that continues the model's own pre-train
   The clusters are fitted on one hidden layer of the starting model over the fold's training
   audio, and every frame's target is computed once, before training; a small head (projection +
   one embedding per cluster, cosine similarity / 0.1) trains with the encoder and is discarded.
+- `teacher` (any family, when asked for): data2vec's (which emotion2vec continues): the student
+  regresses, at its masked frames, the mean of the top layers of a teacher that sees the whole
+  clip; the teacher is an exponential moving average (EMA) of the student.
 
 An encoder without a learned embedding for masked frames (Whisper) gets one from the objective
 that masks it, trained with it and discarded at the end (`Family.masked_output` places it).
 
-An objective is the `nn.Module` around the encoder it trains, with its heads.
+An objective is the `nn.Module` around the encoder it trains, with its heads (and teacher).
 `after.tapt.run_tapt` drives every one the same way: `load` the backbone, `prepare` (before the
 first step, e.g. fit k-means), for each batch `targets` (on the CPU, from the batch's crops and
 mask) and `loss` (inside the forward pass), `after_step` after each optimiser step, and `save`.
@@ -22,6 +25,7 @@ mask) and `loss` (inside the forward pass), `after_step` after each optimiser st
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -462,20 +466,110 @@ def load_targets(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         return data["centroids"], {u: data[f"t{i}"] for i, u in enumerate(ids)}
 
 
+# ---- EMA teacher (data2vec's) --------------------------------------------------------------------
+
+
+class TeacherObjective(TaptObjective):
+    """data2vec's objective (Baevski et al. 2022; emotion2vec, Ma et al. 2024, continues it).
+
+    The teacher, a copy of the starting encoder in eval mode, reads the whole clip; its target for
+    each frame is the mean of its top `teacher_layers` layer outputs, each normalised over the
+    clip's frames per channel (instance norm). The student reads the clip with its masked frames
+    replaced and regresses the target (a linear head on its last layer, mean squared error) at
+    the masked frames. After every optimiser step the teacher moves toward the student:
+    teacher = decay * teacher + (1 - decay) * student, the decay going linearly from
+    `teacher_decay` to `teacher_decay_end` over the run.
+    """
+
+    name = "teacher"
+
+    def __init__(self, encoder: PreTrainedModel, config: TaptConfig) -> None:
+        super().__init__(encoder)
+        hidden = encoder.config.hidden_size
+        self.regression = nn.Linear(hidden, hidden)
+        self.mask_embedding = _mask_embedding(self.family, hidden)
+        self.teacher = copy.deepcopy(encoder).requires_grad_(False).eval()
+        self.top_layers = min(config.teacher_layers, encoder.config.num_hidden_layers)
+        self.decays = (config.teacher_decay, config.teacher_decay_end, config.steps)
+
+    @classmethod
+    def prepare(
+        cls,
+        encoder: PreTrainedModel,
+        config: TaptConfig,
+        clips: ClipSource,
+        *,
+        out_dir: Path,
+        device: torch.device,
+        main_process: bool,
+        progress: bool,
+    ) -> TeacherObjective:
+        return cls(encoder, config)
+
+    def train(self, mode: bool = True) -> TeacherObjective:
+        super().train(mode)
+        self.teacher.eval()  # targets without dropout, as data2vec's
+        return self
+
+    def decay(self, step: int) -> float:
+        """The EMA decay after optimiser step `step` (0-based)."""
+        start, end, steps = self.decays
+        return start + (end - start) * min(1.0, (step + 1) / steps)
+
+    def loss(
+        self,
+        inputs: dict[str, torch.Tensor],
+        mask: torch.Tensor,
+        targets: dict[str, torch.Tensor],
+        step: int,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        with torch.no_grad():
+            states, valid = self.family.states(self.teacher, inputs)
+            top = [_instance_norm(s.float(), valid) for s in states[-self.top_layers :]]
+            target = torch.stack(top).mean(dim=0)
+        hidden = self.family.masked_output(self.encoder, inputs, mask, self.mask_embedding)
+        scored = mask[:, : hidden.shape[1]].bool() & valid.bool()
+        pred = self.regression(hidden[scored]).float()
+        loss = nn.functional.mse_loss(pred, target[scored])
+        # The spread of the targets over frames: data2vec's sign of a collapsing teacher.
+        spread = float(target[scored].std(dim=0).mean()) if int(scored.sum()) > 1 else 0.0
+        return loss, {"target_std": spread, "teacher_decay": self.decay(step)}
+
+    @torch.no_grad()
+    def after_step(self, step: int) -> None:
+        decay = self.decay(step)
+        for t, s in zip(self.teacher.parameters(), self.encoder.parameters(), strict=True):
+            t.mul_(decay).add_(s.detach(), alpha=1.0 - decay)
+        for tb, sb in zip(self.teacher.buffers(), self.encoder.buffers(), strict=True):
+            tb.copy_(sb)
+
+
+def _instance_norm(x: torch.Tensor, valid: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """`x` (B, T, D) normalised per clip and channel over the clip's frames (`valid` (B, T))."""
+    w = valid.to(x.dtype)[..., None]
+    n = w.sum(dim=1, keepdim=True).clamp(min=1.0)
+    mean = (x * w).sum(dim=1, keepdim=True) / n
+    var = (((x - mean) ** 2) * w).sum(dim=1, keepdim=True) / n
+    return (x - mean) / torch.sqrt(var + eps)
+
+
 # ---- the registry --------------------------------------------------------------------------------
 
 OBJECTIVES: dict[str, type[TaptObjective]] = {
-    o.name: o for o in (ContrastiveObjective, MaskedPredictionObjective)
+    o.name: o for o in (ContrastiveObjective, MaskedPredictionObjective, TeacherObjective)
 }
 
 
-def objective_class(backbone: str, model_config: PretrainedConfig) -> type[TaptObjective]:
-    """The objective that the family of `model_config` continues."""
-    chosen = family_of(model_config).tapt_objective(model_config)
+def objective_class(
+    backbone: str, model_config: PretrainedConfig, name: str | None
+) -> type[TaptObjective]:
+    """The objective `name`, or (None) the one the family of `model_config` continues."""
+    chosen = name or family_of(model_config).tapt_objective(model_config)
     if chosen is None:
         raise AfterError(
             f"{backbone}: TAPT continues the pre-training objective of a family that has one "
-            f"here, not {FAMILIES[model_config.model_type]}; fine-tune it without TAPT"
+            f"here, not {FAMILIES[model_config.model_type]}; fine-tune it without TAPT, or "
+            "choose the data2vec-style objective (objective='teacher')"
         )
     if chosen not in OBJECTIVES:
         raise AfterError(f"unknown TAPT objective {chosen!r}; choose {', '.join(OBJECTIVES)}")
