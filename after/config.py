@@ -23,6 +23,8 @@ COLD_STARTS: dict[str, str] = {
 }
 CLUSTERING_COLD_STARTS = ("kmeans", "typiclust", "probcover")  # read clip embeddings
 HEAD_INITS = ("random", "probe")
+# TAPT objectives by name (`after.models.objectives.OBJECTIVES` implements each).
+TAPT_OBJECTIVES = ("contrastive", "masked_prediction", "teacher")
 FEATURE_VIEWS = ("clip", "speaker", "auto")
 ORACLES = ("simulated", "human")
 
@@ -128,6 +130,10 @@ class TaptConfig:
                 "mask_prob": (0 < self.mask_prob <= 1, SHARE_ABOVE_0),
                 "mask_length": (self.mask_length >= 1, AT_LEAST_1),
                 "kmeans_clusters": (self.kmeans_clusters >= 2, "give 2 or more"),
+                "objective": (
+                    self.objective is None or self.objective in TAPT_OBJECTIVES,
+                    one_of(TAPT_OBJECTIVES),
+                ),
                 "head_lr": (self.head_lr is None or self.head_lr > 0, ABOVE_0),
                 "head_warmup_steps": (
                     0 <= self.head_warmup_steps < self.steps,
