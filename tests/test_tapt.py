@@ -308,7 +308,7 @@ def test_an_objective_is_chosen_by_name_where_it_fits(
     corpus: tuple[Manifest, Fold], models: dict[str, Path], tmp_path: Path
 ) -> None:
     m, fold = corpus
-    with pytest.raises(AfterError, match="objective.*choose one of contrastive"):
+    with pytest.raises(AfterError, match=r"objective.*choose one of contrastive"):
         TaptConfig(**{**FAST.to_dict(), "objective": "nope"})
     contrastive = TaptConfig(**{**FAST.to_dict(), "objective": "contrastive"})
     with pytest.raises(AfterError, match=r"needs wav2vec 2\.0's quantizer"):
