@@ -23,6 +23,8 @@ COLD_STARTS: dict[str, str] = {
 }
 CLUSTERING_COLD_STARTS = ("kmeans", "typiclust", "probcover")  # read clip embeddings
 HEAD_INITS = ("random", "probe")
+# TAPT objectives by name (`after.models.objectives.OBJECTIVES` implements each).
+TAPT_OBJECTIVES = ("contrastive", "masked_prediction", "teacher")
 FEATURE_VIEWS = ("clip", "speaker", "auto")
 ORACLES = ("simulated", "human")
 
@@ -61,18 +63,45 @@ class TaptConfig:
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     freeze_cnn: bool = False
-    # Masking (both objectives): spans of `mask_length` frames start at `mask_prob` of the frames.
+    # The objective (after.models.objectives): None, the one that continues the family's own
+    # pre-training (contrastive for wav2vec 2.0, masked prediction for HuBERT, WavLM and
+    # Whisper); or by name, e.g. "teacher" (data2vec-style, any family).
+    objective: str | None = None
+    # The objective's new head (masked prediction, teacher) starts random: its own learning rate
+    # (None: `lr`), and a warm-up of this many steps where only it trains (the encoder's
+    # learning rate is 0, then follows the schedule over the steps that remain).
+    head_lr: float | None = None
+    head_warmup_steps: int = 0
+    # Protecting what the model knows while it adapts (all off by default):
+    # freeze the bottom N transformer layers (and the front end below them);
+    freeze_layers: int = 0
+    # L2-SP (Li et al. 2018): add l2sp * ||theta - theta_0||^2 over the encoder's trained weights;
+    l2sp: float = 0.0
+    # add distill * the mean squared difference between the encoder's hidden states and a frozen
+    # copy of the starting encoder's, on the same unmasked input, both without dropout, at layer
+    # `distill_layer` (0: the input to the first layer; None: the mean over every layer).
+    distill: float = 0.0
+    distill_layer: int | None = None
+    # Teacher objective: the student regresses the mean of the teacher's top `teacher_layers`
+    # layers (each instance-normalised; at most the model's layers) at its masked frames; the
+    # teacher follows the student by EMA, its decay going linearly from `teacher_decay` to
+    # `teacher_decay_end` over the run (data2vec's 0.999 -> 0.9999).
+    teacher_layers: int = 8
+    teacher_decay: float = 0.999
+    teacher_decay_end: float = 0.9999
+    # Masking (every objective): spans of `mask_length` frames start at `mask_prob` of the frames.
     mask_prob: float = 0.65
     mask_length: int = 10
     min_masks: int = 2
-    # wav2vec 2.0 only: Gumbel-softmax temperature max(end, start * decay**step). None: 2.0 for a
-    # random-init model (wav2vec 2.0's own start), `gumbel_end` for a pretrained one, whose
+    # Contrastive objective (wav2vec 2.0) only: Gumbel-softmax temperature
+    # max(end, start * decay**step). None: 2.0 for a random-init model (wav2vec 2.0's own
+    # start), `gumbel_end` for a pretrained one, whose
     # quantizer finished pre-training there: restarting at 2.0 would blur the codebook choices
     # that pre-training sharpened (over a few thousand steps it only falls to about 1.98).
     gumbel_start: float | None = None
     gumbel_end: float = 0.5
     gumbel_decay: float = 0.999995
-    # HuBERT / WavLM only: k-means targets from a hidden layer of the starting model.
+    # Masked prediction only: k-means targets from a hidden layer of the starting model.
     kmeans_clusters: int = 100
     kmeans_layer: int | None = None  # None: the middle layer
     kmeans_max_frames: int = 200_000  # frames sampled to fit k-means
@@ -101,6 +130,25 @@ class TaptConfig:
                 "mask_prob": (0 < self.mask_prob <= 1, SHARE_ABOVE_0),
                 "mask_length": (self.mask_length >= 1, AT_LEAST_1),
                 "kmeans_clusters": (self.kmeans_clusters >= 2, "give 2 or more"),
+                "objective": (
+                    self.objective is None or self.objective in TAPT_OBJECTIVES,
+                    one_of(TAPT_OBJECTIVES),
+                ),
+                "head_lr": (self.head_lr is None or self.head_lr > 0, ABOVE_0),
+                "head_warmup_steps": (
+                    0 <= self.head_warmup_steps < self.steps,
+                    "give 0 or more, fewer than the steps",
+                ),
+                "freeze_layers": (self.freeze_layers >= 0, AT_LEAST_0),
+                "l2sp": (self.l2sp >= 0, AT_LEAST_0),
+                "distill": (self.distill >= 0, AT_LEAST_0),
+                "distill_layer": (
+                    self.distill_layer is None or self.distill_layer >= 0,
+                    AT_LEAST_0,
+                ),
+                "teacher_layers": (self.teacher_layers >= 1, AT_LEAST_1),
+                "teacher_decay": (0 <= self.teacher_decay <= 1, SHARE),
+                "teacher_decay_end": (0 <= self.teacher_decay_end <= 1, SHARE),
                 "grad_accum": (self.grad_accum >= 1, AT_LEAST_1),
                 "num_processes": (self.num_processes >= 1, AT_LEAST_1),
                 "save_every": (self.save_every >= 1, AT_LEAST_1),

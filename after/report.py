@@ -137,6 +137,24 @@ class ReportInputs:
     corpora: set[str]
 
 
+def all_labels_record(record: dict[str, Any]) -> dict[str, Any]:
+    """An all-labels result in the form reports read (fold, seed, test_ua, test_wa,
+    test_confusion, seconds), from `fit_and_test`'s record or from the flat record that
+    comparisons made before they used it."""
+    if "test" not in record:
+        return record
+    test = record["test"]
+    return {
+        "fold": record["fold"],
+        "seed": record["seed"],
+        "test_ua": test["ua"],
+        "test_wa": test["wa"],
+        "test_confusion": test["confusion"],
+        "seconds": record["seconds"],
+        "backbone": record["backbone"],
+    }
+
+
 def read_report_inputs(dirs: Sequence[str | os.PathLike[str]]) -> ReportInputs:
     """Read run folders of `after run` (config.json + state.json) and folders of `after compare`
     (curve.json, its runs under runs/FOLD/STRATEGY_seedN/); `AfterError` naming any other."""
@@ -153,7 +171,9 @@ def read_report_inputs(dirs: Sequence[str | os.PathLike[str]]) -> ReportInputs:
             corpora.add(protocol["corpus"])
             for state in sorted(d.glob(f"runs/*/*/{RunFolder('').state.name}")):
                 runs[state.parent.resolve()] = _read_run(state.parent)
-            results = [json.loads(p.read_text()) for p in sorted(d.glob("full/*.json"))]
+            results = [
+                all_labels_record(json.loads(p.read_text())) for p in sorted(d.glob("full/*.json"))
+            ]
             full.setdefault(protocol["backbone"], []).extend(results)
         else:
             what = "no such folder" if not d.is_dir() else "not a run folder"

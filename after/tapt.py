@@ -1,22 +1,31 @@
 """Task-adaptive pre-training (TAPT): continue a backbone's self-supervised objective on the
 training audio of one fold, before any labels are used.
 
+The objective is chosen by the backbone's family (`Family.tapt_objective`) or by name
+(`TaptConfig.objective`); the objectives live in `after.models.objectives`:
+
 - wav2vec 2.0: its own objective, contrastive loss over masked frames against quantized targets
   plus the weighted codebook diversity loss (`Wav2Vec2ForPreTraining`). Masks are spans drawn
   inside each clip's valid frames; negatives are other masked frames of the same clip, so never
   padding.
-- HuBERT and WavLM: transformers has no pre-training head for them, so we continue HuBERT's
-  objective: masked prediction of k-means cluster ids. The clusters are fitted on one hidden layer
-  of the starting model over the fold's training audio; the targets of every frame are computed
-  once, before training, and a small head (projection + one embedding per cluster, cosine
-  similarity / 0.1) is trained with the encoder and discarded at the end.
+- HuBERT and WavLM: transformers has no pre-training head for them, so they continue HuBERT's
+  objective: masked prediction of k-means cluster ids fitted on one hidden layer of the starting
+  model over the fold's training audio, with a small head trained alongside and discarded.
 - Whisper: trained for speech recognition with labels, it has no self-supervised objective of its
   own; it continues with HuBERT's masked prediction as above, with a learned embedding in place
-  of masked frames at the encoder's input (after the conv stem and positions), targets from its
-  own middle layer, and clips read over their own frames (`after.models.whisper_model`).
+  of masked frames' conv-stem output (before the positions), targets from its own middle layer,
+  and clips read over their own frames (`after.models.whisper_model`).
+- Any family, when asked for (`objective="teacher"`): data2vec's EMA-teacher regression.
 
-Only `Fold.train` is ever read (`tapt_ids`): dev and test audio cannot reach TAPT. The loop is one
-function over HF Accelerate (CPU, one GPU, or several with `accelerate launch`). Batches are a pure
+This module knows no family: it loads the backbone as the objective asks, lets it prepare (k-means
+targets, with progress), and runs the steps. The objective's new head may train at its own
+learning rate (`head_lr`) and alone for its first steps (`head_warmup_steps`). What the starting
+model knows can be protected while it adapts (`TaptModel`; all off by default): the bottom layers
+frozen (`freeze_layers`), a pull of the weights toward the start (L2-SP, `l2sp`), and distillation
+from a frozen copy of the starting encoder (`distill`, `distill_layer`).
+
+Only `Fold.train` is ever read (`tapt_ids`): dev and test audio cannot reach TAPT. The loop runs
+over HF Accelerate (CPU, one GPU, or several with `accelerate launch`). Batches are a pure
 function of (seed, step), so a run resumed from a checkpoint (model, optimizer, scheduler, RNG)
 sees exactly the batches it would have seen.
 
@@ -27,6 +36,7 @@ Output: `out_dir` is a `from_pretrained` folder (model + preprocessor config) pl
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import json
@@ -34,6 +44,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,7 +58,7 @@ from after.config import TaptConfig, config_hash
 from after.data.audio import SAMPLE_RATE, clip_duration, load_audio
 from after.data.batching import bucket_batches
 from after.data.folds import Fold
-from after.data.manifest import Manifest, Utterance
+from after.data.manifest import Manifest
 from after.dist import accelerator as make_accelerator
 from after.dist import job_folder, launch, must_launch
 from after.errors import AfterError, AudioError, FoldError
@@ -55,14 +66,13 @@ from after.faults import fault_point
 from after.io import apply_umask, atomic_write_json
 from after.models.backbones import (
     FAMILIES,
-    SCRATCH_PREFIX,
     family_of,
-    freeze_feature_encoder,
     load_backbone,
     load_config,
     load_feature_extractor,
     num_frames,
 )
+from after.models.objectives import TaptObjective, objective_class, sample_negatives, span_mask
 from after.progress import progress_bar
 from after.rng import derived_rng
 
@@ -71,9 +81,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 LOG_FILE = "tapt_log.jsonl"
 DONE_FILE = "tapt.json"
-KMEANS_FILE = "kmeans_targets.npz"
 STATE_FILE = "trainer_state.json"
-MASKED_PREDICTION = ("hubert", "wavlm", "whisper")
 
 
 def tapt_ids(manifest: Manifest, fold: Fold) -> list[str]:
@@ -95,58 +103,6 @@ def tapt_ids(manifest: Manifest, fold: Fold) -> list[str]:
     return list(fold.train)
 
 
-# ---- masks and negatives (pure functions of their arguments) ------------------------------------
-
-
-def span_mask(
-    frame_lengths: np.ndarray,
-    max_frames: int,
-    *,
-    mask_prob: float,
-    mask_length: int,
-    min_masks: int,
-    rng: np.random.Generator,
-) -> np.ndarray:
-    """Boolean (B, max_frames) mask of spans inside each clip's first `frame_lengths[b]` frames.
-
-    As in wav2vec 2.0, about `mask_prob * L / mask_length` span starts (at least `min_masks`) are
-    drawn without replacement; spans may overlap. Clips shorter than a span get spans of half
-    their length. Padding frames are never masked.
-    """
-    mask = np.zeros((len(frame_lengths), max_frames), dtype=bool)
-    for b, length in enumerate(int(n) for n in frame_lengths):
-        if length < 2:
-            continue
-        span = min(mask_length, max(1, length // 2))
-        num_starts = length - span + 1
-        wanted = max(min_masks, int(mask_prob * length / span + rng.random()))
-        starts = rng.choice(num_starts, size=min(wanted, num_starts), replace=False)
-        for s in starts:
-            mask[b, s : s + span] = True
-    return mask
-
-
-def sample_negatives(mask: np.ndarray, num_negatives: int, rng: np.random.Generator) -> np.ndarray:
-    """Negative indices (B, T, K) for the contrastive loss, as `Wav2Vec2ForPreTraining` takes
-    them (indices into the flattened (B*T) frames).
-
-    For each masked frame: K frames drawn uniformly, with replacement, among the *other* masked
-    frames of the same clip. Masked frames are valid frames, so negatives never come from padding
-    or from another clip. Unmasked positions get 0s, which the loss ignores.
-    """
-    batch, frames = mask.shape
-    out = np.zeros((batch, frames, num_negatives), dtype=np.int64)
-    for b in range(batch):
-        idx = np.flatnonzero(mask[b])
-        m = idx.size
-        if m < 2:
-            continue
-        draw = rng.integers(0, m - 1, size=(m, num_negatives))
-        draw[draw >= np.arange(m)[:, None]] += 1  # skip the positive itself, stay uniform
-        out[b, idx] = idx[draw] + b * frames
-    return out
-
-
 # ---- data --------------------------------------------------------------------------------------
 
 
@@ -161,7 +117,8 @@ class _Batch:
 
 class _Stream:
     """Batch number g of the run is a pure function of (seed, g): length-bucketed batches, a new
-    grouping and order every epoch, random crops aligned to the encoder's frame stride."""
+    grouping and order every epoch, random crops aligned to the encoder's frame stride. Also the
+    objective's `ClipSource` while it prepares."""
 
     def __init__(
         self,
@@ -169,18 +126,31 @@ class _Stream:
         ids: list[str],
         config: TaptConfig,
         model_config: Any,
-        feature_extractor: Any,
+        preprocessor: Any,
     ) -> None:
         self.utts = [manifest[i] for i in ids]
+        self.ids = list(ids)
         self.config = config
         self.model_config = model_config
         self.family = family_of(model_config)
         self.stride = self.family.SAMPLES_PER_FRAME
         self.max_samples = int(config.max_seconds * SAMPLE_RATE) // self.stride * self.stride
         self.durations = [clip_duration(u) for u in self.utts]
-        self.fe = feature_extractor
+        self.preprocessor = preprocessor
+        self._paths = {u.id: u.path for u in self.utts}
         self._epoch: tuple[int, list[list[int]]] | None = None
         self.skipped: dict[str, str] = {}
+
+    def read(self, utt_id: str) -> np.ndarray | None:
+        """The clip's audio; None where it cannot be read (warned once, then skipped)."""
+        if utt_id in self.skipped:
+            return None
+        try:
+            return load_audio(self._paths[utt_id])
+        except AudioError as e:
+            logger.warning("TAPT skips %s: %s", utt_id, e)
+            self.skipped[utt_id] = str(e)
+            return None
 
     def _batches(self, epoch: int) -> list[list[int]]:
         if self._epoch is None or self._epoch[0] != epoch:
@@ -200,13 +170,7 @@ class _Stream:
         ids, waves, offsets = [], [], []
         for i in self._batches(epoch)[k]:
             u = self.utts[i]
-            if u.id in self.skipped:
-                continue
-            try:
-                wave = load_audio(u.path)
-            except AudioError as e:
-                logger.warning("TAPT skips %s: %s", u.id, e)
-                self.skipped[u.id] = str(e)
+            if (wave := self.read(u.id)) is None:
                 continue
             wave, offset = self._crop(wave, rng)
             ids.append(u.id)
@@ -217,7 +181,7 @@ class _Stream:
         lengths = np.array([w.size for w in waves])
         return _Batch(
             ids=ids,
-            inputs=self.family.inputs(waves, self.fe),
+            inputs=self.family.inputs(waves, self.preprocessor),
             num_samples=lengths,
             frame_lengths=self.family.num_frames(self.model_config, lengths),
             frame_offsets=offsets,
@@ -232,161 +196,190 @@ class _Stream:
         return wave[start : start + self.max_samples], start
 
 
-# ---- objectives ----------------------------------------------------------------------------------
+# ---- what a run trains: the objective, and what protects the starting model ---------------------
 
 
-class MaskedPrediction(nn.Module):
-    """HuBERT's objective: predict the k-means cluster of each masked frame from its context.
+class TaptModel(nn.Module):
+    """The objective (its encoder and heads) plus, where the settings ask, `start`: a frozen copy
+    of the starting encoder (kept in eval mode, and in checkpoints) that the protections compare
+    the encoder with. One forward pass computes the whole loss, so that DDP sees one:
 
-    `targets` hold a cluster id per frame, -100 where there is no loss (unmasked or padding).
-    An encoder without a learned embedding for masked frames (Whisper) gets one here, trained
-    with the rest and, like the head, discarded at the end.
+    - L2-SP (`l2sp`): + l2sp * ||theta - theta_0||^2 over the encoder's trained weights;
+    - distillation (`distill`): + distill * the mean squared difference between the hidden states
+      of the encoder and of `start` on the same unmasked input, both without dropout (so it is 0
+      before the first update), at layer `distill_layer` or averaged over every layer.
+
+    With either on, the log shows the objective's own loss (`objective`) and each term unweighted.
     """
 
-    def __init__(
-        self, encoder: Any, num_clusters: int, proj_dim: int = 256, temperature: float = 0.1
-    ) -> None:
+    def __init__(self, objective: TaptObjective, config: TaptConfig) -> None:
         super().__init__()
-        self.encoder = encoder
-        self.family = family_of(encoder.config)
-        hidden = encoder.config.hidden_size
-        self.proj = nn.Linear(hidden, proj_dim)
-        self.codes = nn.Parameter(torch.randn(num_clusters, proj_dim) / math.sqrt(proj_dim))
-        self.mask_embedding = (
-            None
-            if self.family.OWN_MASK_EMBEDDING
-            else nn.Parameter(torch.empty(hidden).uniform_(-0.1, 0.1))
-        )
-        self.temperature = temperature
+        self.objective = objective
+        self.l2sp = config.l2sp
+        self.distill = config.distill
+        self.distill_layer = config.distill_layer
+        self.start: nn.Module | None = None
+        if config.l2sp or config.distill:
+            self.start = copy.deepcopy(objective.encoder).requires_grad_(False).eval()
+        num_layers: int = objective.encoder.config.num_hidden_layers
+        if config.distill and self.distill_layer is not None and self.distill_layer > num_layers:
+            raise AfterError(
+                f"distill_layer={self.distill_layer}: the model has hidden layers 0..{num_layers}"
+            )
+
+    def train(self, mode: bool = True) -> TaptModel:
+        super().train(mode)
+        if self.start is not None:
+            self.start.eval()
+        return self
 
     def forward(
         self,
         inputs: dict[str, torch.Tensor],
-        mask_time_indices: torch.Tensor,
-        targets: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.family.masked_output(
-            self.encoder, inputs, mask_time_indices, self.mask_embedding
-        )
-        pred = nn.functional.normalize(self.proj(hidden).float(), dim=-1)
-        codes = nn.functional.normalize(self.codes.float(), dim=-1)
-        logits = pred @ codes.T / self.temperature
-        flat_logits, flat_targets = logits.flatten(0, 1), targets.flatten()
-        loss = nn.functional.cross_entropy(flat_logits, flat_targets, ignore_index=-100)
-        scored = flat_targets != -100
-        accuracy = (flat_logits[scored].argmax(-1) == flat_targets[scored]).float().mean()
-        return loss, accuracy
+        mask: torch.Tensor,
+        targets: dict[str, torch.Tensor],
+        step: int,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        loss, metrics = self.objective.loss(inputs, mask, targets, step)
+        if self.start is None:
+            return loss, metrics
+        metrics = {**metrics, "objective": float(loss.detach())}
+        if self.l2sp:
+            distance = self._distance()
+            loss = loss + self.l2sp * distance
+            metrics["l2sp"] = float(distance.detach())
+        if self.distill:
+            gap = self._distillation(inputs)
+            loss = loss + self.distill * gap
+            metrics["distill"] = float(gap.detach())
+        return loss, metrics
+
+    def _distance(self) -> torch.Tensor:
+        """||theta - theta_0||^2 over the encoder's trained parameters."""
+        assert self.start is not None
+        start = dict(self.start.named_parameters())
+        moved = [
+            (p - start[name]).pow(2).sum()
+            for name, p in self.objective.encoder.named_parameters()
+            if p.requires_grad
+        ]
+        return torch.stack(moved).sum()
+
+    def _distillation(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean over the chosen layers of the squared difference per frame (mean over channels,
+        then over each clip's frames) between the encoder's and `start`'s hidden states."""
+        assert self.start is not None
+        family, encoder = self.objective.family, self.objective.encoder
+        with _evaluating(encoder):
+            student, valid = family.states(encoder, inputs)
+        with torch.no_grad():
+            frozen, _ = family.states(self.start, inputs)
+        layers = range(len(student)) if self.distill_layer is None else [self.distill_layer]
+        weights = valid.float()
+        gaps = [
+            ((student[i].float() - frozen[i].float()).pow(2).mean(-1) * weights).sum()
+            / weights.sum()
+            for i in layers
+        ]
+        return torch.stack(gaps).mean()
 
 
-@torch.no_grad()
-def fit_kmeans_targets(
-    encoder: Any,
+@contextlib.contextmanager
+def _evaluating(module: nn.Module) -> Iterator[None]:
+    """`module` in eval mode (no dropout, no SpecAugment) while inside; gradients still flow."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+def _build_model(
+    objective: type[TaptObjective],
+    backbone: str,
     stream: _Stream,
     config: TaptConfig,
-    device: torch.device,
-    *,
-    progress: bool = False,
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """k-means on one hidden layer of `encoder` over the stream's clips; returns the centroids
-    (K, D) and each clip's per-frame cluster ids (whole clips, not crops).
-
-    Memory stays bounded on large corpora: k-means is fitted on the frames of clips drawn at random
-    until `kmeans_max_frames` are collected; then every clip is encoded again and only its cluster
-    ids are kept. With `progress`, each of the three stretches shows a bar (on a CPU they take
-    minutes before the first step).
-    """
-    from sklearn.cluster import MiniBatchKMeans
-
-    num_layers: int = encoder.config.num_hidden_layers
-    layer = num_layers // 2 if config.kmeans_layer is None else config.kmeans_layer
-    if not 0 <= layer <= num_layers:
-        raise AfterError(f"kmeans_layer={layer}: the model has hidden layers 0..{num_layers}")
-    was_training = encoder.training
-    encoder.eval()
-
-    def hidden(u: Utterance) -> np.ndarray | None:
-        if u.id in stream.skipped:
-            return None
-        try:
-            wave = load_audio(u.path)
-        except AudioError as e:
-            logger.warning("TAPT skips %s: %s", u.id, e)
-            stream.skipped[u.id] = str(e)
-            return None
-        inputs = {k: v.to(device) for k, v in stream.family.inputs([wave], stream.fe).items()}
-        states, _ = stream.family.hidden(encoder, inputs, layer)
-        return np.asarray(states[0].float().cpu().numpy())
-
-    rng = derived_rng(config.seed, "kmeans")
-    sample: list[np.ndarray] = []
-    with progress_bar(progress, transient=True) as bar:
-        task = bar.add_task(
-            f"TAPT targets: frames of layer {layer} to fit k-means on",
-            total=config.kmeans_max_frames,
-            info="",
+    out: Path,
+    accelerator: Any,
+    progress: bool,
+) -> TaptModel:
+    """The backbone as `objective` trains it, its bottom frozen as asked, the objective prepared
+    (e.g. k-means targets fitted on the fold's training audio), and the protections around it."""
+    encoder = objective.load(backbone)
+    if config.freeze_cnn or config.freeze_layers:
+        family_of(encoder.config).freeze(
+            encoder, cnn=config.freeze_cnn, layers=config.freeze_layers
         )
-        for i in rng.permutation(len(stream.utts)):
-            if sum(len(f) for f in sample) >= config.kmeans_max_frames:
-                break
-            if (f := hidden(stream.utts[i])) is not None:
-                sample.append(f)
-                bar.update(task, completed=min(config.kmeans_max_frames, sum(map(len, sample))))
-        bar.update(task, completed=config.kmeans_max_frames)
-        if not sample:
-            raise AfterError("TAPT: no readable training clip to fit k-means on")
-        frames = np.concatenate(sample)
-        if len(frames) > config.kmeans_max_frames:
-            frames = frames[rng.choice(len(frames), config.kmeans_max_frames, replace=False)]
-        k = min(config.kmeans_clusters, len(frames))
-        fitting = bar.add_task(
-            f"TAPT targets: k-means, {k} clusters on {len(frames)} frames",
-            total=1,
-            info="",
-            announce=True,
-        )
-        kmeans = MiniBatchKMeans(n_clusters=k, random_state=config.seed, n_init=3, batch_size=4096)
-        kmeans.fit(frames)
-        bar.advance(fitting)
-        labeling = bar.add_task(
-            "TAPT targets: cluster ids of every clip", total=len(stream.utts), info=""
-        )
-        targets = {}
-        for u in stream.utts:
-            if (f := hidden(u)) is not None:
-                targets[u.id] = kmeans.predict(f).astype(np.int16 if k <= 2**15 else np.int32)
-            bar.advance(labeling)
-    encoder.train(was_training)
-    return kmeans.cluster_centers_.astype(np.float32), targets
+    prepared = objective.prepare(
+        encoder,
+        config,
+        stream,
+        out_dir=out,
+        device=accelerator.device,
+        main_process=accelerator.is_main_process,
+        progress=progress,
+    )
+    return TaptModel(prepared, config)
 
 
-def _save_targets(path: Path, centroids: np.ndarray, targets: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    ids = list(targets)
-    arrays: dict[str, Any] = {f"t{i}": targets[u] for i, u in enumerate(ids)}
-    arrays.update(centroids=centroids, ids=np.array(ids))
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
-
-
-def _load_targets(path: Path) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    with np.load(path) as data:
-        ids = [str(i) for i in data["ids"]]
-        return data["centroids"], {u: data[f"t{i}"] for i, u in enumerate(ids)}
-
-
-# ---- schedule, precision, checkpoints ----------------------------------------------------------
+# ---- schedule, optimiser, checkpoints ----------------------------------------------------------
 
 
 def lr_factor(step: int, config: TaptConfig) -> float:
     """Warm-up (linear 0 -> 1), flat (`flat_ratio` of all steps), then linear decay to 0."""
-    warmup = min(config.warmup_steps, config.steps)
-    flat = min(round(config.flat_ratio * config.steps), config.steps - warmup)
+    return _schedule(step, config.steps, config)
+
+
+def encoder_lr_factor(step: int, config: TaptConfig) -> float:
+    """The encoder's factor: 0 while the objective's head warms up alone (the first
+    `head_warmup_steps`), then `lr_factor`'s schedule over the steps that remain."""
+    if step < config.head_warmup_steps:
+        return 0.0
+    return _schedule(
+        step - config.head_warmup_steps, config.steps - config.head_warmup_steps, config
+    )
+
+
+def _schedule(step: int, steps: int, config: TaptConfig) -> float:
+    """`lr_factor`'s shape over a run of `steps` steps."""
+    warmup = min(config.warmup_steps, steps)
+    flat = min(round(config.flat_ratio * steps), steps - warmup)
     if step < warmup:
         return (step + 1) / warmup
     if step < warmup + flat:
         return 1.0
-    decay = config.steps - warmup - flat
-    return max(0.0, (config.steps - step) / decay) if decay else 1.0
+    decay = steps - warmup - flat
+    return max(0.0, (steps - step) / decay) if decay else 1.0
+
+
+def _optimizer(model: TaptModel, config: TaptConfig) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW over the trained parameters in two groups, each with its schedule: the encoder's at
+    `lr` (`encoder_lr_factor`), and the objective's new head at `head_lr` (`lr_factor`). During
+    the head's warm-up the encoder's gradients are still computed; its learning rate is 0, which
+    leaves its weights exactly as they were."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    head = {id(p) for p in model.objective.head_parameters()}
+    if not head and (config.head_lr is not None or config.head_warmup_steps):
+        raise AfterError(
+            f"head_lr / head_warmup_steps: the {model.objective.name} objective adds no head "
+            "to the encoder"
+        )
+    groups = [
+        {"params": [p for p in trainable if id(p) not in head], "lr": config.lr},
+        {"params": [p for p in trainable if id(p) in head], "lr": config.head_lr or config.lr},
+    ]
+    factors = [lambda s: encoder_lr_factor(s, config), lambda s: lr_factor(s, config)]
+    kept = [i for i, g in enumerate(groups) if g["params"]]
+    optimizer = torch.optim.AdamW(
+        [groups[i] for i in kept],
+        lr=config.lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+        weight_decay=config.weight_decay,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [factors[i] for i in kept])
+    return optimizer, scheduler
 
 
 def _latest_checkpoint(out_dir: Path) -> Path | None:
@@ -430,167 +423,46 @@ def run_tapt(
     process, each process its own batches of the run's stream, and averages the gradients. A
     checkpoint resumes only on the same number of processes (the stream depends on it).
     """
-    config = config or TaptConfig()
-    if config.gumbel_start is None:
-        start = 2.0 if backbone.startswith(SCRATCH_PREFIX) else config.gumbel_end
-        config = dataclasses.replace(config, gumbel_start=start)
     out = Path(out_dir)
     ids = tapt_ids(manifest, fold)
     model_config = load_config(backbone)
-    family = model_config.model_type
-    if family != "wav2vec2" and family not in MASKED_PREDICTION:
-        raise AfterError(
-            f"{backbone}: TAPT is implemented for wav2vec 2.0 (its own objective) and HuBERT, "
-            f"WavLM and Whisper (masked prediction of k-means targets), not {FAMILIES[family]}; "
-            "fine-tune it without TAPT"
-        )
+    config = config or TaptConfig()
+    objective = objective_class(backbone, model_config, config.objective)
+    config = objective.settle(config, backbone)
     if must_launch(config.num_processes, "TAPT"):
-        with job_folder(None) as job:
-            manifest.to_jsonl(job / "manifest.jsonl")
-            payload = {
-                "fold": dataclasses.asdict(fold),
-                "backbone": backbone,
-                "out_dir": str(out),
-                "config": config.to_dict(),
-                "resume": resume,
-                "progress": progress,
-            }
-            launch("after.tapt:tapt_worker", payload, config.num_processes, job)
+        _launch(manifest, fold, backbone, out, config, resume=resume, progress=progress)
         return out
 
     accelerator = make_accelerator(config.precision)
-    num_processes, rank = accelerator.num_processes, accelerator.process_index
-    key = _run_key(backbone, fold, ids, config, num_processes)
+    key = _run_key(backbone, fold, ids, config, accelerator.num_processes)
     checkpoint = _prepare_out_dir(out, key, resume, accelerator)
-
     torch.manual_seed(config.seed)  # the same on every process: they build the same model
     stream = _Stream(manifest, ids, config, model_config, load_feature_extractor(backbone))
-
-    backbone_model = load_backbone(backbone, pretraining=family == "wav2vec2")
-    if config.freeze_cnn:
-        freeze_feature_encoder(backbone_model)
-    model: nn.Module = backbone_model
-    if family in MASKED_PREDICTION:
-        targets_path = out / KMEANS_FILE
-        if targets_path.is_file():
-            centroids, targets = _load_targets(targets_path)
-        else:
-            backbone_model.to(accelerator.device)
-            centroids, targets = fit_kmeans_targets(
-                backbone_model,
-                stream,
-                config,
-                accelerator.device,
-                progress=progress and accelerator.is_main_process,
-            )
-            if accelerator.is_main_process:
-                _save_targets(targets_path, centroids, targets)
-        model = MaskedPrediction(backbone_model, num_clusters=len(centroids))
-
+    model = _build_model(objective, backbone, stream, config, out, accelerator, progress)
+    optimizer, scheduler = _optimizer(model, config)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        params, lr=config.lr, betas=(0.9, 0.98), eps=1e-6, weight_decay=config.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, config))
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    if num_processes > 1:
-        torch.manual_seed(config.seed + rank)  # different dropout and Gumbel noise per process
+    prepared, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    if accelerator.num_processes > 1:  # different dropout and Gumbel noise per process
+        torch.manual_seed(config.seed + accelerator.process_index)
     start = 0
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         start = json.loads((checkpoint / STATE_FILE).read_text())["step"]
         logger.info("resuming TAPT from %s (step %d)", checkpoint, start)
-
-    model.train()
-    log_path = out / LOG_FILE
-    t0, audio_s = time.perf_counter(), 0.0
-    last: dict[str, float] = {}
-    bar = progress_bar(progress and accelerator.is_main_process)
-    with bar:
-        task = bar.add_task("TAPT", total=config.steps, completed=start, info="")
-        for step in range(start, config.steps):
-            losses, parts, audio = [], [], 0.0
-            for micro in range(config.grad_accum):
-                # Batch g of the run's stream: steps, then micro-batches, then processes.
-                g = (step * config.grad_accum + micro) * num_processes + rank
-                batch = stream.batch(g)
-                rng = derived_rng(config.seed, "mask", g)
-                mask = span_mask(
-                    batch.frame_lengths,
-                    int(batch.frame_lengths.max()),
-                    mask_prob=config.mask_prob,
-                    mask_length=config.mask_length,
-                    min_masks=config.min_masks,
-                    rng=rng,
-                )
-                inputs = {k: v.to(accelerator.device) for k, v in batch.inputs.items()}
-                # Processes exchange gradients only on the last micro-batch of a step.
-                last_micro = micro == config.grad_accum - 1
-                with contextlib.nullcontext() if last_micro else accelerator.no_sync(model):
-                    with accelerator.autocast():
-                        if family == "wav2vec2":
-                            loss, metrics = _wav2vec2_loss(
-                                model,
-                                accelerator.unwrap_model(model),
-                                inputs["input_values"],
-                                inputs["attention_mask"],
-                                mask,
-                                step,
-                                config,
-                                rng,
-                            )
-                        else:
-                            loss, metrics = _masked_prediction_loss(
-                                model, inputs, mask, batch, targets
-                            )
-                    accelerator.backward(loss / config.grad_accum)
-                losses.append(loss.detach().float())
-                parts.append(metrics)
-                audio += float(batch.num_samples.sum()) / SAMPLE_RATE
-            grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
-            optimizer.step()
-            if not accelerator.optimizer_step_was_skipped:  # fp16 overflow
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-
-            # Loss and audio of the whole step, over every process.
-            here = torch.stack([torch.stack(losses).mean(), torch.tensor(audio).to(losses[0])])
-            total = accelerator.reduce(here, reduction="sum")
-            audio_s += float(total[1])
-            last = {
-                "step": step + 1,
-                "loss": float(total[0]) / num_processes,
-                **{name: float(np.mean([p[name] for p in parts])) for name in parts[0]},
-                "grad_norm": float(grad_norm),
-                "lr": scheduler.get_last_lr()[0],
-                "seconds": time.perf_counter() - t0,
-                "audio_seconds": audio_s,
-            }
-            if accelerator.is_main_process and (
-                (step + 1) % config.log_every == 0 or step in (start, config.steps - 1)
-            ):
-                _append_jsonl(log_path, last)
-            bar.update(task, advance=1, info=f"loss {last['loss']:.3f}")
-            if (step + 1) % config.save_every == 0 and step + 1 < config.steps:
-                _save_checkpoint(accelerator, out, step + 1, key, config)
-            fault_point("tapt-step")
+    run = _Training(accelerator, prepared, model, params, optimizer, scheduler, stream, config)
+    last = run.steps(start, out, key, progress=progress)
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        final = unwrapped.encoder if isinstance(unwrapped, MaskedPrediction) else unwrapped
         hf_logging.disable_progress_bar()  # transformers' own bar for writing one small file
-        # The encoder only: a Whisper encoder comes inside an (untrained) classifier, whose head
-        # would not fit the labels of whoever fine-tunes the output.
-        encoder_only = {k: v for k, v in final.state_dict().items() if k.startswith("encoder.")}
-        final.save_pretrained(out, state_dict=encoder_only if family == "whisper" else None)
-        stream.fe.save_pretrained(out)
+        model.objective.save(out)
+        stream.preprocessor.save_pretrained(out)
         apply_umask(out)  # safetensors writes the weights 0600 whatever the umask
         atomic_write_json(
             out / DONE_FILE,
             {
                 **key,
-                "family": family,
+                "family": model_config.model_type,
                 "manifest_digest": _manifest_digest(manifest),
                 "num_clips": len(ids),
                 # The clips whose audio TAPT read: a run refuses a model that read its audit,
@@ -607,6 +479,130 @@ def run_tapt(
     return out
 
 
+@dataclass
+class _Training:
+    """A prepared run's steps: `model` as the accelerator wraps it, `unwrapped` the `TaptModel`
+    itself, `params` its trained parameters (in module order, for clipping)."""
+
+    accelerator: Any
+    model: Any
+    unwrapped: TaptModel
+    params: list[nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    stream: _Stream
+    config: TaptConfig
+
+    def steps(
+        self, start: int, out: Path, key: dict[str, Any], *, progress: bool
+    ) -> dict[str, float]:
+        """Steps `start` to the end: each logged (the first, every `log_every`-th, the last),
+        checkpointed every `save_every`; returns the last step's record."""
+        config, accelerator = self.config, self.accelerator
+        self.model.train()
+        t0, audio_s = time.perf_counter(), 0.0
+        last: dict[str, float] = {}
+        with progress_bar(progress and accelerator.is_main_process) as bar:
+            task = bar.add_task("TAPT", total=config.steps, completed=start, info="")
+            for step in range(start, config.steps):
+                loss, parts, audio, grad_norm = self.step(step)
+                # Loss and audio of the whole step, over every process.
+                here = torch.stack([loss, torch.tensor(audio).to(loss)])
+                total = accelerator.reduce(here, reduction="sum")
+                audio_s += float(total[1])
+                last = {
+                    "step": step + 1,
+                    "loss": float(total[0]) / accelerator.num_processes,
+                    **parts,
+                    "grad_norm": grad_norm,
+                    **self._rates(),
+                    "seconds": time.perf_counter() - t0,
+                    "audio_seconds": audio_s,
+                }
+                if accelerator.is_main_process and (
+                    (step + 1) % config.log_every == 0 or step in (start, config.steps - 1)
+                ):
+                    _append_jsonl(out / LOG_FILE, last)
+                bar.update(task, advance=1, info=f"loss {last['loss']:.3f}")
+                if (step + 1) % config.save_every == 0 and step + 1 < config.steps:
+                    _save_checkpoint(accelerator, out, step + 1, key, config)
+                fault_point("tapt-step")
+        return last
+
+    def step(self, step: int) -> tuple[torch.Tensor, dict[str, float], float, float]:
+        """One optimiser step over `grad_accum` micro-batches: (mean loss on this process, mean
+        of each logged part, seconds of audio read, gradient norm before clipping)."""
+        config, accelerator = self.config, self.accelerator
+        num_processes, rank = accelerator.num_processes, accelerator.process_index
+        losses, parts, audio = [], [], 0.0
+        for micro in range(config.grad_accum):
+            # Batch g of the run's stream: steps, then micro-batches, then processes.
+            g = (step * config.grad_accum + micro) * num_processes + rank
+            batch = self.stream.batch(g)
+            rng = derived_rng(config.seed, "mask", g)
+            mask = span_mask(
+                batch.frame_lengths,
+                int(batch.frame_lengths.max()),
+                mask_prob=config.mask_prob,
+                mask_length=config.mask_length,
+                min_masks=config.min_masks,
+                rng=rng,
+            )
+            targets = self.unwrapped.objective.targets(batch, mask, rng)
+            device = accelerator.device
+            inputs = {k: v.to(device) for k, v in batch.inputs.items()}
+            on_device = {k: torch.from_numpy(v).to(device) for k, v in targets.items()}
+            # Processes exchange gradients only on the last micro-batch of a step.
+            last_micro = micro == config.grad_accum - 1
+            with contextlib.nullcontext() if last_micro else accelerator.no_sync(self.model):
+                with accelerator.autocast():
+                    loss, metrics = self.model(
+                        inputs, torch.from_numpy(mask).to(device), on_device, step
+                    )
+                accelerator.backward(loss / config.grad_accum)
+            losses.append(loss.detach().float())
+            parts.append(metrics)
+            audio += float(batch.num_samples.sum()) / SAMPLE_RATE
+        grad_norm = accelerator.clip_grad_norm_(self.params, config.max_grad_norm)
+        self.optimizer.step()
+        if not accelerator.optimizer_step_was_skipped:  # fp16 overflow
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.unwrapped.objective.after_step(step)
+        mean_parts = {name: float(np.mean([p[name] for p in parts])) for name in parts[0]}
+        return torch.stack(losses).mean(), mean_parts, audio, float(grad_norm)
+
+    def _rates(self) -> dict[str, float]:
+        """The learning rates to log: the encoder's, and the head's where it has its own."""
+        rates = self.scheduler.get_last_lr()
+        own = self.config.head_lr is not None or self.config.head_warmup_steps > 0
+        return {"lr": rates[0], **({"head_lr": rates[-1]} if own else {})}
+
+
+def _launch(
+    manifest: Manifest,
+    fold: Fold,
+    backbone: str,
+    out: Path,
+    config: TaptConfig,
+    *,
+    resume: bool,
+    progress: bool,
+) -> None:
+    """Start `config.num_processes` workers (`tapt_worker`) and wait for them."""
+    with job_folder(None) as job:
+        manifest.to_jsonl(job / "manifest.jsonl")
+        payload = {
+            "fold": dataclasses.asdict(fold),
+            "backbone": backbone,
+            "out_dir": str(out),
+            "config": config.to_dict(),
+            "resume": resume,
+            "progress": progress,
+        }
+        launch("after.tapt:tapt_worker", payload, config.num_processes, job)
+
+
 def tapt_worker(payload: dict[str, Any], job: Path) -> None:
     """One of the processes `run_tapt` starts."""
     f = payload["fold"]
@@ -621,57 +617,6 @@ def tapt_worker(payload: dict[str, Any], job: Path) -> None:
         resume=payload["resume"],
         progress=payload["progress"],
     )
-
-
-def _wav2vec2_loss(
-    model: nn.Module,
-    unwrapped: Any,
-    inputs: torch.Tensor,
-    attention: torch.Tensor,
-    mask: np.ndarray,
-    step: int,
-    config: TaptConfig,
-    rng: np.random.Generator,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    assert config.gumbel_start is not None  # resolved by run_tapt
-    temperature = max(config.gumbel_end, config.gumbel_start * config.gumbel_decay**step)
-    unwrapped.set_gumbel_temperature(temperature)
-    negatives = sample_negatives(mask, unwrapped.config.num_negatives, rng)
-    out = model(
-        inputs,
-        attention_mask=attention,
-        mask_time_indices=torch.from_numpy(mask).to(inputs.device),
-        sampled_negative_indices=torch.from_numpy(negatives).to(inputs.device),
-    )
-    n = float(mask.sum())
-    metrics = {
-        "contrastive": float(out.contrastive_loss.detach()) / n,
-        "diversity": float(out.diversity_loss.detach()) / n,
-        "perplexity": float(out.codevector_perplexity.detach()),
-        "gumbel_temperature": temperature,
-    }
-    return out.loss / n, metrics
-
-
-def _masked_prediction_loss(
-    model: nn.Module,
-    inputs: dict[str, torch.Tensor],
-    mask: np.ndarray,
-    batch: _Batch,
-    targets: dict[str, np.ndarray],
-) -> tuple[torch.Tensor, dict[str, float]]:
-    target = np.full(mask.shape, -100, dtype=np.int64)
-    for b, (utt, offset, length) in enumerate(
-        zip(batch.ids, batch.frame_offsets, batch.frame_lengths, strict=True)
-    ):
-        clip = targets[utt][offset : offset + int(length)]
-        target[b, : clip.size] = clip
-    target[~mask] = -100
-    device = next(iter(inputs.values())).device
-    loss, accuracy = model(
-        inputs, torch.from_numpy(mask).to(device), torch.from_numpy(target).to(device)
-    )
-    return loss, {"masked_accuracy": float(accuracy.detach())}
 
 
 def _prepare_out_dir(out: Path, key: dict[str, Any], resume: bool, accelerator: Any) -> Path | None:

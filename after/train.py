@@ -485,30 +485,10 @@ def _fit_linear(
     head.set_fit(fit, prior)
     num_pseudo = 0
     if config.self_training > 0 and unlabeled_ids:
-        pool = list(unlabeled_ids)
-        probs = predict_with(clf, clf.module, data, pool, data.device)
-        keep = probs.max(axis=1) >= config.pseudo_threshold
-        num_pseudo = int(keep.sum())
-        if num_pseudo:
-            guessed = probs[keep].argmax(axis=1)
-            chosen = [i for i, k in zip(pool, keep, strict=True) if k]
-            x_pool = data.features(chosen)
-            refit = fit_head(
-                {fit.view: np.vstack([views[fit.view], x_pool])},
-                np.vstack([targets, np.eye(len(labels))[guessed]]),
-                np.concatenate(
-                    [
-                        sample_weight,
-                        config.self_training * probs[keep].max(axis=1) * weights[guessed],
-                    ]
-                ),
-                None,
-                fit.c,
-                posterior=config.weight_posterior,
-            )
-            # The refit's C is the one chosen on the labeled clips: keep that choice's record.
-            fit = replace(refit, cv=fit.cv, cv_scheme=fit.cv_scheme, view_cv=fit.view_cv)
-            head.set_fit(fit, prior)
+        fit, num_pseudo = _self_train(
+            clf, data, fit, views[fit.view], targets, weights, list(unlabeled_ids), config
+        )
+        head.set_fit(fit, prior)
     dev = None
     if dev_ids:
         dev = scores_of(
@@ -525,6 +505,44 @@ def _fit_linear(
         **({"dev_ua": dev["ua"], "dev_wa": dev["wa"]} if dev else {}),
     }
     return FitResult(clf, 1, dev, [record], time.perf_counter() - t0)
+
+
+def _self_train(
+    clf: Classifier,
+    data: Inputs,
+    fit: Any,
+    x: np.ndarray,
+    targets: np.ndarray,
+    weights: np.ndarray,
+    pool: list[str],
+    config: TrainConfig,
+) -> tuple[Any, int]:
+    """Self-training, once: pool clips the fitted head (`fit`, on the labeled rows `x`) predicts
+    with probability >= `pseudo_threshold` join with their predicted class, weighted by
+    `self_training` x that probability x the class weight; refitted at the C the labeled clips
+    chose. Returns the refit (carrying that choice's record) and how many pool clips joined."""
+    from after.models.linear import fit_head
+
+    probs = predict_with(clf, clf.module, data, pool, data.device)
+    keep = probs.max(axis=1) >= config.pseudo_threshold
+    if not keep.any():
+        return fit, 0
+    guessed = probs[keep].argmax(axis=1)
+    chosen = [i for i, k in zip(pool, keep, strict=True) if k]
+    refit = fit_head(
+        {fit.view: np.vstack([x, data.features(chosen)])},
+        np.vstack([targets, np.eye(targets.shape[1])[guessed]]),
+        np.concatenate(
+            [
+                targets @ weights,
+                config.self_training * probs[keep].max(axis=1) * weights[guessed],
+            ]
+        ),
+        None,
+        fit.c,
+        posterior=config.weight_posterior,
+    )
+    return replace(refit, cv=fit.cv, cv_scheme=fit.cv_scheme, view_cv=fit.view_cv), len(chosen)
 
 
 def describe_training(backbone: str, config: dict[str, Any]) -> str:

@@ -1,36 +1,42 @@
 """Does task-adaptive pre-training help Whisper on emotion? EmoDB, leave-one-speaker-out.
 
-    .venv/bin/python bench/tapt_whisper.py [--folds 0,2,4,6,8] [--seeds 0,1,2] [--steps 300]
-        [--lr 1e-4] [--mask-prob 0.65] [--mask-length 10] [--out runs/bench/tapt_whisper]
+    .venv/bin/python bench/tapt_whisper.py [--folds all] [--seeds 0,1,2] [--steps 300]
+        [--variants 'default;distill=1'] [--judges probe,al,finetune]
+        [--out runs/bench/tapt_whisper]
 
-For every chosen fold: `after tapt` of whisper-tiny.en on that fold's training audio only (the
-conv stem frozen; HuBERT-style masked prediction of k-means ids of its middle layer), then, with
-and without it, on the same fold and seeds:
+For every chosen fold and every TAPT variant (`TaptConfig` settings changed from this benchmark's
+`tapt_config`, `;` between variants, `,` between the settings of one: `l2sp=1,lr=3e-5`): TAPT of
+whisper-tiny.en on that fold's training audio only (the conv stem frozen; masked prediction of
+k-means ids of its middle layer unless the variant names another objective), then, on the same
+fold and seeds, with the TAPT model against the plain one:
 
-1. frozen features (`frozen:MODEL`, its middle layer) and the logistic-regression learner
-   (deterministic: one run per fold);
-2. fine-tuning on all labels (`after train`'s path; the bottom two layers frozen and cached and
-   `--finetune-epochs` epochs to fit a CPU, the best dev-UA epoch kept), per seed;
-3. active learning to 20% of the pool on the frozen features (entropy and random from a 2%
-   k-means seed set), per seed: test UA at the last budget.
+- probe: frozen features of every layer above the (unchanged) conv stem, with the
+  logistic-regression learner (deterministic: one run per fold and layer);
+- al: active learning to 20% of the pool on the middle layer's frozen features (entropy and random
+  from a 2% k-means seed set), per seed: test UA at the last budget;
+- finetune: fine-tuning on all labels with the default recipe (`TrainConfig()`, what `after
+  train` runs), per seed; the slowest judge, off by default.
 
-Every comparison is paired by fold (and seed) with a Wilcoxon signed-rank test. The TAPT loss
-curve of every fold is kept. The TAPT models stay in `--out` and are reused when the script runs
-again with the same settings. Prints one JSON object. EmoDB is read from ../shared/data/emodb.
+Every comparison is paired by fold (and seed) with a Wilcoxon signed-rank test, with n and the
+smallest p that n allows. The TAPT loss and masked-frame accuracy of every fold are kept. TAPT
+models, fine-tuning records and active-learning runs stay in `--out` and are reused when the
+script runs again with the same settings, so a stopped run continues. Prints one JSON object.
+EmoDB is read from ../shared/data/emodb.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from md import table
 
 EMODB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emodb"
 BACKBONE = "whisper-tiny.en"
+JUDGES = ("probe", "al", "finetune")
 
 
 def tapt_config(
@@ -38,7 +44,7 @@ def tapt_config(
 ) -> Any:
     """The TAPT settings of this benchmark (and of `bench/tapt_levers.py`, which varies them):
     the conv stem frozen, crops of 3 s, batch 8, a tenth of the steps for warm-up, one save at
-    the end."""
+    the end, every fifth step logged (and the last)."""
     from after.config import TaptConfig
 
     return TaptConfig(
@@ -55,137 +61,233 @@ def tapt_config(
     )
 
 
+def parse_variants(text: str) -> dict[str, dict[str, Any]]:
+    """'default;l2sp=1,lr=3e-5' -> {name: TaptConfig changes}, values read as JSON."""
+    variants: dict[str, dict[str, Any]] = {}
+    for part in (p.strip() for p in text.split(";") if p.strip()):
+        changes: dict[str, Any] = {}
+        for item in part.split(",") if part != "default" else []:
+            key, _, value = item.partition("=")
+            try:
+                changes[key.strip()] = json.loads(value)
+            except json.JSONDecodeError:
+                changes[key.strip()] = value.strip()
+        variants[part] = changes
+    return variants
+
+
 def paired(a: list[float], b: list[float]) -> dict[str, Any]:
+    """TAPT minus plain, paired: means, the difference, n, Wilcoxon's p and the smallest p that
+    n pairs allow."""
     from after.metrics import paired_difference
 
     d = paired_difference(a, b)
+    spread = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
     return {
-        "tapt": f"{100 * np.mean(a):.1f} ± {100 * np.std(a, ddof=1):.1f}",
-        "plain": f"{100 * np.mean(b):.1f} ± {100 * np.std(b, ddof=1):.1f}",
+        "tapt": f"{100 * statistics.mean(a):.1f} ± {100 * spread(a):.1f}",
+        "plain": f"{100 * statistics.mean(b):.1f} ± {100 * spread(b):.1f}",
         "difference": f"{100 * d['mean']:+.2f} ± {100 * d['std']:.2f}",
         "n": d["n"],
         "wilcoxon_p": round(d["wilcoxon_p"], 4),
+        "min_p": round(d["min_p"], 4),
     }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--folds", default="0,2,4,6,8")
+    p.add_argument("--folds", default="all", help="LOSO fold indices, comma-separated, or all")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--mask-prob", type=float, default=0.65)
-    p.add_argument("--mask-length", type=int, default=10)
-    p.add_argument("--finetune-epochs", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--variants", default="default")
+    p.add_argument("--judges", default="probe,al")
     p.add_argument("--out", type=Path, default=Path("runs/bench/tapt_whisper"))
     p.add_argument("--data", type=Path, default=EMODB)
     args = p.parse_args()
 
+    import dataclasses
+
     from after.config import ALConfig, TrainConfig
     from after.data.corpora import prepare
     from after.data.folds import make_folds
-    from after.experiments import fit_and_test
+    from after.experiments import fit_and_test, fit_and_test_folds
     from after.loop.compare import compare
     from after.loop.state import LoopState
+    from after.models.backbones import load_config
     from after.tapt import DONE_FILE, LOG_FILE, run_tapt
 
+    judges = [j for j in args.judges.split(",") if j]
+    if unknown := set(judges) - set(JUDGES):
+        p.error(f"unknown judge(s) {sorted(unknown)}; choose from {', '.join(JUDGES)}")
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     manifest = prepare("emodb", args.data)
     manifest_path = manifest.to_jsonl(out / "manifest.jsonl")
     all_folds = make_folds(manifest, "loso", seed=0)
     folds_path = all_folds.to_json(out / "folds.json")
-    folds = [all_folds.folds[int(k)] for k in args.folds.split(",")]
+    picked = range(len(all_folds.folds)) if args.folds == "all" else map(int, args.folds.split(","))
+    folds = [all_folds.folds[k] for k in picked]
     seeds = [int(s) for s in args.seeds.split(",")]
     cache = str(out / "cache")
-    config = tapt_config(args.steps, args.lr, args.mask_prob, args.mask_length)
-    finetune = TrainConfig(epochs=args.finetune_epochs, freeze_layers=2, patience=0)
+    num_layers = int(load_config(BACKBONE).num_hidden_layers)
+    layers = list(range(1, num_layers + 1))  # layer 0, the frozen conv stem's, never changes
+    base = dataclasses.replace(tapt_config(args.steps), batch_size=args.batch_size)
+    variants = parse_variants(args.variants)
+    al = ALConfig(schedule=("0.02", "0.05", "0.1", "0.15", "0.2"), cold_start="kmeans")
+
+    def probe(model: str, fold: Any, layer: int) -> float:
+        spec = f"frozen:{model}@{layer}"
+        run = fit_and_test(manifest, fold, spec, TrainConfig(), cache_dir=cache, progress=False)
+        return float(run[1]["test"]["ua"])
+
+    def al_uas(model: str, fold: Any, folder: Path) -> dict[str, list[float]]:
+        compare(
+            manifest, str(manifest_path), str(folds_path), [fold], f"frozen:{model}",
+            ["entropy", "random"], seeds, al, TrainConfig(), folder, cache_dir=cache,
+            log=lambda _: None,
+        )  # fmt: skip
+        runs = folder / "runs" / fold.name
+        return {
+            s: [LoopState.load(runs / f"{s}_seed{seed}").rounds[-1]["test_ua"] for seed in seeds]
+            for s in ("entropy", "random")
+        }
+
+    def finetuned(model: str, fold: Any, folder: Path) -> list[float]:
+        records = fit_and_test_folds(
+            manifest, [fold], seeds, model, TrainConfig(), folder, cache_dir=cache
+        )
+        return [r["test"]["ua"] for r in records]
+
+    plain: dict[str, dict[str, Any]] = {}
+    for fold in folds:
+        plain[fold.name] = {f"probe@{k}": probe(BACKBONE, fold, k) for k in layers}
+        if "al" in judges:
+            plain[fold.name]["al"] = al_uas(BACKBONE, fold, out / "compare" / "plain" / fold.name)
+        if "finetune" in judges:
+            plain[fold.name]["finetune"] = finetuned(BACKBONE, fold, out / "finetune" / "plain")
+
     report: dict[str, Any] = {
         "benchmark": "tapt_whisper",
         "corpus": f"EmoDB ({len(manifest)} clips, {len(manifest.speakers)} speakers)",
-        "protocol": f"LOSO folds {', '.join(f.name for f in folds)}, one dev speaker per fold, "
-        f"seeds {seeds}",
+        "protocol": f"LOSO, {len(folds)} folds ({', '.join(f.name for f in folds)}), one dev "
+        f"speaker per fold, seeds {seeds}; one TAPT run per fold and variant",
         "tapt": {
             "objective": "masked prediction of k-means ids (middle layer, 100 clusters)",
-            "steps": args.steps,
-            "lr": args.lr,
-            "batch": 8,
-            "crop_seconds": 3.0,
-            "mask_prob": args.mask_prob,
-            "mask_length": args.mask_length,
+            "steps": base.steps,
+            "lr": base.lr,
+            "batch": base.batch_size,
+            "crop_seconds": base.max_seconds,
+            "mask_prob": base.mask_prob,
+            "mask_length": base.mask_length,
         },
-        "finetune": f"{args.finetune_epochs} epochs, bottom 2 of 4 layers frozen, best dev epoch",
-        "per_fold": {},
+        "judges": judges,
+        "finetune": "the default recipe (TrainConfig()), the best dev epoch kept",
+        "variants": {},
     }
-    results: dict[str, dict[str, list[float]]] = {
-        k: {"tapt": [], "plain": []} for k in ("frozen", "finetuned", "al_entropy", "al_random")
-    }
-    for fold in folds:
-        tapt_dir = out / "tapt" / fold.name
-        if not (tapt_dir / DONE_FILE).is_file():
-            print(f"{fold.name}: TAPT", flush=True)
-            run_tapt(manifest, fold, BACKBONE, tapt_dir, config, progress=False)
-        log = [json.loads(line) for line in (tapt_dir / LOG_FILE).read_text().splitlines()]
-        models = {"plain": BACKBONE, "tapt": str(tapt_dir)}
-        record: dict[str, Any] = {
-            "tapt_seconds": round(
-                json.loads((tapt_dir / DONE_FILE).read_text())["final"]["seconds"]
-            ),
-            "loss_curve": [(r["step"], round(r["loss"], 4)) for r in log],
-            "masked_accuracy": [
-                round(log[0]["masked_accuracy"], 3),
-                round(log[-1]["masked_accuracy"], 3),
-            ],
-        }
-        for variant, model in models.items():
-            frozen = fit_and_test(
-                manifest, fold, f"frozen:{model}", TrainConfig(), cache_dir=cache, progress=False
-            )[1]["test"]["ua"]
-            results["frozen"][variant].append(frozen)
-            record[f"frozen_{variant}"] = round(frozen, 4)
-            for seed in seeds:
-                cfg = TrainConfig(**{**finetune.to_dict(), "seed": seed})
-                ua = fit_and_test(manifest, fold, model, cfg, cache_dir=cache, progress=False)[1]
-                results["finetuned"][variant].append(ua["test"]["ua"])
-            compare(
-                manifest,
-                str(manifest_path),
-                str(folds_path),
-                [fold],
-                f"frozen:{model}",
-                ["entropy", "random"],
-                seeds,
-                ALConfig(schedule=("0.02", "0.05", "0.1", "0.15", "0.2"), cold_start="kmeans"),
-                TrainConfig(),
-                out / "compare" / variant / fold.name,
-                cache_dir=cache,
-                log=lambda _: None,
+    for name, changes in variants.items():
+        config = dataclasses.replace(base, **changes)
+        with_tapt: dict[str, dict[str, Any]] = {}
+        per_fold: dict[str, Any] = {}
+        for fold in folds:
+            tapt_dir = out / "tapt" / name.replace("/", "_") / fold.name
+            if not (tapt_dir / DONE_FILE).is_file():
+                print(f"{name}: {fold.name}: TAPT", flush=True)
+                run_tapt(manifest, fold, BACKBONE, tapt_dir, config, progress=False)
+            log = [json.loads(line) for line in (tapt_dir / LOG_FILE).read_text().splitlines()]
+            model = str(tapt_dir)
+            got: dict[str, Any] = {f"probe@{k}": probe(model, fold, k) for k in layers}
+            if "al" in judges:
+                got["al"] = al_uas(model, fold, out / "compare" / name / fold.name)
+            if "finetune" in judges:
+                got["finetune"] = finetuned(model, fold, out / "finetune" / name)
+            with_tapt[fold.name] = got
+            per_fold[fold.name] = {
+                "tapt_seconds": round(
+                    json.loads((tapt_dir / DONE_FILE).read_text())["final"]["seconds"]
+                ),
+                "loss": [round(log[0]["loss"], 3), round(log[-1]["loss"], 3)],
+                "masked_accuracy": [
+                    round(log[0].get("masked_accuracy", float("nan")), 3),
+                    round(log[-1].get("masked_accuracy", float("nan")), 3),
+                ],
+                **{k: round(v, 4) for k, v in got.items() if k.startswith("probe@")},
+            }
+            print(json.dumps({name: {fold.name: per_fold[fold.name]}}), flush=True)
+        comparisons: dict[str, Any] = {}
+        for k in layers:
+            key = f"probe@{k}"
+            comparisons[f"frozen probe, layer {k} (one run per fold)"] = paired(
+                [with_tapt[f][key] for f in with_tapt], [plain[f][key] for f in with_tapt]
             )
+        if "al" in judges:
             for strategy in ("entropy", "random"):
-                for seed in seeds:
-                    run_dir = out / "compare" / variant / fold.name / "runs" / fold.name
-                    state = LoopState.load(run_dir / f"{strategy}_seed{seed}")
-                    results[f"al_{strategy}"][variant].append(state.rounds[-1]["test_ua"])
-        report["per_fold"][fold.name] = record
-        print(
-            json.dumps({fold.name: {k: v for k, v in record.items() if k != "loss_curve"}}),
-            flush=True,
-        )
-    names = {
-        "frozen": "frozen features (one run per fold)",
-        "finetuned": "fine-tuned, all labels (fold x seed)",
-        "al_entropy": "active learning at 20%, entropy (fold x seed)",
-        "al_random": "active learning at 20%, random (fold x seed)",
-    }
-    report["comparisons"] = {
-        names[k]: paired(results[k]["tapt"], results[k]["plain"]) for k in names
-    }
+                comparisons[f"active learning at 20%, {strategy} (fold x seed)"] = paired(
+                    [x for f in with_tapt for x in with_tapt[f]["al"][strategy]],
+                    [x for f in with_tapt for x in plain[f]["al"][strategy]],
+                )
+        if "finetune" in judges:
+            comparisons["fine-tuned, all labels (fold x seed)"] = paired(
+                [x for f in with_tapt for x in with_tapt[f]["finetune"]],
+                [x for f in with_tapt for x in plain[f]["finetune"]],
+            )
+        report["variants"][name] = {
+            "settings": changes,
+            "comparisons": comparisons,
+            "per_fold": per_fold,
+        }
     print(json.dumps(report, indent=2, ensure_ascii=False))
 
 
 def render(r: dict[str, Any]) -> list[str]:
-    """BENCHMARKS.md's section on a printed result: with against without TAPT, and the TAPT of
-    each fold."""
+    """BENCHMARKS.md's section: per TAPT variant, with against without TAPT for every judge, and
+    the TAPT of each fold (a result printed before variants existed reads as before)."""
+    if "variants" not in r:
+        return _render_single(r)
+    t = r["tapt"]
+    lines = [
+        f"{r['corpus']}; {r['protocol']}. TAPT: {t['objective']}, {t['steps']} steps, lr "
+        f"{t['lr']}, batch {t['batch']}, crops of {t['crop_seconds']} s, masks "
+        f"{t['mask_prob']} x {t['mask_length']} frames; each variant changes the settings it "
+        f"names. Fine-tuning: {r['finetune']}. n is starred where so few pairs could never reach "
+        "p < 0.05.",
+    ]
+    for name, v in r["variants"].items():
+        rows = [
+            [
+                what,
+                c["plain"],
+                c["tapt"],
+                c["difference"],
+                f"{c['n']}{'*' if c['min_p'] >= 0.05 else ''}",
+                c["wilcoxon_p"],
+            ]
+            for what, c in v["comparisons"].items()
+        ]
+        folds = [
+            [
+                fold,
+                f["tapt_seconds"],
+                f"{f['loss'][0]:.3f} -> {f['loss'][1]:.3f}",
+                f"{f['masked_accuracy'][0]:.3f} -> {f['masked_accuracy'][1]:.3f}",
+            ]
+            for fold, f in v["per_fold"].items()
+        ]
+        lines += [
+            "",
+            f"**TAPT variant `{name}`** (test UA %):",
+            "",
+            *table(
+                ["judge", "without TAPT", "with TAPT", "with - without (points)", "n", "p"],
+                rows,
+            ),
+            "",
+            *table(["fold", "TAPT seconds", "loss", "masked accuracy"], folds),
+        ]
+    return lines
+
+
+def _render_single(r: dict[str, Any]) -> list[str]:
+    """The section of a result printed before variants existed."""
     t = r["tapt"]
     rows = [
         [name, c["plain"], c["tapt"], c["difference"], c["n"], c["wilcoxon_p"]]
@@ -225,15 +327,18 @@ def render(r: dict[str, Any]) -> list[str]:
 
 
 def headline(r: dict[str, Any]) -> str:
-    """README's line: with minus without TAPT, for every comparison."""
+    """README's line: with minus without TAPT, for every comparison (of every variant)."""
+    groups = r["variants"].items() if "variants" in r else [("", {"comparisons": r["comparisons"]})]
+    parts = []
+    for name, v in groups:
+        inner = "; ".join(
+            f"{what} {x['difference']} points (p = {x['wilcoxon_p']:.2g})"
+            for what, x in v["comparisons"].items()
+        )
+        parts.append(f"`{name}`: {inner}" if name else inner)
     return (
         f"- **TAPT of `whisper-tiny.en`** ({r['tapt']['steps']} steps per fold on its "
-        f"training audio; {r['protocol']}): with minus without, "
-        + "; ".join(
-            f"{name} {x['difference']} points (p = {x['wilcoxon_p']:.2g})"
-            for name, x in r["comparisons"].items()
-        )
-        + "."
+        f"training audio; {r['protocol']}): with minus without, " + " / ".join(parts) + "."
     )
 
 

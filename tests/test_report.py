@@ -122,7 +122,8 @@ def test_report_of_a_compare_folder(corpus: tuple[Manifest, Path, Path], tmp_pat
 
     # Asked again with other settings, it refuses to reuse the stale results.
     other = TrainConfig(**{**FAST.to_dict(), "epochs": 4})
-    with pytest.raises(AfterError, match=r"seed0.json: made with other settings \(train.epochs\)"):
+    stale = r"seed0.json: made with other settings \(config.epochs 3 there, 4 here\)"
+    with pytest.raises(AfterError, match=stale):
         compare(*args, [0, 1], al, other, tmp_path / "cmp", cache_dir=cache, log=print)
     other_al = ALConfig(schedule=("4", "12"), cold_start="random")
     with pytest.raises(AfterError, match=r"random_seed0: made with other settings \(al.schedule\)"):
@@ -149,7 +150,7 @@ def test_report_of_a_compare_folder(corpus: tuple[Manifest, Path, Path], tmp_pat
     assert set(recall["margin"]) == set(m.labels) and recall["margin"][m.labels[0]]["n"] == 2
     full = [json.loads(p.read_text()) for p in sorted((tmp_path / "cmp" / "full").glob("*.json"))]
     assert len(full) == 2
-    mean = 100 * sum(r["test_ua"] for r in full) / 2
+    mean = 100 * sum(r["test"]["ua"] for r in full) / 2
     assert _ua_row(markdown, "all labels, egemaps (n=2)")[-1].startswith(f"{mean:.1f} ± ")
     # Margin against random, paired by fold and seed, as compare computed it.
     paired = _ua_row(markdown, "margin")

@@ -19,6 +19,7 @@ from after.data.folds import Fold, make_folds
 from after.data.manifest import Manifest
 from after.data.synth import synthesize
 from after.errors import AfterError, FoldError
+from after.models.objectives import KMEANS_FILE, MaskedPredictionObjective
 from after.testing.dummies import tiny_backbone
 
 FAST = TaptConfig(
@@ -230,14 +231,14 @@ def test_masked_prediction_tapt(
     assert len(log) == FAST.steps and all("masked_accuracy" in r for r in log)
     reloaded = AutoModel.from_pretrained(out)
     assert reloaded.config.model_type == family
-    with np.load(out / tapt.KMEANS_FILE) as targets:
+    with np.load(out / KMEANS_FILE) as targets:
         assert targets["centroids"].shape == (8, 32)
         assert {str(i) for i in targets["ids"]} == set(fold.train)
 
 
 def test_masked_accuracy_is_the_share_of_scored_frames_predicted(models: dict[str, Path]) -> None:
     encoder = AutoModel.from_pretrained(models["hubert"])
-    objective = tapt.MaskedPrediction(encoder, num_clusters=4, proj_dim=4)
+    objective = MaskedPredictionObjective(encoder, num_clusters=4, proj_dim=4)
     with torch.no_grad():  # every frame predicts cluster 0, whatever the encoder outputs
         objective.proj.weight.zero_()
         objective.proj.bias.copy_(torch.tensor([1.0, 0.0, 0.0, 0.0]))
@@ -303,6 +304,17 @@ def test_data2vec_has_no_tapt_objective(corpus: tuple[Manifest, Fold], tmp_path:
         tapt.run_tapt(m, fold, str(d2v), tmp_path / "out", FAST, progress=False)
 
 
+def test_an_objective_is_chosen_by_name_where_it_fits(
+    corpus: tuple[Manifest, Fold], models: dict[str, Path], tmp_path: Path
+) -> None:
+    m, fold = corpus
+    with pytest.raises(AfterError, match=r"objective.*choose one of contrastive"):
+        TaptConfig(**{**FAST.to_dict(), "objective": "nope"})
+    contrastive = TaptConfig(**{**FAST.to_dict(), "objective": "contrastive"})
+    with pytest.raises(AfterError, match=r"needs wav2vec 2\.0's quantizer"):
+        tapt.run_tapt(m, fold, str(models["hubert"]), tmp_path / "b", contrastive, progress=False)
+
+
 def test_a_tapt_output_fine_tunes(
     corpus: tuple[Manifest, Fold], models: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -318,6 +330,249 @@ def test_a_tapt_output_fine_tunes(
     assert evaluate(r.classifier, m, fold.test)["num_clips"] == len(fold.test)
 
 
+# ---- the objective's head: its own rate and warm-up ---------------------------------------------
+
+
+def _checkpoint(out: Path, step: int) -> dict[str, torch.Tensor]:
+    """The whole trained state (`TaptModel`: objective, encoder, heads) at checkpoint `step`."""
+    from safetensors.torch import load_file
+
+    return load_file(str(out / tapt.CHECKPOINTS / f"step_{step}" / "model.safetensors"))
+
+
+def _part(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _largest_move(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+def test_the_head_warms_up_alone_then_trains_at_its_own_rate(
+    corpus: tuple[Manifest, Fold], models: dict[str, Path], tmp_path: Path
+) -> None:
+    m, fold = corpus
+    changes = {"steps": 6, "save_every": 1, "keep_checkpoints": 10, "kmeans_max_frames": 300}
+    changes |= {"head_warmup_steps": 3, "lr": 1e-4, "head_lr": 1e-2}
+    config = TaptConfig(**{**FAST.to_dict(), **changes})
+    out = tapt.run_tapt(m, fold, str(models["hubert"]), tmp_path / "o", config, progress=False)
+    start = AutoModel.from_pretrained(models["hubert"]).state_dict()
+    states = {s: _checkpoint(out, s) for s in range(1, 6)}
+    encoder = {s: _part(state, "objective.encoder.") for s, state in states.items()}
+    head = {s: _part(state, "objective.proj.") for s, state in states.items()}
+    for s in (1, 2, 3):  # warm-up: the encoder exactly as it started, the head learning
+        assert all(torch.equal(p, start[k]) for k, p in encoder[s].items()), s
+    assert _largest_move(head[1], head[2]) > 0 and _largest_move(head[2], head[3]) > 0
+    assert any(not torch.equal(p, start[k]) for k, p in encoder[4].items())  # then it trains
+    # Adam moves each weight by about its rate x schedule: head 1e-2 x 0.5, encoder 1e-4 x 1.
+    assert _largest_move(head[4], head[5]) > 10 * _largest_move(encoder[4], encoder[5])
+    log = _log(out)
+    # Each record logs the rate of the step after it: steps 2 and 3 had 0, step 4 did not.
+    assert [r["lr"] for r in log[:2]] == [0.0, 0.0] and log[2]["lr"] > 0
+    assert all(r["head_lr"] > 0 for r in log[:-1])  # the head trains from step 1 (0 after the last)
+
+
+def test_an_objective_without_a_head_refuses_head_settings(
+    corpus: tuple[Manifest, Fold], models: dict[str, Path], tmp_path: Path
+) -> None:
+    m, fold = corpus
+    config = TaptConfig(**{**FAST.to_dict(), "head_warmup_steps": 2})
+    with pytest.raises(AfterError, match="adds no head"):
+        tapt.run_tapt(m, fold, str(models["wav2vec2"]), tmp_path / "o", config, progress=False)
+
+
+# ---- preparing the objective ---------------------------------------------------------------------
+
+
+def test_kmeans_shows_its_progress(
+    corpus: tuple[Manifest, Fold],
+    models: dict[str, Path],
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import after.progress
+    from after.models.backbones import load_backbone, load_config, load_feature_extractor
+    from after.models.objectives import fit_kmeans_targets
+
+    m, fold = corpus
+    monkeypatch.setattr(after.progress, "FIRST_S", 0.0)  # print from the first update on
+    backbone = str(models["hubert"])
+    stream = tapt._Stream(
+        m, fold.train[:6], FAST, load_config(backbone), load_feature_extractor(backbone)
+    )
+    fit_kmeans_targets(load_backbone(backbone), stream, FAST, torch.device("cpu"), progress=True)
+    printed = capsys.readouterr().err
+    for stage in ("k-means: frames", "k-means: 8 clusters", "k-means: targets"):
+        assert stage in printed, printed
+
+
+# ---- protecting what the model knows -------------------------------------------------------------
+
+
+def test_freeze_layers_keeps_the_bottom_layers_and_trains_the_top(
+    corpus: tuple[Manifest, Fold], models: dict[str, Path], tmp_path: Path
+) -> None:
+    m, fold = corpus
+    config = TaptConfig(**{**FAST.to_dict(), "freeze_layers": 1, "kmeans_max_frames": 300})
+    out = tapt.run_tapt(m, fold, str(models["hubert"]), tmp_path / "o", config, progress=False)
+    start = AutoModel.from_pretrained(models["hubert"]).state_dict()
+    after = AutoModel.from_pretrained(out).state_dict()
+    for prefix in ("feature_extractor.", "encoder.layers.0."):  # the front end and layer 0
+        frozen = [k for k in after if k.startswith(prefix)]
+        assert frozen and all(torch.equal(after[k], start[k]) for k in frozen), prefix
+    top = [k for k in after if k.startswith("encoder.layers.1.")]
+    assert top and all(not torch.equal(after[k], start[k]) for k in top if "weight" in k)
+
+
+def _encoder_distance(a: Path, b: Path) -> float:
+    sa, sb = AutoModel.from_pretrained(a).state_dict(), AutoModel.from_pretrained(b).state_dict()
+    return sum(float((sa[k] - sb[k]).pow(2).sum()) for k in sa if k.startswith("encoder."))
+
+
+def test_l2sp_holds_the_weights_near_the_start(
+    corpus: tuple[Manifest, Fold], models: dict[str, Path], tmp_path: Path
+) -> None:
+    m, fold = corpus
+    backbone = models["hubert"]
+    changes = {"steps": 8, "lr": 1e-2, "kmeans_max_frames": 300}
+    free = TaptConfig(**{**FAST.to_dict(), **changes})
+    held = TaptConfig(**{**free.to_dict(), "l2sp": 10.0})
+    a = tapt.run_tapt(m, fold, str(backbone), tmp_path / "free", free, progress=False)
+    b = tapt.run_tapt(m, fold, str(backbone), tmp_path / "held", held, progress=False)
+    log = _log(b)
+    assert log[0]["l2sp"] == 0.0 and log[1]["l2sp"] > 0  # nothing to pull back before a step
+    assert log[1]["loss"] == pytest.approx(log[1]["objective"] + 10.0 * log[1]["l2sp"], rel=1e-5)
+    assert "l2sp" not in _log(a)[0]
+    # Measured on these tiny models: about 11 without, 0.03 with.
+    assert _encoder_distance(b, backbone) < 0.1 * _encoder_distance(a, backbone)
+
+
+def _hidden_gap(a: Path, b: Path, m: Manifest, ids: list[str]) -> float:
+    """Mean squared difference of the two encoders' last layers on the clips `ids`."""
+    from after.data.audio import load_audio
+    from after.models.backbones import family_of, load_backbone, load_feature_extractor
+
+    x, y = load_backbone(str(a)).eval(), load_backbone(str(b)).eval()
+    family = family_of(x.config)
+    inputs = family.inputs([load_audio(m[i].path) for i in ids], load_feature_extractor(str(a)))
+    with torch.no_grad():
+        (sx, valid), (sy, _) = family.states(x, inputs), family.states(y, inputs)
+    return float((((sx[-1] - sy[-1]) ** 2).mean(-1) * valid).sum() / valid.sum())
+
+
+def test_distillation_pulls_toward_a_frozen_copy_of_the_start(
+    corpus: tuple[Manifest, Fold], models: dict[str, Path], tmp_path: Path
+) -> None:
+    m, fold = corpus
+    backbone = models["whisper"]
+    changes = {"steps": 8, "lr": 1e-2, "kmeans_max_frames": 300, "save_every": 4}
+    free = TaptConfig(**{**FAST.to_dict(), **changes})
+    held = TaptConfig(**{**free.to_dict(), "distill": 100.0})
+    a = tapt.run_tapt(m, fold, str(backbone), tmp_path / "free", free, progress=False)
+    b = tapt.run_tapt(m, fold, str(backbone), tmp_path / "held", held, progress=False)
+    log = _log(b)
+    assert log[0]["distill"] == 0.0 and log[1]["distill"] > 0  # equal until the first update
+    # The frozen copy is the starting encoder at every checkpoint, while the encoder moves.
+    from safetensors.torch import load_file
+
+    start = _part(load_file(str(backbone / "model.safetensors")), "model.encoder.")
+    start = {f"encoder.{k}": v for k, v in start.items()}  # the model has a decoder too
+    state = _checkpoint(b, 4)
+    copy, encoder = _part(state, "start."), _part(state, "objective.encoder.")
+    assert copy.keys() == encoder.keys() and start.keys() <= copy.keys()
+    assert all(torch.equal(copy[k], start[k]) for k in start)
+    assert any(not torch.equal(encoder[k], start[k]) for k in start)
+    # Measured on these tiny models: the last layers differ about 200x less with it.
+    ids = fold.train[:6]
+    assert _hidden_gap(b, backbone, m, ids) < 0.1 * _hidden_gap(a, backbone, m, ids)
+
+
+# ---- the EMA teacher (data2vec-style) ------------------------------------------------------------
+
+
+def test_the_teacher_follows_the_student_by_ema(models: dict[str, Path]) -> None:
+    from after.models.objectives import TeacherObjective
+
+    config = TaptConfig(steps=10, teacher_decay=0.9, teacher_decay_end=0.99)
+    objective = TeacherObjective(AutoModel.from_pretrained(models["hubert"]), config)
+    assert [objective.decay(s) for s in (0, 4, 9)] == pytest.approx([0.909, 0.945, 0.99])
+    before = {k: v.clone() for k, v in objective.teacher.state_dict().items()}
+    assert all(torch.equal(v, objective.encoder.state_dict()[k]) for k, v in before.items())
+    with torch.no_grad():  # the student takes a step
+        for p in objective.encoder.parameters():
+            p.add_(torch.randn_like(p))
+    objective.after_step(4)
+    student = objective.encoder.state_dict()
+    for k, v in objective.teacher.state_dict().items():
+        expected = 0.945 * before[k] + 0.055 * student[k]
+        torch.testing.assert_close(v, expected, rtol=0, atol=1e-6, msg=k)
+    assert not any(p.requires_grad for p in objective.teacher.parameters())
+    assert objective.train().teacher.training is False  # its targets never see dropout
+
+
+@pytest.mark.parametrize("family", ["whisper", "data2vec-audio"])
+def test_teacher_tapt_runs_for_any_family(
+    family: str, corpus: tuple[Manifest, Fold], models: dict[str, Path], tmp_path: Path
+) -> None:
+    m, fold = corpus
+    backbone = models.get(family) or tiny_backbone(tmp_path / family, family)
+    config = TaptConfig(**{**FAST.to_dict(), "objective": "teacher", "lr": 1e-3})
+    out = tapt.run_tapt(m, fold, str(backbone), tmp_path / "o", config, progress=False)
+    log = _log(out)
+    assert len(log) == FAST.steps
+    assert all(np.isfinite(r["loss"]) and r["target_std"] > 0 for r in log)
+    state = _checkpoint(out, 10)
+    teacher, student = _part(state, "objective.teacher."), _part(state, "objective.encoder.")
+    start = AutoModel.from_pretrained(backbone).state_dict()
+    key = {
+        "whisper": "encoder.layers.1.fc1.weight",
+        "data2vec-audio": "encoder.layers.1.feed_forward.intermediate_dense.weight",
+    }[family]
+    t, s, s0 = teacher[key], student[key], start[key]
+    assert not torch.equal(t, s0) and not torch.equal(t, s)  # between the start and the student
+    assert float((t - s0).abs().max()) < float((s - s0).abs().max())
+    assert AutoModel.from_pretrained(out).config.model_type == family
+
+
+def test_teacher_tapt_resumes_with_its_teacher(
+    corpus: tuple[Manifest, Fold],
+    models: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from safetensors.torch import load_file
+
+    m, fold = corpus
+    backbone = str(models["hubert"])
+    config = TaptConfig(**{**FAST.to_dict(), "objective": "teacher"})
+    whole = tapt.run_tapt(m, fold, backbone, tmp_path / "whole", config, progress=False)
+    real_batch = tapt._Stream.batch
+
+    def killed_at_8(self: tapt._Stream, g: int) -> tapt._Batch:
+        if g == 8:
+            raise KeyboardInterrupt
+        return real_batch(self, g)
+
+    monkeypatch.setattr(tapt._Stream, "batch", killed_at_8)
+    with pytest.raises(KeyboardInterrupt):
+        tapt.run_tapt(m, fold, backbone, tmp_path / "cut", config, progress=False)
+    monkeypatch.setattr(tapt._Stream, "batch", real_batch)
+    cut = tapt.run_tapt(m, fold, backbone, tmp_path / "cut", config, resume=True, progress=False)
+    a, b = load_file(str(whole / "model.safetensors")), load_file(str(cut / "model.safetensors"))
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    assert [r["loss"] for r in _log(whole)][-3:] == pytest.approx(
+        [r["loss"] for r in _log(cut)][-3:], abs=1e-5
+    )
+
+
+def test_the_objectives_settings_accept_are_the_ones_implemented() -> None:
+    from after.config import TAPT_OBJECTIVES
+    from after.models.objectives import OBJECTIVES
+
+    assert set(OBJECTIVES) == set(TAPT_OBJECTIVES)
+
+
 def test_tapt_says_what_it_does_while_it_fits_targets_and_writes_what_it_read(
     corpus: tuple[Manifest, Fold],
     models: dict[str, Path],
@@ -325,9 +580,10 @@ def test_tapt_says_what_it_does_while_it_fits_targets_and_writes_what_it_read(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """The k-means targets show progress (they ran silent for minutes); the weights get the
-    umask's mode however TAPT is called (the demo calls it directly); tapt.json lists the clips
-    whose audio it read, and a run whose audit or test clips are among them is refused."""
+    """The k-means targets show progress (they ran silent for minutes; the fit itself says when
+    it starts); the weights get the umask's mode however TAPT is called (the demo calls it
+    directly); tapt.json lists the clips whose audio it read, and a run whose audit or test clips
+    are among them is refused."""
     import os
     import stat
 
@@ -344,9 +600,9 @@ def test_tapt_says_what_it_does_while_it_fits_targets_and_writes_what_it_read(
     finally:
         os.umask(old)
     err = capsys.readouterr().err
-    assert "TAPT targets: frames of layer 1 to fit k-means on" in err
-    assert "TAPT targets: k-means, 8 clusters on 300 frames: started" in err
-    assert "TAPT targets: cluster ids of every clip: 24/24 (100%)" in err
+    assert "k-means: frames of layer 1" in err
+    assert "k-means: 8 clusters of 300 frames: started" in err
+    assert "k-means: targets of every clip: 24/24 (100%)" in err
     assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == 0o644
     assert json.loads((out / tapt.DONE_FILE).read_text())["ids"] == list(fold.train)
 

@@ -21,6 +21,7 @@ from after.config import (
     HEAD_INITS,
     ORACLES,
     PRECISIONS,
+    TAPT_OBJECTIVES,
     TaptConfig,
     TrainConfig,
 )
@@ -210,6 +211,22 @@ TAPT_OPTIONS: dict[str, Spec] = {
         "does.",
         ("--freeze-cnn/--train-cnn",),
     ),
+    "objective": Spec(
+        "The objective: the backbone family's own by default (wav2vec 2.0: contrastive; "
+        "HuBERT, WavLM, Whisper: masked prediction of k-means ids), or one of "
+        f"{_names(TAPT_OBJECTIVES)} (teacher: data2vec-style, any family)."
+    ),
+    "head_lr": Spec("Learning rate of the objective's new head (default: --lr)."),
+    "head_warmup_steps": Spec("The first N steps train only the objective's new head."),
+    "freeze_layers": Spec("Also freeze the encoder's bottom N transformer layers."),
+    "l2sp": Spec("Weight of an L2 penalty toward the starting weights (L2-SP; 0: off)."),
+    "distill": Spec(
+        "Weight of a distance between the encoder's hidden states and a frozen copy of the "
+        "starting encoder's (0: off)."
+    ),
+    "distill_layer": Spec("The layer --distill compares (default: the mean over every layer)."),
+    "mask_prob": Spec("Share of frames where a masked span starts."),
+    "mask_length": Spec("Frames per masked span."),
     "seed": Spec("Seed for batches, crops, masks and init."),
     "precision": PRECISION,
     "save_every": Spec("Checkpoint every N steps."),

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,7 +39,7 @@ from after.metrics import (
     paired_difference,
 )
 from after.progress import progress_bar
-from after.report import budget_name, curve_points
+from after.report import all_labels_record, budget_name, curve_points
 from after.strategies.cold_start import cold_start_features
 
 if TYPE_CHECKING:
@@ -67,12 +65,11 @@ def compare(
     on_round: Callable[[Run, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Run everything missing in `out_dir`, then write `curve.csv`, `curve.json` and
-    `summary.md` there; returns the summary. `progress` shows bars for the feature caches and
-    for every fine-tuning (each all-labels run and each round). `on_fit` gets each new
-    all-labels fit and its record (`after.experiments.fit_and_test`'s, with the fold and seed);
-    `on_round` each new round of an active-learning run, with the run."""
-    from after.experiments import fit_and_test
-
+    `summary.md` there; returns the summary. The all-labels fits are
+    `after.experiments.fit_and_test_folds`' records in `out_dir/full` (trained as the rounds
+    are: no epoch picked on dev labels); each run is a run folder under `out_dir/runs`.
+    `progress` shows bars for the feature caches and for every fine-tuning. `on_fit` gets each
+    new all-labels fit and its record; `on_round` each new round of a run, with the run."""
     out = Path(out_dir)
 
     def make_run(fold: Fold, strategy: str, seed: int) -> Run:
@@ -101,67 +98,15 @@ def compare(
         task = bar.add_task("fine-tunings", total=len(folds) * len(seeds) * per_seed, info="")
         for fold in folds:
             for seed in seeds:
-                path = out / "full" / f"{fold.name}_seed{seed}.json"
                 bar.update(task, info=f"{fold.name} seed {seed} all labels")
-                # Trained as the active-learning rounds are: no epoch picked on dev labels.
-                config = TrainConfig(**{**train.to_dict(), "seed": seed, "select_on_dev": False})
-                settings = {"backbone": backbone, "train": config.to_dict()}
-                if path.is_file():
-                    check_same_settings(path, read_json(path, "delete it"), settings)
-                else:
-                    t0 = time.perf_counter()
-                    fit, record = fit_and_test(
-                        manifest, fold, backbone, config, cache_dir=cache_dir, progress=False
-                    )
-                    if on_fit is not None:
-                        on_fit(fit, record)
-                    test = record["test"]
-                    atomic_write_json(
-                        path,
-                        {
-                            "fold": fold.name,
-                            "seed": seed,
-                            "test_ua": test["ua"],
-                            "test_wa": test["wa"],
-                            "test_confusion": test["confusion"],
-                            "seconds": time.perf_counter() - t0,
-                            **settings,
-                        },
-                    )
-                    log(f"{fold.name} seed {seed}: all labels, test UA {100 * test['ua']:.1f}%")
-                full.append(json.loads(path.read_text()))
+                full.append(
+                    _all_labels(manifest, fold, seed, backbone, train, out, cache_dir, log, on_fit)
+                )
                 bar.advance(task)
                 for strategy in strategies:
-                    run = make_run(fold, strategy, seed)
-                    run_dir = run.run_dir
                     bar.update(task, info=f"{fold.name} seed {seed} {strategy}")
-                    if RunFolder(run_dir).config.is_file():
-                        wanted = {k: run.to_json()[k] for k in RUN_SETTINGS}
-                        check_same_settings(
-                            run_dir,
-                            read_json(RunFolder(run_dir).config, "delete the folder"),
-                            wanted,
-                        )
-                    state = (
-                        LoopState.load(run_dir)
-                        if (run_dir / "state.json").is_file()
-                        else start_run(run)
-                    )
-                    bar.advance(task, len(state.rounds))
-                    if state.phase != "done":
-
-                        def done(record: dict[str, Any], run: Run = run) -> None:
-                            bar.advance(task)
-                            if on_round is not None:
-                                on_round(run, record)
-
-                        state = run_loop(run, state, on_round=done)
-                        last = state.rounds[-1]
-                        log(
-                            f"{fold.name} seed {seed} {strategy}: test UA "
-                            f"{100 * last['test_ua']:.1f}% with {last['num_labeled']} labels"
-                        )
-                    bar.advance(task, len(al.schedule) - len(state.rounds))  # stopped early
+                    run = make_run(fold, strategy, seed)
+                    state = _finish_run(run, log, lambda n: bar.advance(task, n), on_round)
                     runs[strategy].append(state.rounds)
                     run_seconds[strategy].append(sum(map(_round_seconds, state.rounds)))
     summary = _summarise(runs, run_seconds, full, al.schedule)
@@ -178,6 +123,76 @@ def compare(
     atomic_write_text(out / "curve.csv", _curve_csv(summary))
     atomic_write_text(out / "summary.md", _markdown(summary))
     return summary
+
+
+def _all_labels(
+    manifest: Manifest,
+    fold: Fold,
+    seed: int,
+    backbone: str,
+    train: TrainConfig,
+    out: Path,
+    cache_dir: str | None,
+    log: Callable[[str], None],
+    on_fit: Callable[[FitResult, dict[str, Any]], None] | None,
+) -> dict[str, Any]:
+    """Fine-tuning on all labels of `fold` (reused when done), as the rounds train: no epoch
+    picked on dev labels. Returns its record in the form reports read (`all_labels_record`)."""
+    from after.experiments import fit_and_test_folds
+
+    config = TrainConfig(**{**train.to_dict(), "select_on_dev": False})
+    fitted: list[dict[str, Any]] = []
+
+    def new_fit(result: FitResult, record: dict[str, Any]) -> None:
+        fitted.append(record)
+        if on_fit is not None:
+            on_fit(result, record)
+
+    record = fit_and_test_folds(
+        manifest,
+        [fold],
+        [seed],
+        backbone,
+        config,
+        out / "full",
+        cache_dir=cache_dir,
+        on_fit=new_fit,
+    )[0]
+    flat = all_labels_record(record)
+    if fitted:
+        log(f"{fold.name} seed {seed}: all labels, test UA {100 * flat['test_ua']:.1f}%")
+    return flat
+
+
+def _finish_run(
+    run: Run,
+    log: Callable[[str], None],
+    advance: Callable[[int], None],
+    on_round: Callable[[Run, dict[str, Any]], None] | None,
+) -> LoopState:
+    """Start or continue one run of the comparison (a folder made with other settings is
+    refused) and take it to its end; `advance` counts its rounds."""
+    folder = RunFolder(run.run_dir)
+    if folder.config.is_file():
+        wanted = {k: run.to_json()[k] for k in RUN_SETTINGS}
+        check_same_settings(run.run_dir, read_json(folder.config, "delete the folder"), wanted)
+    state = LoopState.load(run.run_dir) if folder.state.is_file() else start_run(run)
+    advance(len(state.rounds))
+    if state.phase != "done":
+
+        def done(record: dict[str, Any]) -> None:
+            advance(1)
+            if on_round is not None:
+                on_round(run, record)
+
+        state = run_loop(run, state, on_round=done)
+        last = state.rounds[-1]
+        log(
+            f"{run.fold.name} seed {run.al.seed} {run.al.strategy}: test UA "
+            f"{100 * last['test_ua']:.1f}% with {last['num_labeled']} labels"
+        )
+    advance(len(run.al.schedule) - len(state.rounds))  # stopped early
+    return state
 
 
 def _warm_caches(

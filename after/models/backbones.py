@@ -13,10 +13,11 @@ A backbone spec is one of:
   once to a transformers folder in the cache. A transformers Whisper folder or hub id
   (`openai/whisper-base`) loads like any other.
 
-Families (`FAMILIES`): wav2vec 2.0, HuBERT, WavLM, data2vec-audio and Whisper. Training, pool
+Families (`FAMILIES`): wav2vec 2.0, HuBERT, WavLM, data2vec-audio and Whisper. Training, TAPT, pool
 scoring and frozen features never ask which one they hold: they go through `Family` (`family_of`),
 which knows how to turn audio into model inputs, which bottom part of the encoder is frozen and how
-to cache its outputs per clip, and how to read a layer's frames.
+to cache its outputs per clip, how to read a layer's frames, and which self-supervised objective
+continues the model's pre-training (`tapt_objective`, see `after.models.objectives`).
 """
 
 from __future__ import annotations
@@ -335,12 +336,29 @@ class Family(ABC):
         the frame mask (B, T), 1 on a clip's frames."""
 
     @abstractmethod
+    def states(
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Every layer's output as `hidden` numbers them (the input to the first layer, then each
+        layer's), L + 1 tensors (B, T, D), and the frame mask (B, T). In training mode the model's
+        own dropout and SpecAugment apply; in eval mode the outputs depend on the input alone."""
+
+    @abstractmethod
     def num_frames(self, config: PretrainedConfig, num_samples: np.ndarray) -> np.ndarray:
         """Frames (B,) of clips of `num_samples` (B,) samples."""
 
     # Whether the encoder has its own learned embedding for masked frames (wav2vec 2.0's
-    # `masked_spec_embed`); masked prediction (TAPT) adds one where it has not.
+    # `masked_spec_embed`); TAPT objectives that mask add one where it has not.
     OWN_MASK_EMBEDDING: ClassVar[bool] = True
+
+    @abstractmethod
+    def tapt_objective(self, config: PretrainedConfig) -> str | None:
+        """The TAPT objective that continues this model's own pre-training, by its name in
+        `after.models.objectives.OBJECTIVES`; None where there is none."""
+
+    def save(self, model: torch.nn.Module, out_dir: Path) -> None:
+        """Write a (TAPT-)trained `model` as a `from_pretrained` folder."""
+        model.save_pretrained(out_dir)  # type: ignore[operator]
 
     @abstractmethod
     def masked_output(
@@ -434,12 +452,17 @@ class Wav2Vec2Family(Family):
     def hidden(
         self, model: torch.nn.Module, inputs: dict[str, torch.Tensor], layer: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        states, mask = self.states(model, inputs)
+        return states[layer], mask
+
+    def states(
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         base: Any = getattr(model, "base_model", model)
-        out = base(**inputs, output_hidden_states=True)
-        states = out.hidden_states[layer]
+        states = list(base(**inputs, output_hidden_states=True).hidden_states)
         lengths = num_frames(base.config, inputs["attention_mask"].sum(dim=-1))
-        mask = torch.arange(states.shape[1], device=states.device)[None, :] < lengths[:, None]
-        return states, mask.long()
+        frames = torch.arange(states[0].shape[1], device=states[0].device)
+        return states, (frames[None, :] < lengths[:, None]).long()
 
     def num_frames(self, config: PretrainedConfig, num_samples: np.ndarray) -> np.ndarray:
         counted: np.ndarray = num_frames(config, torch.as_tensor(num_samples)).numpy()
@@ -454,6 +477,18 @@ class Wav2Vec2Family(Family):
     ) -> torch.Tensor:
         out: torch.Tensor = model(**inputs, mask_time_indices=mask).last_hidden_state
         return out
+
+    # HuBERT and WavLM ship without a pre-training head in transformers: they continue HuBERT's
+    # objective. data2vec-audio pre-trains with an EMA teacher; TAPT offers that objective
+    # (`TaptConfig.objective="teacher"`) without choosing it for the family.
+    _TAPT_OBJECTIVES: ClassVar[dict[str, str]] = {
+        "wav2vec2": "contrastive",
+        "hubert": "masked_prediction",
+        "wavlm": "masked_prediction",
+    }
+
+    def tapt_objective(self, config: PretrainedConfig) -> str | None:
+        return self._TAPT_OBJECTIVES.get(config.model_type)
 
 
 class _Passthrough(nn.Module):
@@ -547,6 +582,13 @@ class WhisperFamily(Family):
         h, mask = m.embed(inputs["input_features"], inputs.get("attention_mask"))
         return m.encode(h, mask, start=0, end=layer), mask
 
+    def states(
+        self, model: torch.nn.Module, inputs: dict[str, torch.Tensor]
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        m: Any = model
+        h, mask = m.embed(inputs["input_features"], inputs.get("attention_mask"))
+        return m.states(h, mask), mask
+
     def num_frames(self, config: PretrainedConfig, num_samples: np.ndarray) -> np.ndarray:
         from after.models.whisper_model import frame_lengths
 
@@ -570,6 +612,17 @@ class WhisperFamily(Family):
         masked = mask_embedding.to(h.dtype) + m.positions(h.shape[1])
         out: torch.Tensor = m.encode(torch.where(hidden, masked, h), valid)
         return out
+
+    def tapt_objective(self, config: PretrainedConfig) -> str | None:
+        # Trained for speech recognition with labels, Whisper has no self-supervised objective of
+        # its own: it continues with HuBERT's.
+        return "masked_prediction"
+
+    def save(self, model: torch.nn.Module, out_dir: Path) -> None:
+        # The encoder only: it comes inside an (untrained) classifier, whose head would not fit
+        # the labels of whoever fine-tunes the output.
+        state = {k: v for k, v in model.state_dict().items() if k.startswith("encoder.")}
+        model.save_pretrained(out_dir, state_dict=state)  # type: ignore[operator]
 
 
 def _whisper_encoder(model: torch.nn.Module) -> Any:

@@ -253,7 +253,10 @@ def test_active_learning_and_tapt_options_reach_their_settings(
     args = ["tapt", *fold_args, "--fold", "0", "--out", str(tmp_path / "tapt")]
     typed = ["--batch-size", "2", "--max-seconds", "2.5", "--lr", "0.001", "--freeze-cnn"]
     typed += ["--seed", "4", "--precision", "no", "--save-every", "5", "--grad-accum", "3"]
-    typed += ["--num-processes", "2"]
+    typed += ["--num-processes", "2", "--objective", "teacher", "--head-lr", "0.01"]
+    typed += ["--head-warmup-steps", "2", "--freeze-layers", "1", "--l2sp", "0.5"]
+    typed += ["--distill", "0.25", "--distill-layer", "1", "--mask-prob", "0.3"]
+    typed += ["--mask-length", "5"]
     config = _settings(_handed_on([*args, *typed, "--steps", "9"]), TaptConfig)
     assert config == TaptConfig(
         steps=9,
@@ -266,12 +269,30 @@ def test_active_learning_and_tapt_options_reach_their_settings(
         save_every=5,
         grad_accum=3,
         num_processes=2,
+        objective="teacher",
+        head_lr=0.01,
+        head_warmup_steps=2,
+        freeze_layers=1,
+        l2sp=0.5,
+        distill=0.25,
+        distill_layer=1,
+        mask_prob=0.3,
+        mask_length=5,
     )
     assert set(TAPT_OPTIONS) == {"batch_size", "max_seconds", "lr", "freeze_cnn", "seed"} | {
         "precision",
         "save_every",
         "grad_accum",
         "num_processes",
+        "objective",
+        "head_lr",
+        "head_warmup_steps",
+        "freeze_layers",
+        "l2sp",
+        "distill",
+        "distill_layer",
+        "mask_prob",
+        "mask_length",
     }
     config = _settings(_handed_on(args), TaptConfig)
     assert config.steps == (TaptConfig.steps if torch.cuda.is_available() else CPU_TAPT_STEPS)
