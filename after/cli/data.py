@@ -222,6 +222,13 @@ def folds(
     """Write speaker-independent train/dev/test folds."""
     m = Manifest.from_jsonl(manifest)
     _warn_shared_audio(m)
+    if len(m) > 1 and all(u.speaker == u.id for u in m):
+        err.print(
+            "warning: each clip is its own speaker (none was given when the manifest was "
+            "prepared), so these folds split clips, not people: a voice may be in training and "
+            "test. Prepare it with --speaker-regex (or a speaker column) to group a person's clips",
+            highlight=False,
+        )
     result = make_folds(
         m,
         protocol,  # type: ignore[arg-type]  # checked by make_folds against PROTOCOLS

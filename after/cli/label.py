@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from after.cli.app import app, console, new_table, print_table
+
+if TYPE_CHECKING:
+    from after.label.app import LabelingSession
 
 label_app = typer.Typer(
     help="People label the clips a run queries (runs started with --oracle human).",
@@ -96,13 +100,13 @@ def label_status(run_dir: Path = RUN_DIR) -> None:
     print_table(table, console)
 
 
-def _print_audit(session: object) -> None:
+def _print_audit(session: LabelingSession) -> None:
     """The audit set's progress and each round's estimate (the run's owner runs this command;
     annotators see no score), or what stands in for a missing test split."""
     from after.loop.state import LoopState
     from after.metrics import AUDIT_METHOD, format_interval
 
-    run = session.run  # type: ignore[attr-defined]
+    run = session.run
     state = LoopState.load(run.run_dir)
     no_test = "" if run.fold.test else "no test split"
     if not state.audit:

@@ -160,6 +160,14 @@ def make_folds(
         raise FoldError(f"unknown protocol {protocol!r}; use one of {PROTOCOLS}")
     if num_dev_groups < 0:
         raise FoldError("num_dev_groups must be >= 0")
+    if len(manifest) and not any(u.label is not None for u in manifest):
+        raise FoldError(
+            "no clip of the manifest has a label, and dev and test sets hold labeled clips only, "
+            "so every fold would have an empty test set. Folds are not needed: run active "
+            "learning on the whole manifest with people labeling (after run --manifest M "
+            "--oracle human --audit 40 --out RUN, no --fold); its audit set, labeled by the same "
+            "people, estimates the accuracy"
+        )
     if protocol == "official":
         folds: list[Fold] = [_official(manifest)]
     else:

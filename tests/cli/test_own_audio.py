@@ -215,3 +215,24 @@ def test_a_run_without_folds_or_audit_says_it_has_no_accuracy_figure(
         capsys, "run", "--manifest", str(manifest), "--folds", "f.json", "--out", "x"
     )
     assert code == 2 and "give the fold to run on with --fold" in err
+
+
+def test_folds_of_unlabeled_audio_or_unknown_speakers_say_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "recordings"
+    heard = _recordings(folder)
+    manifest = tmp_path / "m.jsonl"
+    args = ["prepare", "folder", str(folder), "--labels", ",".join(LABELS), "--out", str(manifest)]
+    assert _run(capsys, *args)[0] == 0
+    code, _, err = _run(capsys, "folds", str(manifest), "--out", str(tmp_path / "f.json"))
+    assert code == 2 and "no clip of the manifest has a label" in err and "no --fold" in err
+    # Labeled, but nobody said who speaks: the folds would split clips, not people.
+    table = tmp_path / "labeled.csv"
+    rows = "".join(f"recordings/{name},{label}\n" for name, label in heard.items())
+    table.write_text("path,label\n" + rows)
+    labeled = tmp_path / "labeled.jsonl"
+    code, out, _ = _run(capsys, "prepare", "csv", str(table), "--out", str(labeled))
+    assert code == 0 and "speakers: unknown, each clip is its own" in out
+    code, _, err = _run(capsys, "folds", str(labeled), "--out", str(tmp_path / "g.json"))
+    assert code == 0 and "these folds split clips, not people" in err

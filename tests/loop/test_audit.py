@@ -287,3 +287,19 @@ def test_a_new_run_starts_from_another_runs_labels(
     held = set(fold.dev) | set(fold.test)
     assert not held & (set(carried.labels) | set(carried.audit_labels))
     assert any("dev or test split left out" in n for n in notes)
+
+
+def test_a_schedule_grows_by_its_budgets_not_by_their_spelling(
+    corpus: tuple[Manifest, Path, Path], tmp_path: Path
+) -> None:
+    from after.loop.runner import schedule_relation
+
+    m, manifest, folds = corpus
+    fold = Folds.from_json(folds, m).get(0)
+    al = ALConfig(schedule=("0.25", "0.5"), cold_start="random")
+    run = Run(m, str(manifest), str(folds), fold, "egemaps", al, FAST, tmp_path / "r", _cache())
+    assert schedule_relation(run, ("25%", "50%")) == "same"
+    assert schedule_relation(run, ("8",)) == "prefix"  # 25% of the 32-clip pool
+    assert schedule_relation(run, ("25%", "0.5", "75%")) == "grows"
+    assert schedule_relation(run, ("0.25", "0.6")) == "other"
+    assert schedule_relation(run, ("nonsense",)) == "other"
