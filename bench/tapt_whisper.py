@@ -103,7 +103,9 @@ def main() -> None:
     p.add_argument("--judges", default="probe,al")
     p.add_argument("--out", type=Path, default=Path("runs/bench/tapt_whisper"))
     p.add_argument("--data", type=Path, default=EMODB)
+    p.add_argument("--backbone", default=BACKBONE, help="a Whisper encoder (name or folder)")
     args = p.parse_args()
+    backbone = args.backbone
 
     import dataclasses
 
@@ -129,7 +131,7 @@ def main() -> None:
     folds = [all_folds.folds[k] for k in picked]
     seeds = [int(s) for s in args.seeds.split(",")]
     cache = str(out / "cache")
-    num_layers = int(load_config(BACKBONE).num_hidden_layers)
+    num_layers = int(load_config(backbone).num_hidden_layers)
     layers = list(range(1, num_layers + 1))  # layer 0, the frozen conv stem's, never changes
     base = dataclasses.replace(tapt_config(args.steps), batch_size=args.batch_size)
     variants = parse_variants(args.variants)
@@ -160,14 +162,15 @@ def main() -> None:
 
     plain: dict[str, dict[str, Any]] = {}
     for fold in folds:
-        plain[fold.name] = {f"probe@{k}": probe(BACKBONE, fold, k) for k in layers}
+        plain[fold.name] = {f"probe@{k}": probe(backbone, fold, k) for k in layers}
         if "al" in judges:
-            plain[fold.name]["al"] = al_uas(BACKBONE, fold, out / "compare" / "plain" / fold.name)
+            plain[fold.name]["al"] = al_uas(backbone, fold, out / "compare" / "plain" / fold.name)
         if "finetune" in judges:
-            plain[fold.name]["finetune"] = finetuned(BACKBONE, fold, out / "finetune" / "plain")
+            plain[fold.name]["finetune"] = finetuned(backbone, fold, out / "finetune" / "plain")
 
     report: dict[str, Any] = {
         "benchmark": "tapt_whisper",
+        "backbone": backbone,
         "corpus": f"EmoDB ({len(manifest)} clips, {len(manifest.speakers)} speakers)",
         "protocol": f"LOSO, {len(folds)} folds ({', '.join(f.name for f in folds)}), one dev "
         f"speaker per fold, seeds {seeds}; one TAPT run per fold and variant",
@@ -192,7 +195,7 @@ def main() -> None:
             tapt_dir = out / "tapt" / name.replace("/", "_") / fold.name
             if not (tapt_dir / DONE_FILE).is_file():
                 print(f"{name}: {fold.name}: TAPT", flush=True)
-                run_tapt(manifest, fold, BACKBONE, tapt_dir, config, progress=False)
+                run_tapt(manifest, fold, backbone, tapt_dir, config, progress=False)
             log = [json.loads(line) for line in (tapt_dir / LOG_FILE).read_text().splitlines()]
             model = str(tapt_dir)
             got: dict[str, Any] = {f"probe@{k}": probe(model, fold, k) for k in layers}

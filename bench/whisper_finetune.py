@@ -80,6 +80,7 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--variants", default="default")
     p.add_argument("--data", type=Path, default=EMODB)
+    p.add_argument("--backbone", default=BACKBONE, help="a Whisper encoder (name or folder)")
     p.add_argument("--out", type=Path, default=Path("runs/bench/whisper_finetune"))
     args = p.parse_args()
 
@@ -103,7 +104,7 @@ def main() -> None:
         manifest,
         folds,
         [0],
-        f"frozen:{BACKBONE}",
+        f"frozen:{args.backbone}",
         TrainConfig(),
         args.out / "frozen",
         cache_dir=cache,
@@ -118,7 +119,7 @@ def main() -> None:
             manifest,
             folds,
             seeds,
-            BACKBONE,
+            args.backbone,
             config,
             args.out / name.replace("/", "_"),
             cache_dir=cache,
@@ -129,7 +130,7 @@ def main() -> None:
     for name, rs in records.items():
         ua = [r["test"]["ua"] for r in rs]
         results[name] = {
-            "training": describe_training(BACKBONE, rs[0]["config"]),
+            "training": describe_training(args.backbone, rs[0]["config"]),
             "test_ua": summary(ua),
             "minus_frozen": paired(ua, [frozen[r["fold"]] for r in rs]),
             **(
@@ -163,6 +164,7 @@ def main() -> None:
         speed["speed_up"] = round(speed["cache filled"] / speed["cache empty"], 2)
     report = {
         "benchmark": "whisper_finetune",
+        "backbone": args.backbone,
         "corpus": f"EmoDB ({len(manifest)} clips, {len(manifest.speakers)} speakers, "
         f"{len(manifest.labels)} labels; 409 clips cut at 2.0 s in this copy)",
         "protocol": f"LOSO, {len(folds)} folds (held-out speaker), one dev speaker per fold "
@@ -185,10 +187,11 @@ def render(r: dict[str, Any]) -> list[str]:
     if "summary" in r:
         return _render_one_fine_tuning(r)
     variants = r["variants"]
+    backbone = r.get("backbone", BACKBONE)
     first = next(iter(variants))
     rows = [
         [
-            f"`frozen:{BACKBONE}` (learner on frozen features)",
+            f"`frozen:{backbone}` (learner on frozen features)",
             r["frozen"]["ua"],
             *("-" for _ in range(5)),
         ]
@@ -197,7 +200,7 @@ def render(r: dict[str, Any]) -> list[str]:
         d = v["minus_frozen"]
         rows.append(
             [
-                f"`{BACKBONE}` fine-tuned, `{name}`",
+                f"`{backbone}` fine-tuned, `{name}`",
                 v["test_ua"],
                 difference(d),
                 f"{d['wins']} / {d['losses']}",
@@ -295,7 +298,8 @@ def headline(r: dict[str, Any]) -> str:
             f"(Wilcoxon p = {every['minus_frozen']['wilcoxon_p']:.2g})."
         )
     return (
-        f"- **Fine-tuned `{BACKBONE}`** ({r['protocol']}): frozen features {r['frozen']['ua']} UA; "
+        f"- **Fine-tuned `{r.get('backbone', BACKBONE)}`** ({r['protocol']}): frozen features "
+        f"{r['frozen']['ua']} UA; "
         + "; ".join(
             f"`{name}` {v['test_ua']} UA, {v['minus_frozen']['points']:+.1f} ± "
             f"{v['minus_frozen']['std']:.1f} points against them "
