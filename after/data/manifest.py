@@ -387,8 +387,9 @@ def _csv_rows(
         )
     if "label" not in columns and label_set is None:
         raise ManifestError(
-            f"{file}: no label column, so every clip is unlabeled; give the label set with "
-            "--labels (e.g. --labels anger,happiness,neutral,sadness), or add a label column"
+            f"{file}: missing column 'label'; found {sorted(columns)}. If one of them holds "
+            "the labels, rename it to label; if the clips are unlabeled, give the label set "
+            "with --labels (e.g. --labels anger,happiness,neutral,sadness)"
         )
     inside = os.path.abspath(base)
     rows: list[tuple[str, dict[str, Any]]] = []

@@ -145,7 +145,7 @@ def test_csv_without_labels_or_speakers(tmp_path: Path, touch: Touch) -> None:
     root = tmp_path / "calls"
     touch(root, "a/clip.mp3", "a/clip.ogg", "b/clip.wav", "s07_x.wav")
     (root / "list.csv").write_text("path\na/clip.mp3\na/clip.ogg\nb/clip.wav\ns07_x.wav\n")
-    with pytest.raises(AfterError, match=r"no label column.*--labels"):
+    with pytest.raises(AfterError, match=r"missing column .label.*--labels"):
         prepare_csv(root / "list.csv")
     m = prepare_csv(root / "list.csv", labels=LABELS)
     assert m.labels == LABELS and all(u.label is None for u in m)
