@@ -297,6 +297,20 @@ TRAIN_BEFORE: dict[str, Any] = {
 }
 
 
+def audit_share(text: str) -> tuple[int | None, float | None] | None:
+    """`--audit` as (count, None) for "40" or (None, share) for "10%" / "0.1"; None if it is
+    neither (or not above 0; a share of at most 0.5: the pool must stay the larger part)."""
+    value = text.strip()
+    try:
+        if value.endswith("%") or "." in value:
+            share = float(value.removesuffix("%")) / (100 if value.endswith("%") else 1)
+            return (None, share) if 0 < share <= 0.5 else None
+        count = int(value)
+    except ValueError:
+        return None
+    return (count, None) if count >= 1 else None
+
+
 @dataclass(frozen=True)
 class ALConfig:
     """An active-learning run: how the seed set is chosen, what is queried, when to stop.
@@ -326,6 +340,10 @@ class ALConfig:
     surprisal_model: str | None = None  # wav2vec 2.0 pre-training model for alps (TAPT output)
     oracle: str = "simulated"  # simulated (the manifest's labels) or human (after label serve)
     min_votes: int = 1  # human: answers a clip needs before it counts
+    # The audit set: a count of clips ("40") or a share of the pool ("10%", "0.1") drawn at the
+    # start, labeled with round 0's queries and kept apart; each round's model is scored on it
+    # (after.loop.runner). None: no audit set.
+    audit: str | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -339,6 +357,10 @@ class ALConfig:
                 "oracle": (self.oracle in ORACLES, one_of(ORACLES)),
                 "shrink": (0 <= self.shrink <= 1, "give a share from 0 (fresh) to 1 (as trained)"),
                 "min_votes": (self.min_votes >= 1, "a clip needs 1 answer or more"),
+                "audit": (
+                    self.audit is None or audit_share(self.audit) is not None,
+                    "give a count of clips (40) or a share of the pool (10% or 0.1)",
+                ),
             },
         )
 

@@ -11,6 +11,12 @@ class AfterError(Exception):
     """A problem with the user's input or environment; the message says the fix."""
 
 
+class Interrupted(BaseException):
+    """Ctrl-C, raised by the command line's SIGINT handler (`after.cli.app`): not a
+    KeyboardInterrupt, which click would turn into "Aborted!" (exit 1) before the entry point
+    could say how to continue. A step it stops says so (`after.progress`)."""
+
+
 class SettingsError(AfterError):
     """Settings out of range: `problems` maps each setting to its value and what it needs (a
     phrase that says the fix, "give 1 or more"), so that a caller can name the setting its own

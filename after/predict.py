@@ -35,10 +35,14 @@ def predict_files(
     on_error: Callable[[AudioError], None],
     config: TrainConfig | None = None,
     speaker_by: str = "folder",
+    min_duration_s: float = 0.25,
+    silence_dbfs: float = -60.0,
 ) -> Iterator[dict[str, Any]]:
     """One record per file, or per window of a long file: `file`, `label`, `scores` (label ->
     probability) and, for windows, `start_s` and `end_s`. A file that cannot be used goes to
-    `on_error` and yields nothing.
+    `on_error` and yields nothing: it is checked as `after prepare` checks clips, shorter than
+    `min_duration_s` or with its loudest 50 ms below `silence_dbfs` is unusable (the fixes
+    name `after predict`'s options).
 
     A model on speaker-standardised features (`FeatureHead.view` "speaker") standardises each
     speaker's files on all of that speaker's files given: with `speaker_by` "folder" the files
@@ -62,7 +66,12 @@ def predict_files(
 
     for path in files:
         try:
-            info = inspect_audio(path, max_duration_s=None)
+            info = inspect_audio(
+                path,
+                max_duration_s=None,
+                min_duration_s=min_duration_s,
+                silence_dbfs=silence_dbfs,
+            )
         except AudioError as e:
             on_error(_with_fix(e))
             continue

@@ -25,6 +25,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from after.errors import Interrupted
+
 # Plain lines: the first once a task has run this long (shorter steps print nothing), then one
 # at most every `EVERY_S`, and a last one when a task that printed ends.
 FIRST_S = 5.0
@@ -35,8 +37,9 @@ _open: list[Any] = []  # the outermost display while one is open
 
 def progress_bar(enabled: bool = True, *, transient: bool = False) -> Any:
     """A display with rich `Progress`'s task methods (`add_task`, `update`, `advance`,
-    `remove_task`); tasks may carry an `info` field shown after the count. `transient`: a
-    terminal's bar disappears when it ends."""
+    `remove_task`); tasks may carry an `info` field shown after the count, and `announce=True`
+    (a step with no count to show while it runs: plain lines say when it starts). `transient`:
+    a terminal's bar disappears when it ends."""
     if _open:
         return _Nested(_open[-1])
     console = Console(stderr=True)
@@ -83,9 +86,12 @@ class _Nested:
     def __enter__(self) -> _Nested:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         for task in self.tasks:
-            self.outer.remove_task(task)
+            if isinstance(self.outer, LineProgress):
+                self.outer.remove_task(task, stopped=stopped_by(kind))
+            else:
+                self.outer.remove_task(task)
 
     def add_task(self, description: str, **fields: Any) -> int:
         task: int = self.outer.add_task(description, **fields)
@@ -111,10 +117,10 @@ class LineProgress:
         _open.append(self)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
         _open.remove(self)
         for task in list(self._tasks):
-            self.remove_task(task)
+            self.remove_task(task, stopped=stopped_by(kind))
 
     def add_task(
         self, description: str, *, total: float | None = None, completed: float = 0, **fields: Any
@@ -133,6 +139,9 @@ class LineProgress:
                 "printed": None,  # when its last line was printed
                 "ended": False,  # its last line is printed
             }
+            if fields.get("announce"):  # one long step with no count to show: say it began
+                self.stream.write(f"{description}: started\n")
+                self.stream.flush()
             return task
 
     def advance(self, task: int, advance: float = 1) -> None:
@@ -175,26 +184,43 @@ class LineProgress:
             ):
                 self._print(t, now)
 
-    def remove_task(self, task: int) -> None:
+    def remove_task(self, task: int, *, stopped: str = "") -> None:
+        """Close a task; one that printed says how long it took ("ended after"), or, with
+        `stopped` (why the step stopped before its end), that it stopped, so that an
+        interrupted step never reads like a finished one."""
         with self._lock:
             t = self._tasks.pop(task, None)
             if t is not None and t["printed"] is not None and not t["ended"]:
-                self._print(t, time.monotonic(), final=True)
+                self._print(t, time.monotonic(), final=True, stopped=stopped)
 
-    def _print(self, t: dict[str, Any], now: float, *, final: bool = False) -> None:
+    def _print(
+        self, t: dict[str, Any], now: float, *, final: bool = False, stopped: str = ""
+    ) -> None:
         elapsed = now - t["start"]
         done, total = t["completed"], t["total"]
         count = f"{done:g}/{total:g} ({100 * done / total:.0f}%)" if total else f"{done:g}"
         tail = f"{_clock(elapsed)} elapsed"
         since, then = t["mark"] or (now, done)
         if final:
-            tail = f"ended after {_clock(elapsed)}"
+            tail = (
+                f"{stopped} after {_clock(elapsed)}"
+                if stopped
+                else f"ended after {_clock(elapsed)}"
+            )
         elif total and done > then and now > since:
             tail += f", ETA {_clock((total - done) * (now - since) / (done - then))}"
         info = f" {t['info']}" if t["info"] else ""
         self.stream.write(f"{t['description']}: {count}{info}; {tail}\n")
         self.stream.flush()
         t["printed"], t["ended"] = now, final
+
+
+def stopped_by(kind: type[BaseException] | None) -> str:
+    """How a step ended early, in words, from the exception that ended it ("" for none)."""
+    if kind is None or issubclass(kind, GeneratorExit):
+        return ""
+    interrupted = issubclass(kind, KeyboardInterrupt | Interrupted)
+    return "INTERRUPTED" if interrupted else "STOPPED by an error"
 
 
 def _clock(seconds: float) -> str:

@@ -28,7 +28,10 @@ from after.io import atomic_write_text
 from after.loop.folder import RunFolder
 from after.loop.state import LoopState
 from after.metrics import (
+    AUDIT_METHOD,
     classification_scores,
+    describe_difference,
+    few_pairs_warning,
     format_mean_std,
     mean_std,
     paired_difference,
@@ -223,11 +226,40 @@ def group_runs(runs: Sequence[ALRun]) -> dict[str, list[ALRun]]:
 
 
 def curve_points(runs: Sequence[Sequence[dict[str, Any]]]) -> list[dict[str, dict[str, float]]]:
-    """Mean ± std over runs of each round's labeled fraction, test UA and test WA, given each
-    run's round records; a run that stopped early shortens the curve to its length."""
+    """Mean ± std over runs of each round's labeled fraction, test UA and test WA (for runs
+    without a test split: audit UA and accuracy, under the same keys; see `has_test`), given
+    each run's round records; a run that stopped early shortens the curve to its length. A
+    round without the figure (no audit label yet) is left out of the mean; with none, NaN."""
     num_rounds = min(len(r) for r in runs)
-    keys = ("fraction", "test_ua", "test_wa")
-    return [{k: mean_std([r[i][k] for r in runs]) for k in keys} for i in range(num_rounds)]
+    test = all(has_test(r) for r in runs)
+    keys = {"fraction": "fraction", "test_ua": "test_ua", "test_wa": "test_wa"}
+    if not test:
+        keys.update(test_ua="audit_ua", test_wa="audit_acc")
+
+    def summary(values: list[Any]) -> dict[str, float]:
+        found = [v for v in values if v is not None]
+        return mean_std(found) if found else {"mean": float("nan"), "std": 0.0, "n": 0}
+
+    return [
+        {k: summary([r[i].get(key) for r in runs]) for k, key in keys.items()}
+        for i in range(num_rounds)
+    ]
+
+
+def has_test(rounds: Sequence[dict[str, Any]]) -> bool:
+    """Whether a run's rounds were tested on a test split (a run without folds has none: its
+    figures are the audit estimates)."""
+    return bool(rounds) and "test_ua" in rounds[0]
+
+
+def audit_cell(record: dict[str, Any]) -> str:
+    """One round's audit UA for a table: "50.0 [35.9-64.0] (n=40)", in percent."""
+    if not record.get("audit_n"):
+        return "-"
+    return (
+        f"{100 * record['audit_ua']:.1f} [{100 * record['audit_ua_lo']:.1f}-"
+        f"{100 * record['audit_ua_hi']:.1f}] (n={record['audit_n']})"
+    )
 
 
 def queried_labels(run: ALRun) -> np.ndarray:
@@ -235,7 +267,7 @@ def queried_labels(run: ALRun) -> np.ndarray:
     counts = np.zeros((len(run.state.rounds), len(run.classes)))
     column = {c: k for k, c in enumerate(run.classes)}
     for clip, r in run.state.labeled.items():
-        if r < len(counts):  # labeled for a round that has not trained yet
+        if 0 <= r < len(counts):  # not carried from another run, nor for an untrained round
             counts[r, column[run.state.labels[clip]]] += 1
     return counts
 
@@ -243,7 +275,8 @@ def queried_labels(run: ALRun) -> np.ndarray:
 def final_confusion(runs: Sequence[ALRun]) -> dict[str, Any] | None:
     """Scores of the final rounds' test confusion matrices, summed over `runs` (None when a run
     predates recording them)."""
-    matrices = [r.state.rounds[-1].get("test_confusion") for r in runs]
+    key = "test_confusion" if all(has_test(r.state.rounds) for r in runs) else "audit_confusion"
+    matrices = [r.state.rounds[-1].get(key) for r in runs]
     if any(m is None for m in matrices):
         return None
     cm = np.sum(np.asarray(matrices, dtype=np.int64), axis=0)
@@ -290,6 +323,24 @@ def report_protocol(inputs: ReportInputs) -> dict[str, str]:
             if (finals := [r.state.final for r in runs if r.state.final])
             else {}
         ),
+        **(
+            {
+                "audit": f"{distinct(len(r.state.audit) for r in runs)} clips drawn at random "
+                "from the pool at the start (by speaker where speakers are known), labeled with "
+                "round 0's queries and never trained on or selected; " + AUDIT_METHOD
+            }
+            if any(r.state.audit for r in runs)
+            else {}
+        ),
+        **(
+            {
+                "test": "none: "
+                + ", ".join(sorted(str(r.path) for r in untested))
+                + " have no test split; their figures are audit estimates"
+            }
+            if (untested := [r for r in runs if not has_test(r.state.rounds)])
+            else {}
+        ),
         "runs": f"{len(runs)}; mean ± sample std over runs (folds x seeds)",
     }
 
@@ -311,10 +362,14 @@ def ua_table(
     rows = []
     for name, runs in groups.items():
         points = curve_points([r.state.rounds for r in runs])
-        cells = {
-            b: format_mean_std(p["test_ua"], digits=1, with_n=False)
-            for b, p in zip(runs[0].config["al"]["schedule"], points, strict=False)
-        }
+        schedule = runs[0].config["al"]["schedule"]
+        if len(runs) == 1 and not has_test(runs[0].state.rounds):  # its audit estimates
+            cells = dict(zip(schedule, map(audit_cell, runs[0].state.rounds), strict=False))
+        else:
+            cells = {
+                b: format_mean_std(p["test_ua"], digits=1, with_n=False)
+                for b, p in zip(schedule, points, strict=False)
+            }
         rows.append([f"{name} (n={len(runs)})", *(cells.get(b, "-") for b in budgets), "-"])
     for backbone, results in full.items():
         ua = format_mean_std(mean_std([r["test_ua"] for r in results]), digits=1, with_n=False)
@@ -335,7 +390,8 @@ def vs_random_table(
     for name, runs in groups.items():
         strategy, _, extra = name.partition(" ")
         base = groups.get("random" + (f" {extra}" if extra else ""))
-        if strategy == "random" or base is None:
+        tested = all(has_test(r.state.rounds) for r in [*runs, *(base or [])])
+        if strategy == "random" or base is None or not tested:
             continue
         by_key = {(r.config["fold"], r.config["al"]["seed"]): r.state.rounds for r in base}
         pairs = [
@@ -352,9 +408,7 @@ def vs_random_table(
             ]
             if len(reached) >= 2:
                 ours, theirs = zip(*reached, strict=True)
-                d = paired_difference(ours, theirs)
-                few = "*" if d["min_p"] >= 0.05 else ""
-                cells[budget] = f"{100 * d['mean']:+.1f} (p={d['wilcoxon_p']:.2g}, n={d['n']}{few})"
+                cells[budget] = describe_difference(paired_difference(ours, theirs))
         rows.append([name, *(cells.get(b, "-") for b in budgets)])
     if not rows:
         return None
@@ -369,8 +423,13 @@ def budget_name(budget: str) -> str:
 
 def markdown_table(protocol: dict[str, str], header: list[str], rows: list[list[str]]) -> str:
     """The UA table in Markdown, under a line stating its protocol (for papers and READMEs)."""
+    audit = (
+        " A run without a test split shows its audit estimate: UA [95% CI] (n: audit labels)."
+        if "test" in protocol
+        else ""
+    )
     lines = [
-        f"Test UA (%), mean ± sample std over n runs (one run: its value). Corpus "
+        f"Test UA (%), mean ± sample std over n runs (one run: its value).{audit} Corpus "
         f"{protocol['corpus']}; folds {protocol['folds']}; seeds {protocol['seeds']}; backbone "
         f"{protocol['backbone']}; cold start {protocol['cold start']}; label budgets in % of the "
         "pool or in clips.",
@@ -398,9 +457,19 @@ def plot_curves(
             points = curve_points([r.state.rounds for r in runs])
             x = np.array([100 * p["fraction"]["mean"] for p in points])
             y = np.array([100 * p[metric]["mean"] for p in points])
-            s = np.array([100 * p[metric]["std"] for p in points])
-            (line,) = ax.plot(x, y, marker="o", label=_plain(f"{name} (n={len(runs)})"))
-            ax.fill_between(x, y - s, y + s, color=line.get_color(), alpha=0.2)
+            lo, hi = (
+                y - [100 * p[metric]["std"] for p in points],
+                y + [100 * p[metric]["std"] for p in points],
+            )
+            label = f"{name} (n={len(runs)})"
+            if len(runs) == 1 and not has_test(runs[0].state.rounds):  # the audit's interval
+                key = "audit_ua" if metric == "test_ua" else "audit_acc"
+                rounds = runs[0].state.rounds[: len(points)]
+                lo = np.array([100 * r.get(f"{key}_lo", np.nan) for r in rounds])
+                hi = np.array([100 * r.get(f"{key}_hi", np.nan) for r in rounds])
+                label = f"{name}: audit estimate, band 95% CI"
+            (line,) = ax.plot(x, y, marker="o", label=_plain(label))
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.2)
         for style, (backbone, results) in zip(("--", ":", "-."), full.items(), strict=False):
             ms = mean_std([r[metric] for r in results])
             mean, std = 100 * ms["mean"], 100 * ms["std"]
@@ -408,15 +477,24 @@ def plot_curves(
             ax.axhline(mean, color="black", ls=style, label=label)
             ax.axhspan(mean - std, mean + std, color="grey", alpha=0.12)
         ax.set_xlabel("labeled share of the pool (%)")
-        ax.set_ylabel(f"test {metric.removeprefix('test_').upper()} (%)")
+        name = "UA" if metric == "test_ua" else "WA (accuracy)"
+        audited = not all(has_test(r.state.rounds) for runs in groups.values() for r in runs)
+        ax.set_ylabel(f"{name} (%): test, or audit estimate" if audited else f"test {name} (%)")
         ax.grid(alpha=0.3)
     handles, _ = axes[0].get_legend_handles_labels()
-    band = Patch(color="grey", alpha=0.25, label=BAND)
-    axes[0].legend(handles=[*handles, band], fontsize=8)
+    spread = full or any(
+        len(runs) > 1 or has_test(runs[0].state.rounds) for runs in groups.values()
+    )
+    band = [Patch(color="grey", alpha=0.25, label=BAND)] if spread else []
+    axes[0].legend(handles=[*handles, *band], fontsize=8)
     return _save(fig, path)
 
 
 BAND = "band: ± 1 sample std over the runs (folds x seeds)"
+AUDIT_NOTE = (
+    "A run without a test split shows its audit estimate: UA on the audit clips people labeled, "
+    "[95% confidence interval], (n: how many audit labels back it)."
+)
 UA_EQUALS_WA = (
     "UA and WA are equal in every run here, as they are when each test set holds equally many "
     "clips of every class (UA, the mean per-class recall, is then the accuracy, WA)"
@@ -431,9 +509,10 @@ def ua_equals_wa(groups: dict[str, list[ALRun]], full: dict[str, list[dict[str, 
         for runs in groups.values()
         for x in runs
         for r in x.state.rounds
+        if "test_ua" in r
     ]
     values += [(r["test_ua"], r["test_wa"]) for results in full.values() for r in results]
-    return all(abs(ua - wa) < 1e-9 for ua, wa in values)
+    return bool(values) and all(abs(ua - wa) < 1e-9 for ua, wa in values)
 
 
 def plot_timings(groups: dict[str, list[ALRun]], path: Path) -> Path:
@@ -491,12 +570,20 @@ def plot_queried_labels(groups: dict[str, list[ALRun]], path: Path) -> Path:
     return _save(fig, path)
 
 
+Section = tuple[str, str, "Path | None"]  # title, text, an optional figure
+
+
 def write_report(
-    dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str] | None = None
+    dirs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    sections: Sequence[Section] = (),
 ) -> dict[str, Path]:
     """Write the report of run and compare folders `dirs` into `out_dir` (default: the first
     folder's report/): PNG plots, `report.md` (the UA table) and `report.html` (everything, images
-    embedded, no external resources). Returns the written files by name."""
+    embedded, no external resources). `sections` (title, text, figure or None) come first, after
+    the protocol: what the caller knows beyond the runs (the demo's verdict in plain words, its
+    TAPT check). Returns the written files by name."""
     inputs = read_report_inputs(dirs)
     out = Path(out_dir) if out_dir is not None else Path(dirs[0]) / "report"
     groups = group_runs(inputs.runs)
@@ -530,16 +617,28 @@ def write_report(
             figures[f"Confusion matrix: {name}"] = plot_confusion(
                 scores, out / f"confusion_{slug}.png", title
             )
+    lead = "".join(f"## {title}\n\n{text}\n\n" for title, text, _ in sections)
     files = {
         "markdown": atomic_write_text(
-            out / "report.md", markdown_table(protocol, header, rows) + _paired_markdown(paired)
+            out / "report.md",
+            lead + markdown_table(protocol, header, rows) + _paired_markdown(paired),
         ),
         "html": atomic_write_text(
             out / "report.html",
-            _html(protocol, header, rows, figures, captions, [str(d) for d in dirs], paired),
+            _html(
+                protocol,
+                header,
+                rows,
+                figures,
+                captions,
+                [str(d) for d in dirs],
+                paired,
+                sections=sections,
+            ),
         ),
     }
-    return {**files, **{p.stem: p for p in figures.values()}}
+    extra = {fig.stem: fig for _, _, fig in sections if fig is not None}
+    return {**files, **{p.stem: p for p in figures.values()}, **extra}
 
 
 def tapt_info(backbone: str) -> dict[str, Any] | None:
@@ -595,19 +694,34 @@ img { max-width: 100%; }
 
 
 PAIRED_NOTE = (
-    "Test UA minus random's in points, paired by fold and seed; p: two-sided Wilcoxon "
-    "signed-rank test over the n pairs. n*: too few pairs for the test ever to reach p < 0.05 "
-    "(it needs n >= 6); run more folds or seeds before reading a p there."
+    "Test UA minus random's in points, paired by fold and seed, with its 95% t interval in "
+    "brackets; p: two-sided Wilcoxon signed-rank test over the n pairs. n*: too few pairs for "
+    "the test ever to reach p < 0.05 (it needs n >= 6); run more folds or seeds before reading "
+    "a p there."
 )
+
+
+def paired_warning(paired: tuple[list[str], list[list[str]]] | None) -> str:
+    """`few_pairs_warning` for the fewest pairs in a paired table ("" when none is marked)."""
+    if paired is None:
+        return ""
+    counts = [int(m) for row in paired[1] for c in row[1:] if (m := _pairs(c)) is not None]
+    return few_pairs_warning(min(counts)) if counts else ""
+
+
+def _pairs(cell: str) -> str | None:
+    match = re.search(r"n=(\d+)", cell)
+    return match.group(1) if match else None
 
 
 def _paired_markdown(paired: tuple[list[str], list[list[str]]] | None) -> str:
     if paired is None:
         return ""
     header, rows = paired
+    warning = paired_warning(paired)
     lines = [
         "",
-        PAIRED_NOTE,
+        PAIRED_NOTE + (f" **{warning[0].upper()}{warning[1:]}.**" if warning else ""),
         "",
         "| " + " | ".join(header) + " |",
         "| --- | " + " | ".join("---:" for _ in header[1:]) + " |",
@@ -630,13 +744,28 @@ def _html(
     captions: dict[str, str],
     sources: list[str],
     paired: tuple[list[str], list[list[str]]] | None = None,
+    *,
+    sections: Sequence[Section] = (),
 ) -> str:
     e = html.escape
+    lead = "".join(
+        f"<h2>{e(title)}</h2><p>{e(text)}</p>"
+        + (
+            f'<img alt="{e(title)}" src="data:image/png;base64,'
+            f'{base64.b64encode(fig.read_bytes()).decode("ascii")}">'
+            if fig is not None
+            else ""
+        )
+        for title, text, fig in sections
+    )
     facts = "".join(f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in protocol.items())
     table = _html_table(header, rows)
     if paired is not None:
+        warning = paired_warning(paired)
+        strong = f" <strong>{e(warning[0].upper() + warning[1:])}.</strong>" if warning else ""
         table += (
-            f"</table><h2>Against random</h2><p>{e(PAIRED_NOTE)}</p><table>{_html_table(*paired)}"
+            f"</table><h2>Against random</h2><p>{e(PAIRED_NOTE)}{strong}</p>"
+            f"<table>{_html_table(*paired)}"
         )
     images = "".join(
         f'<h2>{e(title)}</h2><img alt="{e(title)}" src="data:image/png;base64,'
@@ -648,8 +777,10 @@ def _html(
         f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>after report</title><style>{_CSS}</style></head><body>"
         f"<h1>Active-learning report</h1><p>From {e(', '.join(sources))}.</p>"
-        f'<div class="protocol"><h2>Protocol</h2><table>{facts}</table></div>'
-        f"<h2>Test UA (%) by label budget</h2><table>{table}</table>{images}</body></html>\n"
+        f'<div class="protocol"><h2>Protocol</h2><table>{facts}</table></div>{lead}'
+        f"<h2>{'UA' if 'test' in protocol else 'Test UA'} (%) by label budget</h2>"
+        + (f"<p>{e(AUDIT_NOTE)}</p>" if "test" in protocol else "")
+        + f"<table>{table}</table>{images}</body></html>\n"
     )
 
 

@@ -282,7 +282,8 @@ def _gather(
         if out is None:
             raise AfterError(
                 f"{_chunk_path(folder, k)}: missing or not from this pass after scoring; was "
-                f"{folder} changed meanwhile? Delete it and score again"
+                f"{folder} changed meanwhile? Delete that folder (scores only, no label is in it) "
+                "and score again"
             )
         done[k] = out
     if state().is_main_process:

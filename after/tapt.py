@@ -63,7 +63,7 @@ from after.dist import accelerator as make_accelerator
 from after.dist import job_folder, launch, must_launch
 from after.errors import AfterError, AudioError, FoldError
 from after.faults import fault_point
-from after.io import atomic_write_json
+from after.io import apply_umask, atomic_write_json
 from after.models.backbones import (
     FAMILIES,
     family_of,
@@ -457,6 +457,7 @@ def run_tapt(
         hf_logging.disable_progress_bar()  # transformers' own bar for writing one small file
         model.objective.save(out)
         stream.preprocessor.save_pretrained(out)
+        apply_umask(out)  # safetensors writes the weights 0600 whatever the umask
         atomic_write_json(
             out / DONE_FILE,
             {
@@ -464,6 +465,9 @@ def run_tapt(
                 "family": model_config.model_type,
                 "manifest_digest": _manifest_digest(manifest),
                 "num_clips": len(ids),
+                # The clips whose audio TAPT read: a run refuses a model that read its audit,
+                # dev or test audio (`after.loop.runner.check_run`).
+                "ids": ids,
                 "skipped": stream.skipped,
                 "steps": config.steps,
                 "resumed_from_step": start,

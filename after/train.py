@@ -233,10 +233,15 @@ def _fine_tune(
                 assert start is not None
                 history.append({"epoch": 0, "steps": 0, **probe, "dev_ua": start["ua"]})
                 best = (start["ua"], 0, run.snapshot(), start)
-        task = bar.add_task("fine-tuning", total=run.plan.epochs * run.plan.micro_per_epoch)
+        # Each epoch's dev evaluation counts as its batches in the bar, so that the ETA, a
+        # rate measured over the steps done, does not leap after the first evaluation.
+        dev_units = math.ceil(len(dev_ids) / config.eval_batch_size)
+        per_epoch = run.plan.micro_per_epoch + dev_units
+        task = bar.add_task("fine-tuning", total=run.plan.epochs * per_epoch)
         for epoch in range(run.plan.epochs):
             record = _train_epoch(run, epoch, lambda info: bar.update(task, advance=1, info=info))
             scores = run.dev_scores(dev_ids)
+            bar.advance(task, dev_units)
             if scores is not None:
                 record.update(dev_ua=scores["ua"], dev_wa=scores["wa"])
             history.append(record)

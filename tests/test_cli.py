@@ -187,6 +187,18 @@ def test_train_evaluate_predict_and_cv(tmp_path: Path, capsys: pytest.CaptureFix
     captured = capsys.readouterr()
     assert len(captured.out.splitlines()) == len(list(Path(clip).parent.glob("*.flac")))
     assert "a folder with no audio file" in captured.err
+    # The fixes name options predict has; the folder of after train stands for its model.
+    short, silent = tmp_path / "short.wav", tmp_path / "silent.wav"
+    write_tone(short, 220.0, 0.1)
+    sf.write(silent, np.zeros(16_000, np.float32), 16_000)
+    assert run("predict", str(short), str(silent), clip, "--model", str(out)) == 2
+    captured = capsys.readouterr()
+    assert "too_short" in captured.err and "silent" in captured.err
+    assert f"{out}: using {out / 'model'}" in captured.err and len(captured.out.splitlines()) == 1
+    assert run("predict", "--help") == 0
+    options = set(re.findall(r"--[a-z-]+", capsys.readouterr().out))
+    assert set(re.findall(r"--[a-z-]+", captured.err)) <= options
+    assert run("predict", str(short), "--min-duration", "0.05", "--model", model) == 0
 
     cv_out = tmp_path / "cv"
     assert run("cv", *common, *fast[:4], "--out", str(cv_out), "--fold", "0", "--fold", "1") == 0

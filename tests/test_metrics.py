@@ -94,3 +94,40 @@ def test_the_smallest_wilcoxon_p_is_what_n_pairs_of_one_sign_give(n: int) -> Non
     assert d["wilcoxon_p"] == pytest.approx(smallest_wilcoxon_p(n)) == pytest.approx(2 / 2**n)
     assert d["min_p"] == smallest_wilcoxon_p(n)
     assert (d["min_p"] >= 0.05) == (n <= 5)  # below 6 pairs, p < 0.05 cannot happen
+
+
+def test_wilson_interval_matches_published_values() -> None:
+    """Wilson's score interval (Newcombe 1998, Table I: 81/263 -> 0.2553-0.3662)."""
+    from after.metrics import wilson_interval
+
+    lo, hi = wilson_interval(81, 263)
+    assert (round(lo, 4), round(hi, 4)) == (0.2553, 0.3662)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == 1.0
+    assert all(x != x for x in wilson_interval(0, 0))  # no clips: no interval
+
+
+def test_the_audit_estimate_states_its_intervals_and_its_labels() -> None:
+    from after.metrics import audit_estimate, describe_audit
+
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 4, 60)
+    pred = np.where(rng.random(60) < 0.7, truth, rng.integers(0, 4, 60))
+    e = audit_estimate(truth.tolist(), pred.tolist(), 4, np.random.default_rng(1))
+    assert e["audit_n"] == 60 and e["audit_acc"] == float((truth == pred).mean())
+    assert e["audit_acc_lo"] < e["audit_acc"] < e["audit_acc_hi"]
+    assert e["audit_ua_lo"] < e["audit_ua"] < e["audit_ua_hi"]
+    assert abs(e["audit_ua"] - sk.balanced_accuracy_score(truth, pred)) < 1e-12
+    again = audit_estimate(truth.tolist(), pred.tolist(), 4, np.random.default_rng(1))
+    assert again == e  # seeded
+    assert describe_audit(e).endswith("(60 audit labels)")
+    assert audit_estimate([], [], 4, rng) == {"audit_n": 0}
+
+
+def test_a_paired_difference_has_a_t_interval_and_few_pairs_are_flagged() -> None:
+    from after.metrics import describe_difference, few_pairs_warning
+
+    d = paired_difference([0.5, 0.6, 0.7], [0.45, 0.5, 0.69])
+    half = 4.302652729911275 * np.std([0.05, 0.1, 0.01], ddof=1) / np.sqrt(3)  # t(0.975, 2)
+    assert abs(d["ci_hi"] - d["ci_lo"] - 2 * half) < 1e-9
+    assert describe_difference(d).endswith("(p=0.25, n=3*)")
+    assert "3 paired run(s)" in few_pairs_warning(3) and few_pairs_warning(6) == ""

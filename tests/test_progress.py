@@ -9,6 +9,7 @@ import re
 import pytest
 
 import after.progress
+from after.errors import Interrupted
 from after.progress import LineProgress, progress_bar
 
 
@@ -49,3 +50,28 @@ def test_a_display_inside_another_joins_it(monkeypatch: pytest.MonkeyPatch) -> N
     with progress_bar(enabled=False) as quiet, progress_bar() as inner:
         inner.add_task("scoring", total=1)
         assert inner.outer is quiet  # a display turned off keeps the steps inside it quiet
+
+
+@pytest.mark.parametrize(
+    ("error", "says"),
+    [(KeyboardInterrupt, "INTERRUPTED"), (Interrupted, "INTERRUPTED"), (OSError, "STOPPED")],
+)
+def test_a_step_cut_short_never_reads_as_finished(
+    monkeypatch: pytest.MonkeyPatch, error: type[BaseException], says: str
+) -> None:
+    """Ctrl-C (or an error) in a step: its last line says it stopped, not "ended after"."""
+    monkeypatch.setattr(after.progress, "FIRST_S", 0.0)
+    out = io.StringIO()
+    with pytest.raises(error), LineProgress(out), progress_bar() as inner:
+        task = inner.add_task("features (egemaps)", total=10)
+        inner.advance(task, 3)
+        raise error
+    last = out.getvalue().splitlines()[-1]
+    assert last.startswith("features (egemaps): 3/10 (30%); " + says) and "ended" not in last
+
+
+def test_a_long_step_without_a_count_says_when_it_starts() -> None:
+    out = io.StringIO()
+    with LineProgress(out) as bar:
+        bar.add_task("TAPT targets: k-means, 100 clusters", total=1, announce=True)
+    assert out.getvalue() == "TAPT targets: k-means, 100 clusters: started\n"

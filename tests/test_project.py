@@ -21,3 +21,37 @@ def test_licence_and_citation() -> None:
     paper = cff["preferred-citation"]
     assert paper["title"].startswith("After: Active Learning Based Fine-Tuning Framework")
     assert paper["authors"][0]["family-names"] == "Li" and paper["year"] == 2023
+
+
+def test_no_message_suggests_deleting_what_may_hold_peoples_labels() -> None:
+    """A run folder may hold people's answers (labels.sqlite): no message may tell anyone to
+    delete one. The only messages that say "delete" are about folders that hold none: the
+    demo's (simulated labels) and a comparison's simulated runs (`RERUN_FIX`, used by compare
+    alone)."""
+    import ast
+
+    allowed = {"demo.py", "loop/compare.py", "loop/runner.py", "scoring.py"}
+    found = []
+    for path in sorted((ROOT / "after").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            text = node.value if isinstance(node, ast.Constant) else None
+            advice = isinstance(text, str) and not text.startswith("DELETE FROM")  # not SQL
+            if advice and "delete" in str(text).lower() and id(node) not in docstrings:
+                found.append((path.relative_to(ROOT / "after").as_posix(), text))
+    assert {where for where, _ in found} <= allowed, found
+    runner = [text for where, text in found if where == "loop/runner.py"]
+    assert all("delete it (or the whole output folder)" in t for t in runner), runner
+    scores = [text for where, text in found if where == "scoring.py"]
+    assert all("scores only, no label is in it" in t for t in scores), scores
+    sources = {p.name: p.read_text() for p in (ROOT / "after").rglob("*.py")}
+    users = {name for name, text in sources.items() if "check_same_settings(" in text}
+    assert users == {"runner.py", "compare.py"}  # the run command passes no folder to delete

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -154,9 +155,20 @@ def test_report_of_a_compare_folder(corpus: tuple[Manifest, Path, Path], tmp_pat
     # Margin against random, paired by fold and seed, as compare computed it.
     paired = _ua_row(markdown, "margin")
     for cell, point in zip(paired, summary["strategies"]["margin"]["vs_random"], strict=True):
-        # Two pairs can never give p < 0.05: the cell is starred and the note says why.
-        assert cell.startswith(f"{100 * point['mean']:+.1f} (p=") and cell.endswith(", n=2*)")
+        # Two pairs can never give p < 0.05: the cell is starred, with its 95% interval, and
+        # the note says why, with a warning in bold.
+        interval = f"[{100 * point['ci_lo']:+.1f}, {100 * point['ci_hi']:+.1f}]"
+        assert cell.startswith(f"{100 * point['mean']:+.1f} {interval} (p=")
+        assert cell.endswith(", n=2*)")
     assert "n*: too few pairs for the test ever to reach p < 0.05" in markdown
+    assert "**Warning: 2 paired run(s): no difference can reach p < 0.05" in markdown
+    # curve.csv has more than UA: WA, 95% intervals, and the difference from random.
+    with open(tmp_path / "cmp" / "curve.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {"test_wa_mean", "test_ua_ci_lo", "vs_random_ci_hi", "vs_random_p"} <= set(rows[0])
+    margin = [r for r in rows if r["strategy"] == "margin"]
+    assert all(r["vs_random_p"] and r["pairs"] == "2" for r in margin)
+    assert "Warning: 2 paired run(s)" in text
     assert "Against random" in page and "Wilcoxon" in page
 
 
@@ -194,7 +206,13 @@ def test_quick_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
     names = [row[0] for row in result["table"]["rows"]]
     assert names == ["entropy (n=1)", "random (n=1)", "all labels, frozen:whisper-tiny.en (n=1)"]
     assert result["report"]["html"].is_file()
-    assert len(_images(result["report"]["html"].read_text())) == 5
+    page = result["report"]["html"].read_text()
+    assert len(_images(page)) == 6  # and the TAPT section's loss curve
+    # The report opens with a verdict in plain words, which the command prints too, and says
+    # that one paired run shows nothing; then the TAPT check, said to be a check.
+    assert page.index("In plain words") < page.index("Task-adaptive pre-training (TAPT)")
+    assert "1 paired run is too few to tell the two apart" in result["verdict"]
+    assert "not evidence that it helps" in page and "synthetic corpus" in result["verdict"]
     check = result["finetune"]
     assert check["epochs"] == QUICK.check_epochs
     # Each UA is the mean recall, over the classes tested, of its run's test confusion matrix...
@@ -228,4 +246,32 @@ def test_quick_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     for row in result["table"]["rows"]:
         assert re.search(r"│ " + r"\s*│\s*".join(map(re.escape, row)) + r"\s*│", out), row
-    assert "report.html" in out
+    assert "report.html" in out and result["verdict"] in out
+
+
+def test_report_of_a_run_without_a_test_split_shows_its_audit_estimate(
+    corpus: tuple[Manifest, Path, Path], tmp_path: Path
+) -> None:
+    """No folds, no test split: the report says so, and shows the audit estimate with its
+    interval and how many audit labels back it, never an empty test figure."""
+    from after.loop.runner import whole_pool
+
+    m, manifest, _ = corpus
+    al = ALConfig(schedule=("8", "16"), cold_start="random", audit="12")
+    cache = str(tmp_path / "features")
+    run = Run(m, str(manifest), None, whole_pool(m), "egemaps", al, FAST, tmp_path / "run", cache)
+    state = run_loop(run, start_run(run))
+    verdict = ("In plain words", "A sentence for people.", None)
+    files = write_report([run.run_dir], tmp_path / "out", sections=[verdict])
+    markdown = files["markdown"].read_text()
+    assert markdown.startswith("## In plain words\n\nA sentence for people.")
+    cells = _ua_row(markdown, "entropy (n=1)")
+    for cell, r in zip(cells, state.rounds, strict=False):
+        assert cell == (
+            f"{100 * r['audit_ua']:.1f} [{100 * r['audit_ua_lo']:.1f}-"
+            f"{100 * r['audit_ua_hi']:.1f}] (n=12)"
+        )
+    page = re.sub(r"data:image/png;base64,[^\"]*", "", files["html"].read_text())
+    assert "no test split; their figures are audit estimates" in page
+    assert "Wilson" in page and "UA (%) by label budget" in page and "nan" not in page
+    assert page.index("A sentence for people.") < page.index("by label budget")

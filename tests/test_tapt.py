@@ -571,3 +571,46 @@ def test_the_objectives_settings_accept_are_the_ones_implemented() -> None:
     from after.models.objectives import OBJECTIVES
 
     assert set(OBJECTIVES) == set(TAPT_OBJECTIVES)
+
+
+def test_tapt_says_what_it_does_while_it_fits_targets_and_writes_what_it_read(
+    corpus: tuple[Manifest, Fold],
+    models: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The k-means targets show progress (they ran silent for minutes; the fit itself says when
+    it starts); the weights get the umask's mode however TAPT is called (the demo calls it
+    directly); tapt.json lists the clips whose audio it read, and a run whose audit or test clips
+    are among them is refused."""
+    import os
+    import stat
+
+    import after.progress
+    from after.config import ALConfig, TrainConfig
+    from after.loop.runner import Run, check_run
+
+    monkeypatch.setattr(after.progress, "FIRST_S", 0.0)
+    m, fold = corpus
+    config = TaptConfig(**{**FAST.to_dict(), "steps": 2, "kmeans_max_frames": 300})
+    old = os.umask(0o022)
+    try:
+        out = tapt.run_tapt(m, fold, str(models["hubert"]), tmp_path / "t", config, progress=True)
+    finally:
+        os.umask(old)
+    err = capsys.readouterr().err
+    assert "k-means: frames of layer 1" in err
+    assert "k-means: 8 clusters of 300 frames: started" in err
+    assert "k-means: targets of every clip: 24/24 (100%)" in err
+    assert stat.S_IMODE((out / "model.safetensors").stat().st_mode) == 0o644
+    assert json.loads((out / tapt.DONE_FILE).read_text())["ids"] == list(fold.train)
+
+    al = ALConfig(schedule=("4", "8"), cold_start="random", audit="4")
+    run = Run(m, "m.jsonl", "f.json", fold, str(out), al, TrainConfig(), tmp_path / "r", None)
+    with pytest.raises(AfterError, match=r"pre-trained it on the audio of 4 of this run's audit"):
+        check_run(run)
+    other = make_folds(m, "loso", seed=0).get(1)  # fold 0's training voices are tested here
+    plain = Run(m, "m.jsonl", "f.json", other, str(out), ALConfig(), TrainConfig(), tmp_path, None)
+    with pytest.raises(AfterError, match=r"of this run's (dev|test) clips"):
+        check_run(plain)

@@ -285,3 +285,22 @@ def test_a_probe_head_starts_where_the_frozen_learner_ends(tones: tuple[Manifest
     r = train.fit(m, fold.train, fold.dev, "scratch:tiny", config, progress=False)
     assert [h["epoch"] for h in r.history] == [0, 1, 2] and "probe_c" in r.history[0]
     assert r.dev is not None and r.dev["ua"] == max(h["dev_ua"] for h in r.history)
+
+
+def test_the_fine_tuning_bar_counts_dev_evaluations(
+    tones: tuple[Manifest, Fold],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each epoch's dev evaluation is part of the bar (its batches), so the ETA, a rate over
+    the steps done, does not leap once the first evaluation has run."""
+    import after.progress
+
+    monkeypatch.setattr(after.progress, "FIRST_S", 0.0)
+    monkeypatch.setattr(after.progress, "EVERY_S", 0.0)
+    m, fold = tones
+    config = TrainConfig(epochs=2, min_steps=0, batch_size=8, eval_batch_size=2, patience=0)
+    train.fit(m, fold.train, fold.dev, "scratch:tiny", config, progress=True)
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.startswith("fine-tuning:")]
+    per_epoch = -(-len(fold.train) // 8) + -(-len(fold.dev) // 2)
+    assert lines[-1].startswith(f"fine-tuning: {2 * per_epoch}/{2 * per_epoch} (100%)")

@@ -14,7 +14,7 @@ from rich.text import Text
 
 from after.data.folds import Folds
 from after.data.manifest import Manifest
-from after.errors import AfterError, cut
+from after.errors import AfterError, Interrupted, cut
 
 app = typer.Typer(
     help="Label-efficient speech emotion recognition with task adaptation and active learning.",
@@ -81,13 +81,8 @@ def corpus_name(m: Manifest) -> str:
     return ", ".join(sorted({u.corpus for u in m}))
 
 
-class _Interrupted(BaseException):
-    """Ctrl-C, raised by our SIGINT handler: click turns a KeyboardInterrupt into "Aborted!"
-    (exit 1) before `main` could say how to continue."""
-
-
 def _on_sigint(signum: int, frame: object) -> None:
-    raise _Interrupted
+    raise Interrupted
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -110,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
 
         print_error(AfterError(os_error_message(e)))
         raise SystemExit(2) from None
-    except (KeyboardInterrupt, _Interrupted):
+    except (KeyboardInterrupt, Interrupted):
         again = cut(shlex.join(["after", *args]), MAX_LINE)
         err.print(f"interrupted; continue with: {again} (what was saved is kept)", highlight=False)
         raise SystemExit(130) from None

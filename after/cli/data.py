@@ -10,6 +10,13 @@ from typing import Any
 import typer
 
 from after.cli.app import app, console, err, new_table, print_table
+from after.cli.options import (
+    LABEL_SET,
+    MIN_DURATION,
+    SILENCE_DBFS,
+    SPEAKER_REGEX,
+    parse_labels,
+)
 from after.data.audio import DECODE_LIMIT_S, MAX_DURATION_S, validate_manifest, write_rejections
 from after.data.corpora import CORPORA
 from after.data.folds import PROTOCOLS, Folds, make_folds
@@ -19,15 +26,11 @@ from after.data.synth import DEFAULT_EMOTIONS, PROSODY
 from after.errors import AfterError, cut
 from after.progress import progress_bar
 
-MIN_DURATION = typer.Option(0.25, help="Clips shorter than this (seconds) are rejected.")
 MAX_DURATION = typer.Option(
     MAX_DURATION_S,
     min=0.0,
     max=DECODE_LIMIT_S,
     help="Clips longer than this (seconds) are rejected.",
-)
-SILENCE_DBFS = typer.Option(
-    -60.0, help="Clips whose loudest 50 ms is below this level (dBFS) are rejected as silent."
 )
 WORKERS = typer.Option(4, min=1, help="Threads reading audio.")
 
@@ -78,13 +81,15 @@ def prepare(
         metavar="CORPUS",
         help=f"{', '.join(CORPORA)}.",
     ),
-    data_dir: Path = typer.Option(
-        ..., help="The corpus folder (for csv: the CSV file).", show_default=False
+    data: Path | None = typer.Argument(
+        None, metavar="[DIR]", help="The corpus folder (for csv: the CSV file); or --data-dir."
+    ),
+    data_dir: Path | None = typer.Option(
+        None, help="The corpus folder (for csv: the CSV file).", show_default=False
     ),
     out: Path = typer.Option(Path("manifest.jsonl"), help="Manifest to write (JSONL)."),
-    speaker_regex: str | None = typer.Option(
-        None, help="folder only: regex with a (?P<speaker>...) group matched on file names."
-    ),
+    labels: str | None = LABEL_SET,
+    speaker_regex: str | None = SPEAKER_REGEX,
     test_set: str | None = typer.Option(
         None, help="msp-podcast only: the Split_Set that becomes the test split (default Test1)."
     ),
@@ -93,12 +98,25 @@ def prepare(
     silence_dbfs: float = SILENCE_DBFS,
     workers: int = WORKERS,
 ) -> None:
-    """Build a manifest from a corpus folder, checking every clip's audio."""
+    """Build a manifest from a corpus folder, checking every clip's audio. Your own recordings:
+    after prepare folder DIR --labels a,b,c (no labels needed yet), or after prepare csv
+    FILE.csv."""
     from after.data.corpora import prepare as prepare_corpus
 
-    given = {"speaker_regex": speaker_regex, "test_set": test_set}
+    if (data is None) == (data_dir is None):
+        raise AfterError(
+            "give the corpus folder (for csv: the CSV file) once: after prepare CORPUS DIR, or "
+            "--data-dir DIR"
+        )
+    folder = data if data is not None else data_dir
+    assert folder is not None
+    given = {
+        "speaker_regex": speaker_regex,
+        "test_set": test_set,
+        "labels": parse_labels(labels),
+    }
     options = {k: v for k, v in given.items() if v is not None}
-    found = prepare_corpus(corpus, data_dir, **options)
+    found = prepare_corpus(corpus, folder, **options)
     usable, rejected = _validate(
         found,
         min_duration=min_duration,
@@ -114,14 +132,40 @@ def prepare(
     else:
         rejected_path.unlink(missing_ok=True)
     if not len(usable):
-        raise AfterError(f"{corpus}: no usable clip in {data_dir}; see {rejected_path}")
+        raise AfterError(f"{corpus}: no usable clip in {folder}; see {rejected_path}")
     usable.to_jsonl(out)
     _warn_shared_audio(usable)
+    num_labeled = sum(u.label is not None for u in usable)
+    labeled = "all labeled" if num_labeled == len(usable) else f"{num_labeled} labeled"
+    declared = " (declared)" if usable.label_set is not None else ""
     console.print(
-        f"{out}: {len(usable)} clips, {len(usable.speakers)} speakers, "
-        f"{len(usable.labels)} labels ({cut(', '.join(usable.labels))})",
+        f"{out}: {len(usable)} clips ({labeled}), {len(usable.labels)} labels{declared} "
+        f"({cut(', '.join(usable.labels))}); speakers: {_speakers(usable, corpus, speaker_regex)}",
         highlight=False,
     )
+
+
+def _speakers(m: Manifest, corpus: str, speaker_regex: str | None) -> str:
+    """Where the speakers of a prepared manifest come from, in words: speaker-independent
+    splits, the audit set's strata and `--spread` rely on them."""
+    unknown = sum(u.speaker == u.id for u in m)
+    count = f"{len(m.speakers)} found"
+    if speaker_regex is not None:
+        where = f"{count} by --speaker-regex '{speaker_regex}'"
+    elif corpus == "csv":
+        where = f"{count} in the speaker column" if unknown < len(m) else ""
+    elif corpus == "folder":
+        where = f"{count} in the speaker sub-folders" if unknown < len(m) else ""
+    else:
+        where = f"{count} as the corpus names them"
+    if unknown == len(m):
+        return (
+            "unknown, each clip is its own (give --speaker-regex, or a speaker column in a CSV, "
+            "to group a person's clips)"
+        )
+    if unknown:
+        where += f"; {unknown} clip(s) without one are each their own speaker"
+    return where
 
 
 @app.command()
@@ -178,6 +222,13 @@ def folds(
     """Write speaker-independent train/dev/test folds."""
     m = Manifest.from_jsonl(manifest)
     _warn_shared_audio(m)
+    if len(m) > 1 and all(u.speaker == u.id for u in m):
+        err.print(
+            "warning: each clip is its own speaker (none was given when the manifest was "
+            "prepared), so these folds split clips, not people: a voice may be in training and "
+            "test. Prepare it with --speaker-regex (or a speaker column) to group a person's clips",
+            highlight=False,
+        )
     result = make_folds(
         m,
         protocol,  # type: ignore[arg-type]  # checked by make_folds against PROTOCOLS

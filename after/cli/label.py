@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from after.cli.app import app, console, new_table, print_table
+
+if TYPE_CHECKING:
+    from after.label.app import LabelingSession
 
 label_app = typer.Typer(
     help="People label the clips a run queries (runs started with --oracle human).",
@@ -75,6 +79,7 @@ def label_status(run_dir: Path = RUN_DIR) -> None:
         f"round {p['round']} ({p['phase']}): {p['decided']} of {p['total']} clips decided",
         highlight=False,
     )
+    _print_audit(session)
     answers = session.store.annotations()
     columns = ("round", "answers", "skips", "annotators", "clips rated ≥ 2", "Fleiss κ")
     table = new_table(*columns, "pairs agree", right=(*columns, "pairs agree"))
@@ -95,6 +100,43 @@ def label_status(run_dir: Path = RUN_DIR) -> None:
     print_table(table, console)
 
 
+def _print_audit(session: LabelingSession) -> None:
+    """The audit set's progress and each round's estimate (the run's owner runs this command;
+    annotators see no score), or what stands in for a missing test split."""
+    from after.loop.state import LoopState
+    from after.metrics import AUDIT_METHOD, format_interval
+
+    run = session.run
+    state = LoopState.load(run.run_dir)
+    no_test = "" if run.fold.test else "no test split"
+    if not state.audit:
+        if no_test:
+            console.print(
+                f"{no_test}, no audit set: this run has no accuracy figure (a new run with "
+                f"--audit N, e.g. after run --labels-from {run.run_dir} --audit 40 ..., gets one)",
+                highlight=False,
+            )
+        return
+    dropped = sum(1 for i in state.audit if i in set(state.dropped))
+    console.print(
+        f"audit set: {len(state.audit_labels)} of {len(state.audit)} clips labeled"
+        + (f", {dropped} skipped by everyone" if dropped else "")
+        + (f"; {no_test}: the audit estimate is the run's accuracy figure" if no_test else "")
+        + f" ({AUDIT_METHOD})",
+        highlight=False,
+    )
+    columns = ("round", "labeled", "audit labels", "audit UA [95% CI]", "accuracy [95% CI]")
+    table = new_table(*columns, right=columns)
+    for r in state.rounds:
+        if "audit_n" not in r:
+            continue
+        ua = format_interval(r.get("audit_ua"), r.get("audit_ua_lo"), r.get("audit_ua_hi"))
+        acc = format_interval(r.get("audit_acc"), r.get("audit_acc_lo"), r.get("audit_acc_hi"))
+        table.add_row(str(r["round"]), str(r["num_labeled"]), str(r["audit_n"]), ua, acc)
+    if table.row_count:
+        print_table(table, console)
+
+
 @label_app.command("export")
 def label_export(
     run_dir: Path = RUN_DIR,
@@ -103,9 +145,10 @@ def label_export(
     ),
     audio_url: str | None = typer.Option(
         None,
-        help="Label Studio audio URL with {clip_id}, {path} or {handle} (what after label serve's "
-        "/api/audio/ takes); default: Label Studio local files (/data/local-files/?d={path}, with "
-        "LOCAL_FILES_DOCUMENT_ROOT=/).",
+        help="Label Studio audio URL with {key} (the task's key: the export writes its audio as "
+        "audio/KEY.wav) or {handle} (what after label serve's /api/audio/ takes); default: Label "
+        "Studio local files (/data/local-files/?d=audio/{key}.wav, with "
+        "LOCAL_FILES_DOCUMENT_ROOT=OUT). Never a clip id or path: annotators see the URL.",
     ),
 ) -> None:
     """Answers as CSV; the round's queries as CSV and as Label Studio tasks + config."""
@@ -116,7 +159,9 @@ def label_export(
         f"{r['folder']}: labels.csv ({r['answers']} answers)"
         + (
             f", tasks.csv and label_studio_tasks.json ({r['tasks']} queries of round "
-            f"{r['round']}), label_studio_config.xml"
+            f"{r['round']}, their audio in audio/ under opaque keys: Label Studio serves it with "
+            f"LOCAL_FILES_SERVING_ENABLED=true LOCAL_FILES_DOCUMENT_ROOT={r['folder']}), "
+            "label_studio_config.xml"
             if r["tasks"]
             else " (no round waits for labels)"
         ),

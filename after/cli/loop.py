@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from after.cli.options import (
     DEVICE,
     FOLD_LIST,
     FOLDS_FILE,
+    LABELS_FROM,
     LOG_DIR,
     LOG_WITH,
     MANIFEST,
@@ -43,9 +45,16 @@ RUN_AL = Group(ALConfig, AL_OPTIONS, tuple(AL_OPTIONS), shared=("seed",))
 @app.command()
 @with_configs(al=RUN_AL, config=training(*SELF_TRAINING, "seed"))
 def run(
+    ctx: typer.Context,
     manifest: Path | None = typer.Option(None, help="Manifest (JSONL)."),
-    folds_file: Path = FOLDS_FILE,
-    fold: str | None = typer.Option(None, help="Fold name or index."),
+    folds_file: Path = typer.Option(
+        Path("folds.json"), "--folds", help="Folds of this manifest (with --fold)."
+    ),
+    fold: str | None = typer.Option(
+        None,
+        help="Fold name or index. Without it the whole manifest is the pool: no dev or test "
+        "split (an audit set, --audit, estimates the accuracy).",
+    ),
     backbone: str = SAME_BACKBONE,
     *,
     al: ALConfig,
@@ -53,8 +62,11 @@ def run(
         None, help="Run folder; the same command again continues the run in it."
     ),
     resume: Path | None = typer.Option(
-        None, help="Continue the run in this folder (its settings are in its config.json)."
+        None,
+        help="Continue the run in this folder (its settings are in its config.json); with a "
+        "longer --schedule that starts with its own, a finished run takes more rounds.",
     ),
+    labels_from: Path | None = LABELS_FROM,
     config: TrainConfig,
     cache_dir: Path | None = CACHE,
     threads: int | None = THREADS,
@@ -66,7 +78,7 @@ def run(
     from after.cache import default_cache_dir
     from after.dist import use_compute, world_size
     from after.loop.folder import RunFolder
-    from after.loop.runner import RUN_SETTINGS, Run, check_same_settings
+    from after.loop.runner import RUN_SETTINGS, Run, read_carried, settings_differ, whole_pool
 
     if world_size() > 1:
         raise AfterError(
@@ -74,7 +86,13 @@ def run(
             "accelerate launch or torchrun) and pass --num-processes N"
         )
     use_compute(device, threads)
+    typed = _typed_settings(ctx)
     if resume is not None:
+        if labels_from is not None:
+            raise AfterError(
+                f"--labels-from starts a new run; {resume} has its labels already (continue it "
+                "with --resume alone, or start a new run with --labels-from and --out)"
+            )
         the_run = Run.from_dir(resume)
         if config.num_processes not in (1, the_run.train.num_processes):
             raise AfterError(
@@ -82,59 +100,174 @@ def run(
                 "which is part of its settings (a step's batch spans the processes); resume "
                 "it without --num-processes"
             )
-        continue_run(the_run, log_with, log_dir)
+        given = {"backbone": backbone, "al": al.to_dict(), "train": config.to_dict()}
+        _refuse_changes(the_run, given, typed)
+        continue_run(_grown(the_run, al.schedule, "schedule" in typed), log_with, log_dir)
         return
-    if manifest is None or fold is None or out is None:
-        raise AfterError("give --manifest, --fold and --out for a new run, or --resume RUN_DIR")
-    m, chosen = load_fold(manifest, folds_file, fold)
+    if manifest is None or out is None:
+        raise AfterError(
+            "give --manifest and --out for a new run (and --fold with a folds file), or "
+            "--resume RUN_DIR"
+        )
+    if fold is None:
+        if "folds_file" in typed:
+            raise AfterError(f"--folds {folds_file}: give the fold to run on with --fold")
+        m = Manifest.from_jsonl(manifest)
+        chosen, folds_path = whole_pool(m), None
+    else:
+        m, chosen = load_fold(manifest, folds_file, fold)
+        folds_path = str(folds_file.resolve())
     cache = str((cache_dir or default_cache_dir()).resolve())
-    the_run = Run(
-        m,
-        str(manifest.resolve()),
-        str(folds_file.resolve()),
-        chosen,
-        backbone,
-        al,
-        config,
-        out,
-        cache,
-    )
+    the_run = Run(m, str(manifest.resolve()), folds_path, chosen, backbone, al, config, out, cache)
     if RunFolder(out).config.is_file():  # the same command again: continue, if the same run
-        found = read_json(RunFolder(out).config, "delete the folder, or choose another --out")
+        found = read_json(RunFolder(out).config, "restore it from a backup, or another --out")
+        started_from = found.get("labels_from") if isinstance(found, dict) else None
+        if labels_from is not None and started_from != str(labels_from.resolve()):
+            raise AfterError(
+                f"{out}: holds a run already; --labels-from starts a new one: choose another --out"
+            )
         wanted = {k: the_run.to_json()[k] for k in RUN_SETTINGS}
-        check_same_settings(out, found, wanted)
-        the_run = Run.from_dir(out)
-    continue_run(the_run, log_with, log_dir)
+        differ = settings_differ(found, wanted) if isinstance(found, dict) else ["config"]
+        if differ and differ != ["al.schedule"]:
+            raise AfterError(
+                f"{out}: holds a run made with other settings ({', '.join(differ)}); its settings "
+                f"are fixed: continue it as it is with after run --resume {out}, start a new run "
+                f"from its labels (--labels-from {out} --out NEW), or choose another --out"
+            )
+        old = Run.from_dir(out)
+        continue_run(_grown(old, al.schedule, bool(differ)), log_with, log_dir)
+        return
+    carried = None
+    if labels_from is not None:
+        carried, notes = read_carried(labels_from, the_run)
+        the_run.labels_from = carried.source
+        for note in notes:
+            err.print(f"--labels-from {labels_from}: {note}", highlight=False)
+    continue_run(the_run, log_with, log_dir, carried=carried)
 
 
-def continue_run(the_run: Any, log_with: str | None, log_dir: Path | None) -> None:
+def _typed_settings(ctx: typer.Context) -> set[str]:
+    """The options of this command given on the command line (or by environment), by parameter
+    name: a resumed run must know which settings were asked for, not defaulted."""
+    typed = set()
+    for p in ctx.command.params:
+        source = ctx.get_parameter_source(p.name) if p.name else None
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            typed.add(str(p.name))
+    return typed
+
+
+def _refuse_changes(the_run: Any, given: dict[str, Any], typed: set[str]) -> None:
+    """A resumed run keeps the settings it started with: refuse a typed option that would
+    change one (silently ignoring it would look as if it applied). --schedule may grow."""
+    from after.cli.configs import option_name
+    from after.cli.options import AL_OPTIONS, TRAIN_OPTIONS
+
+    own = the_run.to_json()
+    changed = []
+    for group, specs in (("al", AL_OPTIONS), ("train", TRAIN_OPTIONS)):
+        for name, value in given[group].items():
+            asked = name in typed and name not in ("schedule", "num_processes")
+            if asked and json.loads(json.dumps(value)) != own[group].get(name, value):
+                spec = specs.get(name)
+                changed.append(spec.flag(name) if spec else option_name(name))
+    if "backbone" in typed and given["backbone"] != own["backbone"]:
+        changed.append("--backbone")
+    if changed:
+        raise AfterError(
+            f"{the_run.run_dir}: a run keeps the settings it started with, so "
+            f"{', '.join(sorted(set(changed)))} cannot change; resume it without them (a longer "
+            f"--schedule that starts with its own gives it more rounds), or start a new run from "
+            f"its labels: after run --labels-from {the_run.run_dir} ... --out NEW"
+        )
+
+
+def _grown(the_run: Any, schedule: tuple[str, ...], asked: bool) -> Any:
+    """The run with `schedule` if that was asked for and grows it (`5%` and `0.05` are one
+    budget); the run as it is when `schedule` is its own or the start of it (the command it was
+    started with, again)."""
+    from after.loop.runner import grow_schedule, schedule_relation
+
+    own = tuple(the_run.al.schedule)
+    if not asked or schedule_relation(the_run, schedule) in ("same", "prefix"):
+        return the_run
+    grown = grow_schedule(the_run, schedule)
+    err.print(
+        f"{the_run.run_dir}: schedule grown from {','.join(own)} to {','.join(schedule)}; every "
+        "label, round and model it had is kept",
+        highlight=False,
+    )
+    return grown
+
+
+def continue_run(
+    the_run: Any, log_with: str | None, log_dir: Path | None, *, carried: Any = None
+) -> None:
     """Start (or continue) an active-learning run and report its rounds."""
-    from after.loop.runner import check_run, load_state, run_loop
+    from after.loop.runner import check_run, run_loop, start_run
+    from after.loop.state import LoopState
+    from after.metrics import AUDIT_METHOD, describe_audit
     from after.tracking import open_tracker
 
+    exists = the_run.folder.state.is_file()
+    if not exists and carried is None and the_run.labels_from:  # its start was cut off
+        from after.loop.runner import read_carried
+
+        carried, _ = read_carried(the_run.labels_from, the_run)
     try:
-        warnings = check_run(the_run)
+        audit = LoopState.load(the_run.run_dir).audit if exists else None
+        warnings = check_run(the_run, audit=audit, carried=carried)
     except AfterError as e:
-        if not (the_run.run_dir / "state.json").is_file():
+        if not exists:
             raise
         raise AfterError(
             f"{the_run.run_dir} cannot continue: {e}. Its settings are fixed; start a new run "
-            "(another --out) with the fix"
+            f"from its labels with the fix (after run --labels-from {the_run.run_dir} ... --out "
+            "NEW)"
         ) from None
     for warning in warnings:
         err.print(f"warning: {warning}", highlight=False)
-    state = load_state(the_run)
+    state = LoopState.load(the_run.run_dir) if exists else start_run(the_run, carried)
     if state.rounds or state.phase != "select":
         err.print(f"continuing {the_run.run_dir} at round {state.round} ({state.phase})")
+    elif state.carried:
+        c = state.carried
+        err.print(
+            f"{the_run.run_dir}: starts from {c['labels']} label(s) and {c['audit_labels']} audit "
+            f"label(s) of {c['from']}",
+            highlight=False,
+        )
+    if not the_run.fold.test:
+        err.print(
+            "no test split"
+            + (" (no folds: the whole manifest is the pool)" if not the_run.has_folds else "")
+            + (
+                f": accuracy is estimated on the audit set ({len(state.audit)} clips; "
+                f"{AUDIT_METHOD})"
+                if state.audit
+                else ": no accuracy figure (add an audit set with --audit N to a new run)"
+            ),
+            highlight=False,
+        )
     settings = {k: v for k, v in the_run.to_json().items() if k != "manifest_digest"}
     log_folder = log_dir or the_run.run_dir / "logs"
     tracker = open_tracker(log_with, the_run.run_dir.name, log_folder, settings)
 
+    def scores(r: dict[str, Any]) -> str:
+        parts = []
+        if "audit_n" in r:
+            parts.append(describe_audit(r))
+        if "test_ua" in r:
+            parts.append(f"test UA {100 * r['test_ua']:.2f}%")
+        if r.get("dev_ua") is not None:
+            parts.append(f"dev UA {100 * r['dev_ua']:.2f}%")
+        return ", ".join(parts) or "no test split, no audit set"
+
     def show(r: dict[str, Any]) -> None:
         if r["round"] == "final":
             console.print(
-                f"final: {r['model']}, {r['num_labeled']} labeled, test UA "
-                f"{100 * r['test_ua']:.2f}%, train {r['train_s']:.1f}s",
+                f"final: {r['model']}, {r['num_labeled']} labeled, {scores(r)}, train "
+                f"{r['train_s']:.1f}s",
                 highlight=False,
             )
             return
@@ -142,8 +275,7 @@ def continue_run(the_run: Any, log_with: str | None, log_dir: Path | None) -> No
             tracker.log(r, r["round"])
         console.print(
             f"round {r['round']}: {r['num_labeled']} labeled ({100 * r['fraction']:.1f}%, "
-            f"{r['minutes']:.1f} min), test UA {100 * r['test_ua']:.2f}%, dev UA "
-            f"{100 * (r['dev_ua'] or 0):.2f}%, train {r['train_s']:.1f}s",
+            f"{r['minutes']:.1f} min), {scores(r)}, train {r['train_s']:.1f}s",
             highlight=False,
         )
 
@@ -154,14 +286,23 @@ def continue_run(the_run: Any, log_with: str | None, log_dir: Path | None) -> No
             tracker.finish()
     if state.phase == "done":
         final = f", {the_run.folder.final_model.name}/" if state.final else ""
+        schedule = ",".join(the_run.al.schedule)
+        more = (
+            ""
+            if state.stopped_because == "pool exhausted"
+            else f"; more rounds: after run --resume {the_run.run_dir} --schedule {schedule},MORE"
+        )
         console.print(
-            f"{the_run.run_dir}: done ({state.stopped_because}); rounds.csv, model/{final}"
+            f"{the_run.run_dir}: done ({state.stopped_because}); rounds.csv, model/{final}{more}",
+            highlight=False,
         )
     elif the_run.al.oracle == "human":
+        mixed = sum(1 for i in state.pending if i in set(state.audit))
+        among = f" ({mixed} of them audit clips, mixed in)" if mixed else ""
         console.print(
-            f"{the_run.run_dir}: round {state.round} waits for {len(state.pending)} label(s). "
-            f"Label them with: after label serve {the_run.run_dir}  (or after label export / "
-            f"import), then: after run --resume {the_run.run_dir}",
+            f"{the_run.run_dir}: round {state.round} waits for {len(state.pending)} label(s)"
+            f"{among}. Label them with: after label serve {the_run.run_dir}  (or after label "
+            f"export / import), then: after run --resume {the_run.run_dir}",
             highlight=False,
         )
     else:

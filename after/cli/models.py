@@ -23,7 +23,9 @@ from after.cli.options import (
     LOG_DIR,
     LOG_WITH,
     MANIFEST,
+    MIN_DURATION,
     SAME_BACKBONE,
+    SILENCE_DBFS,
     TAPT,
     TAPT_BACKBONE,
     TAPT_OPTIONS,
@@ -221,6 +223,7 @@ def evaluate(
     if split not in SPLITS:
         raise AfterError(f"--split {split!r}: choose {' or '.join(SPLITS)}")
     m, chosen = load_fold(manifest, folds_file, fold)
+    model = model_folder(model)
     out = out or model.resolve().parent / f"evaluation_{chosen.name}_{split}.json"
     clf = load_classifier(model)
     scores = score(clf, m, getattr(chosen, split), cache_dir=cache_dir or default_cache_dir())
@@ -235,6 +238,35 @@ def evaluate(
     )
 
 
+def model_folder(given: Path) -> Path:
+    """The model folder that `--model` means: a model folder as it is; for a run folder of
+    after run its fine-tuned final model (the hybrid recipe) or else its latest round's model;
+    for an output folder of after train its model/. Says which on stderr when it is not the
+    folder given."""
+    from after.loop.folder import RunFolder
+    from after.models.classifier import INFO_FILE
+
+    run = RunFolder(given)
+    if run.is_run():
+        chosen = run.final_model if (run.final_model / INFO_FILE).is_file() else run.model
+        what = (
+            "the hybrid recipe's final model"
+            if chosen == run.final_model
+            else "its latest round's model"
+        )
+        if not chosen.is_dir():
+            raise AfterError(
+                f"{given}: a run folder of after run with no model yet (no round has trained); "
+                f"continue it with after run --resume {given}"
+            )
+        err.print(f"{given}: a run folder; using {chosen} ({what})", highlight=False)
+        return chosen
+    if not (given / INFO_FILE).is_file() and (given / "model" / INFO_FILE).is_file():
+        err.print(f"{given}: using {given / 'model'}", highlight=False)
+        return given / "model"
+    return given
+
+
 @app.command()
 def predict(
     files: list[Path] = typer.Argument(
@@ -242,7 +274,14 @@ def predict(
         metavar="FILES_OR_FOLDERS",
         help="Audio files (any format soundfile reads), or folders of them.",
     ),
-    model: Path = typer.Option(..., help="Model folder.", show_default=False),
+    model: Path = typer.Option(
+        ...,
+        help="Model folder; or a run folder of after run (its final or latest model), or an "
+        "output folder of after train (its model/).",
+        show_default=False,
+    ),
+    min_duration: float = MIN_DURATION,
+    silence_dbfs: float = SILENCE_DBFS,
     speaker_by: str = typer.Option(
         "folder",
         help="For a model on speaker-standardised features: the files of one folder are one "
@@ -275,8 +314,16 @@ def predict(
             f"{speaker_by!r}: choose folder or file", param_hint="--speaker-by"
         )
     found = audio_files(files, on_error=report)
-    clf = load_classifier(model)
-    for record in predict_files(clf, found, on_error=report, speaker_by=speaker_by):
+    clf = load_classifier(model_folder(model))
+    records = predict_files(
+        clf,
+        found,
+        on_error=report,
+        speaker_by=speaker_by,
+        min_duration_s=min_duration,
+        silence_dbfs=silence_dbfs,
+    )
+    for record in records:
         sys.stdout.write(json.dumps(record) + "\n")
         sys.stdout.flush()
     if bad:

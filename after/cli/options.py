@@ -188,6 +188,13 @@ AL_OPTIONS: dict[str, Spec] = {
         "people, with after label serve or export/import."
     ),
     "min_votes": Spec("human: answers a clip needs to count."),
+    "audit": Spec(
+        "An audit set: N clips (or a share of the pool: 10%) drawn at random from the pool at "
+        "the start (by speaker, where speakers are known), labeled with round 0's queries and "
+        "mixed among them, and never used to train, select or cold-start; each round's model "
+        "is scored on them: accuracy and UA with 95% confidence intervals. The estimate where "
+        "there is no labeled test set; --target-ua reads it where there is no dev split."
+    ),
 }
 # What a comparison of strategies shares with a run (its strategies are an option of its own).
 COMPARE_AL = ("schedule", "cold_start", "spread")
@@ -277,6 +284,48 @@ LOG_WITH = typer.Option(
     "know is refused with the list).",
 )
 LOG_DIR = typer.Option(None, help="The tracker's folder (default: OUT/logs).")
+
+
+# ---- checking audio (prepare, validate, predict) -------------------------------------------------
+
+MIN_DURATION = typer.Option(0.25, help="Clips shorter than this (seconds) are rejected.")
+SILENCE_DBFS = typer.Option(
+    -60.0, help="Clips whose loudest 50 ms is below this level (dBFS) are rejected as silent."
+)
+
+# ---- preparing your own data --------------------------------------------------------------------
+
+LABEL_SET = typer.Option(
+    None,
+    "--labels",
+    help="csv and folder: the label set, comma-separated (e.g. anger,happiness,neutral,sadness). "
+    "Needed where the clips have no labels yet (a folder of recordings, a CSV without a label "
+    "column): people label them with after run --oracle human.",
+    show_default=False,
+)
+SPEAKER_REGEX = typer.Option(
+    None,
+    help="csv (without a speaker column) and folder: a regex whose group (named speaker, or the "
+    "first) finds the speaker in each file's path: searched in the file name, then in the path "
+    "under the folder, e.g. '^([^_]+)_' or '^([^/]+)/'. Without it, unlabeled clips have an "
+    "unknown speaker: each is its own.",
+)
+
+
+LABELS_FROM = typer.Option(
+    None,
+    help="Start a new run from the labels of this run folder: they count as labeled before "
+    "round 0 (its audit labels stay audit labels where this run has --audit). Nothing of the "
+    "old run changes.",
+    show_default=False,
+)
+
+
+def parse_labels(text: str | None) -> list[str] | None:
+    """`--labels a,b,c` as a list (None when not given)."""
+    if text is None:
+        return None
+    return [x.strip() for x in text.split(",") if x.strip()]
 
 
 def chosen_folds(all_folds: Folds, given: list[str]) -> list[Any]:

@@ -72,6 +72,13 @@ def demo(
         f"{100 * f['tapt_frozen_ua']:.1f}%",
         highlight=False,
     )
+    console.print(result["verdict"], highlight=False)
+    if result["vs_random"]:
+        from after.metrics import few_pairs_warning
+
+        warning = few_pairs_warning(min(d["n"] for d in result["vs_random"]))
+        if warning:
+            err.print(warning, highlight=False)
     console.print(
         f"report: {result['report']['html']}; everything in {out_dir} "
         f"({(time.perf_counter() - t0) / 60:.1f} min)",

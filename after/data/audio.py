@@ -397,7 +397,7 @@ def validate_manifest(
         results = list(pool.map(one, manifest))
     usable = [r for r in results if isinstance(r, Utterance)]
     rejected = [r for r in results if isinstance(r, Rejection)]
-    return ValidationReport(Manifest(usable), rejected)
+    return ValidationReport(Manifest(usable, labels=manifest.label_set), rejected)
 
 
 def write_rejections(path: str | os.PathLike[str], rejected: list[Rejection]) -> Path:

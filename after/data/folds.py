@@ -130,10 +130,13 @@ class Folds:
 
 
 def manifest_digest(manifest: Manifest) -> str:
-    """A short hash of ids, speakers and labels: changes when the folds would."""
+    """A short hash of ids, speakers and labels (and a declared label set): changes when the
+    folds would, or the classes."""
     h = hashlib.sha256()
     for u in sorted(manifest, key=lambda u: u.id):
         h.update(f"{u.id}\t{u.speaker}\t{u.session}\t{u.label}\t{u.split}\n".encode())
+    if manifest.label_set is not None:
+        h.update(("label_set\t" + "\t".join(manifest.label_set)).encode())
     return h.hexdigest()[:16]
 
 
@@ -157,6 +160,14 @@ def make_folds(
         raise FoldError(f"unknown protocol {protocol!r}; use one of {PROTOCOLS}")
     if num_dev_groups < 0:
         raise FoldError("num_dev_groups must be >= 0")
+    if len(manifest) and not any(u.label is not None for u in manifest):
+        raise FoldError(
+            "no clip of the manifest has a label, and dev and test sets hold labeled clips only, "
+            "so every fold would have an empty test set. Folds are not needed: run active "
+            "learning on the whole manifest with people labeling (after run --manifest M "
+            "--oracle human --audit 40 --out RUN, no --fold); its audit set, labeled by the same "
+            "people, estimates the accuracy"
+        )
     if protocol == "official":
         folds: list[Fold] = [_official(manifest)]
     else:

@@ -12,7 +12,8 @@ One page (plain HTML and JavaScript, no build step) and a JSON API over the run 
 - POST /api/advance          the run's owner only: start `after run --resume` once the round
                              is labeled
 - GET  /api/status           phase, round, whether the next round is being trained (and, for
-                             the owner, why training it failed)
+                             the owner, why training it failed, and the latest round's audit
+                             estimate)
 
 Annotators see the clips, the labels and the guidelines (`--guidelines FILE`), never the run's
 metrics: the log of training the next round holds test scores, and a person who sees them may
@@ -136,6 +137,7 @@ class _Round:
     guesses: dict[str, tuple[str, float]]
     settled: set[str]  # taken by the loop already (labeled or dropped)
     stopped_because: str
+    estimate: str  # the last round's model on the audit set, in words (for the owner only)
 
     def handle(self, clip: str) -> str:
         """What the page calls a clip: round and position, never the id."""
@@ -206,8 +208,13 @@ class LabelingSession:
                     ids=ids,
                     position={i: k for k, i in enumerate(ids)},
                     guesses=guesses,
-                    settled={i for i in ids if i in state.labeled or i in state.dropped},
+                    settled={
+                        i
+                        for i in ids
+                        if i in state.labeled or i in state.dropped or i in state.audit_labels
+                    },
                     stopped_because=state.stopped_because,
+                    estimate=_estimate(state),
                 )
                 self._seen = stamp
             return self._round
@@ -368,6 +375,17 @@ class LabelingSession:
         return errors[-1] if errors else f"training stopped; see {path}"
 
 
+def _estimate(state: LoopState) -> str:
+    """The latest round's audit estimate in words ("" before one): the run's owner sees it on
+    the page; annotators never do (a person who sees a score may label toward it)."""
+    from after.metrics import describe_audit
+
+    last = state.rounds[-1] if state.rounds else {}
+    if "audit_n" not in last:
+        return ""
+    return f"round {last['round']}'s model: {describe_audit(last)}"
+
+
 # ---- HTTP ----------------------------------------------------------------------------------------
 
 
@@ -492,6 +510,7 @@ def create_app(
                 "owner": owner,
                 **({"resume_command": f"after run --resume {session.run_dir}"} if owner else {}),
                 **p,
+                **({"estimate": session.current().estimate} if owner else {}),
             }
         )
 
@@ -543,8 +562,10 @@ def create_app(
 
     async def status(request: Request) -> Response:
         p = await run_in_threadpool(session.progress)
-        problem = session.advance_problem() if is_owner(request) else None
-        return JSONResponse({**p, "problem": problem})
+        owner = is_owner(request)
+        problem = session.advance_problem() if owner else None
+        estimate = {"estimate": session.current().estimate} if owner else {}
+        return JSONResponse({**p, "problem": problem, **estimate})
 
     async def on_error(request: Request, exc: Exception) -> Response:
         if isinstance(exc, HTTPError):

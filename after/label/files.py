@@ -8,7 +8,14 @@ task and export formats for teams that already label there.
   run keeps them, the model's guesses;
 - `label_studio_tasks.json` and `label_studio_config.xml`: the same queries as Label Studio
   tasks (audio + a single-choice emotion question), each with a prediction whose score is the
-  query's priority, so Label Studio can order tasks as the strategy did.
+  query's priority, so Label Studio can order tasks as the strategy did;
+- `audio/KEY.wav`: each task's audio as 16 kHz WAV under an opaque key.
+
+A task carries no clip id and no path, which annotators would see in Label Studio (corpus ids
+and file names often spell the label): only its key, a random string that the run folder maps
+back to the clip (`label_studio_keys.json`) when the answers are imported, and its audio's URL,
+by default the exported copy under the key (`/data/local-files/?d=audio/KEY.wav`: serve the export
+folder as Label Studio's LOCAL_FILES_DOCUMENT_ROOT), or `after label serve`'s `/api/audio/{handle}`.
 
 Cells of the CSVs that start with `= + - @` (or a tab or carriage return) get a leading `'`, so
 that a spreadsheet shows an annotator's name or a label as text instead of running it as a formula;
@@ -27,11 +34,11 @@ import csv
 import io
 import json
 import os
+import secrets
 import string
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
 from after.errors import AfterError, quoted
@@ -42,9 +49,11 @@ from after.loop.runner import Run
 from after.loop.state import LoopState
 
 CHOICES = "emotion"  # the name of the Label Studio question
-DEFAULT_AUDIO_URL = "/data/local-files/?d={path}"
+DEFAULT_AUDIO_URL = "/data/local-files/?d=audio/{key}.wav"
 MAX_PROBLEMS = 20
-AUDIO_URL_FIELDS = {"clip_id", "handle", "path"}
+AUDIO_URL_FIELDS = {"key", "handle"}
+# What an audio URL may not hold: annotators see it, and ids and paths often spell the label.
+REVEALING_FIELDS = {"clip_id", "path"}
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what spreadsheets run as a formula
 
 Row = tuple[str, str, str, str | None]  # (where, clip, annotator, label or None: skip)
@@ -63,6 +72,12 @@ def _check_audio_url(template: str) -> None:
         fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
     except ValueError:  # an unmatched brace
         fields = {"{"}
+    if fields & REVEALING_FIELDS:
+        raise AfterError(
+            f"--audio-url {quoted(template)}: {{{min(fields & REVEALING_FIELDS)}}} would show "
+            "annotators the clip's id or path, which often spell its label; use {key} (the "
+            "exported audio/KEY.wav) or {handle} (after label serve's /api/audio/{handle})"
+        )
     if not fields <= AUDIO_URL_FIELDS:
         raise AfterError(
             f"--audio-url {quoted(template)}: use only {sorted(AUDIO_URL_FIELDS)} in braces "
@@ -99,9 +114,9 @@ def export(
     *,
     audio_url: str = DEFAULT_AUDIO_URL,
 ) -> dict[str, Any]:
-    """Write the four files described in the module docstring into `out`; returns counts.
-    `audio_url` may hold `{clip_id}`, `{handle}` (round.rank, as `after label serve` names the
-    clip) and `{path}`."""
+    """Write the files described in the module docstring into `out`; returns counts.
+    `audio_url` may hold `{key}` (the task's key) and `{handle}` (round.rank, as `after label
+    serve` names the clip)."""
     _check_audio_url(audio_url)
     folder, out_dir = Path(run_dir), Path(out)
     store = LabelStore(folder)
@@ -121,7 +136,10 @@ def export(
     ids, labels, probs = queries["ids"], queries["labels"], queries.get("probs")
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["rank", "clip_id", "path", "duration_s", "priority", "guess", "guess_score"])
+    writer.writerow(
+        ["rank", "clip_id", "key", "path", "duration_s", "priority", "guess", "guess_score"]
+    )
+    keys = task_keys(folder, ids)
     tasks = []
     for k, clip in enumerate(ids):
         u = run.manifest[clip]
@@ -130,12 +148,12 @@ def export(
         if probs:
             best = max(range(len(labels)), key=probs[k].__getitem__)
             guess, score = labels[best], probs[k][best]
-        cells = [k + 1, clip, u.path, u.duration_s or "", priority, guess, score]
+        cells = [k + 1, clip, keys[clip], u.path, u.duration_s or "", priority, guess, score]
         writer.writerow([_cell(c) for c in cells])
+        _write_audio(u.path, out_dir / "audio" / f"{keys[clip]}.wav")
         url = audio_url.format(
-            clip_id=quote(clip, safe=""),
+            key=keys[clip],
             handle=f"{state.round}.{k + 1}",  # what after label serve's /api/audio/ takes
-            path=quote(str(Path(u.path).resolve()).lstrip("/")),
         )
         result_items = []
         if guess:
@@ -149,7 +167,7 @@ def export(
             )
         tasks.append(
             {
-                "data": {"audio": url, "clip_id": clip, "round": state.round, "rank": k + 1},
+                "data": {"audio": url, "key": keys[clip]},
                 "predictions": [
                     {
                         "model_version": f"after round {state.round}: {queries['method']}",
@@ -179,6 +197,52 @@ def export(
     return result
 
 
+def task_keys(run_dir: Path, ids: list[str]) -> dict[str, str]:
+    """An opaque key for each clip of `ids` (a clip exported before keeps its key), kept in the
+    run folder's `label_studio_keys.json` (key -> clip id) before any task names it."""
+    path = RunFolder(run_dir).task_keys
+    known = _read_keys(path)
+    by_clip = {clip: key for key, clip in known.items()}
+    new = {clip: secrets.token_hex(8) for clip in ids if clip not in by_clip}
+    if new:
+        atomic_write_json(path, {**known, **{key: clip for clip, key in new.items()}})
+    return {clip: by_clip.get(clip) or new[clip] for clip in ids}
+
+
+def _read_keys(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    from after.io import read_json
+
+    keys = read_json(path, "export the tasks again (after label export)")
+    if not isinstance(keys, dict) or not all(isinstance(v, str) for v in keys.values()):
+        raise AfterError(f"{path}: not a map of task keys to clip ids; export the tasks again")
+    return keys
+
+
+def _write_audio(source: str, target: Path) -> None:
+    """The clip as 16 kHz 16-bit WAV (as `after label serve` plays it), once per key: a copy of
+    the file would carry its own tags and name."""
+    if target.is_file():
+        return
+    import numpy as np
+    import soundfile as sf
+
+    from after.data.audio import MAX_DURATION_S, SAMPLE_RATE, load_audio
+    from after.errors import AudioError
+
+    try:
+        wave = load_audio(source, max_duration_s=MAX_DURATION_S)
+    except AudioError as e:
+        raise AfterError(f"{source}: {e.reason} ({e.detail}); see after validate") from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(wave, -1.0, 1.0), SAMPLE_RATE, format="WAV", subtype="PCM_16")
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_bytes(buf.getvalue())
+    tmp.replace(target)  # a half-written file never has the key's name
+
+
 def import_labels(
     run_dir: str | os.PathLike[str], path: str | os.PathLike[str], *, annotator: str | None = None
 ) -> dict[str, Any]:
@@ -193,7 +257,8 @@ def import_labels(
     fix = "export the answers again"
     text = read_text_file(source, fix)
     if source.suffix.lower() == ".json":
-        kind, (rows, problems) = "label-studio", _label_studio_rows(source, text)
+        keys = _read_keys(RunFolder(folder).task_keys)
+        kind, (rows, problems) = "label-studio", _label_studio_rows(source, text, keys)
     else:
         if annotator is not None:
             annotator = _checked_name(annotator, "--annotator", [])
@@ -270,7 +335,9 @@ def _csv_rows(source: Path, text: str, annotator: str | None) -> tuple[list[Row]
     return rows, problems
 
 
-def _label_studio_rows(source: Path, text: str) -> tuple[list[Row], list[str]]:
+def _label_studio_rows(
+    source: Path, text: str, keys: dict[str, str]
+) -> tuple[list[Row], list[str]]:
     """Rows of a Label Studio JSON export (`annotations` per task; a cancelled annotation is a
     skip) or JSON-MIN export (one flat object per annotation, the choice under `CHOICES`)."""
     with parsing(f"{source}: not JSON", "export the project as JSON from Label Studio"):
@@ -282,11 +349,18 @@ def _label_studio_rows(source: Path, text: str) -> tuple[list[Row], list[str]]:
     for k, task in enumerate(tasks):
         where = f"{source.name} task {k + 1}"
         data = task.get("data", task) if isinstance(task, dict) else None
-        clip = data.get("clip_id") if isinstance(data, dict) else None
+        key = data.get("key") if isinstance(data, dict) else None
+        # Tasks of earlier versions carried the clip id itself.
+        clip = keys.get(key) if isinstance(key, str) else None
+        if clip is None and isinstance(data, dict) and isinstance(data.get("clip_id"), str):
+            clip = data["clip_id"]
         if not isinstance(task, dict) or not isinstance(clip, str):
-            problems.append(
-                f"{where}: no clip_id; import tasks made by after label export into Label Studio"
+            what = (
+                f"task key {quoted(key)} was not exported from this run"
+                if isinstance(key, str)
+                else "no task key (nor clip_id)"
             )
+            problems.append(f"{where}: {what}; import tasks made by after label export of this run")
             continue
         if "annotations" in task:  # the full JSON export
             annotations = task["annotations"] or []

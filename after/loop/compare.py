@@ -31,7 +31,13 @@ from after.loop.runner import (
     start_run,
 )
 from after.loop.state import LoopState
-from after.metrics import format_mean_std, mean_std, paired_difference
+from after.metrics import (
+    describe_difference,
+    few_pairs_warning,
+    format_mean_std,
+    mean_std,
+    paired_difference,
+)
 from after.progress import progress_bar
 from after.report import all_labels_record, budget_name, curve_points
 from after.strategies.cold_start import cold_start_features
@@ -244,11 +250,20 @@ def _summarise(
     full: list[dict[str, Any]],
     schedule: Sequence[str],
 ) -> dict[str, Any]:
-    full_ua = mean_std([r["test_ua"] for r in full])
+    from after.metrics import mean_interval
+
+    def with_ci(values: list[float]) -> dict[str, Any]:
+        return {**mean_std(values), "ci": list(mean_interval(values))}
+
+    full_ua = with_ci([r["test_ua"] for r in full])
+    full_wa = with_ci([r["test_wa"] for r in full if "test_wa" in r]) if full else None
     full_s = float(np.mean([r["seconds"] for r in full]))
     curves: dict[str, Any] = {}
     for strategy, per_run in runs.items():
         points = [{"budget": schedule[k], **p} for k, p in enumerate(curve_points(per_run))]
+        for k, point in enumerate(points):
+            for metric in ("test_ua", "test_wa"):
+                point[metric] = with_ci([r[k][metric] for r in per_run])
         rounds = len(points)  # a run that stopped early shortens the curve
         aucs = [_auc(r[:rounds]) for r in per_run]
         curves[strategy] = {
@@ -259,7 +274,10 @@ def _summarise(
         }
         if "random" in runs and strategy != "random":
             curves[strategy]["vs_random"] = _vs(per_run, runs["random"], schedule)
-    return {"full": {"test_ua": full_ua, "seconds": full_s}, "strategies": curves}
+    full_summary: dict[str, Any] = {"test_ua": full_ua, "seconds": full_s}
+    if full_wa is not None and full_wa["n"]:
+        full_summary["test_wa"] = full_wa
+    return {"full": full_summary, "strategies": curves}
 
 
 def _vs(
@@ -315,25 +333,63 @@ def _auc(rounds: list[dict[str, Any]]) -> float:
 
 
 def _curve_csv(summary: dict[str, Any]) -> str:
+    """curve.csv: per strategy and budget, test UA and WA (mean, sample std, and a 95% t
+    interval of the mean over the n runs), the labeled share, and the paired difference in UA
+    from random (mean, 95% interval, Wilcoxon p, pairs); a last row for all labels."""
+
     out = io.StringIO()
     w = csv.writer(out)
-    w.writerow(["strategy", "budget", "fraction", "test_ua_mean", "test_ua_std", "n"])
+    head = ["strategy", "budget", "fraction", "n"]
+    for metric in ("test_ua", "test_wa"):
+        head += [f"{metric}_{k}" for k in ("mean", "std", "ci_lo", "ci_hi")]
+    head += ["vs_random_mean", "vs_random_ci_lo", "vs_random_ci_hi", "vs_random_p", "pairs"]
+    w.writerow(head)
+
+    def number(value: Any) -> str:
+        return "" if value is None or value != value else f"{value:.4f}"
+
+    def cells(values: dict[str, Any] | None) -> list[str]:
+        if not values or not values["n"]:
+            return ["", "", "", ""]
+        lo, hi = values.get("ci", (None, None))
+        return [number(values["mean"]), number(values["std"]), number(lo), number(hi)]
+
+    def versus(d: dict[str, Any] | None) -> list[Any]:
+        if d is None:
+            return ["", "", "", "", ""]
+        return [
+            number(d["mean"]),
+            number(d["ci_lo"]),
+            number(d["ci_hi"]),
+            f"{d['wilcoxon_p']:.4g}",
+            d["n"],
+        ]
+
     for name, c in summary["strategies"].items():
+        paired = {d["budget"]: d for d in c.get("vs_random", [])}
         for p in c["points"]:
-            ua = p["test_ua"]
             w.writerow(
                 [
                     name,
                     p["budget"],
-                    f"{p['fraction']['mean']:.4f}",
-                    f"{ua['mean']:.4f}",
-                    f"{ua['std']:.4f}",
-                    ua["n"],
+                    number(p["fraction"]["mean"]),
+                    p["test_ua"]["n"],
+                    *cells(p["test_ua"]),
+                    *cells(p.get("test_wa")),
+                    *versus(paired.get(p["budget"])),
                 ]
             )
-    full = summary["full"]["test_ua"]
+    full = summary["full"]
     w.writerow(
-        ["all labels", "1.0", "1.0000", f"{full['mean']:.4f}", f"{full['std']:.4f}", full["n"]]
+        [
+            "all labels",
+            "1.0",
+            "1.0000",
+            full["test_ua"]["n"],
+            *cells(full["test_ua"]),
+            *cells(full.get("test_wa")),
+            *versus(None),
+        ]
     )
     return out.getvalue()
 
@@ -383,19 +439,19 @@ def _markdown(summary: dict[str, Any]) -> str:
     paired = {n: c["vs_random"] for n, c in summary["strategies"].items() if c.get("vs_random")}
     if paired:
         lines += [
-            "Against random, paired by fold and seed: mean difference in points (two-sided "
-            "Wilcoxon signed-rank p; *: too few pairs for the test ever to reach p < 0.05).",
+            "Against random, paired by fold and seed: mean difference in points [95% t "
+            "interval] (two-sided Wilcoxon signed-rank p; *: too few pairs for the test ever to "
+            "reach p < 0.05).",
             "",
             "| strategy | " + " | ".join(map(budget_name, budgets)) + " |",
             "| --- | " + " | ".join("---:" for _ in budgets) + " |",
         ]
         for name, points in paired.items():
-            by_budget = {
-                pt["budget"]: f"{100 * pt['mean']:+.1f} (p={pt['wilcoxon_p']:.2g}, n={pt['n']}"
-                + ("*)" if pt.get("min_p", 0.0) >= 0.05 else ")")
-                for pt in points
-            }
+            by_budget = {pt["budget"]: describe_difference(pt) for pt in points}
             row = " | ".join(by_budget.get(b, "-") for b in budgets)
             lines.append(f"| {name.replace('_', '-')} | {row} |")
         lines.append("")
+        fewest = min(pt["n"] for points in paired.values() for pt in points)
+        if warning := few_pairs_warning(fewest):
+            lines += [f"**{warning[0].upper()}{warning[1:]}.**", ""]
     return "\n".join(lines)

@@ -8,6 +8,7 @@
     queries/round_NNN.json  each round's queries in the strategy's order, with the model's
                         guesses when people label
     labels.sqlite       people's answers (`after.label.store`)
+    label_studio_keys.json  the opaque key of each clip exported as a Label Studio task
     scores/             pool scores of the current round, chunk by chunk (resumable)
     surprisal.npz       ALPS embeddings of the pool, computed once
     run.lock            held by the one process working on the run
@@ -40,6 +41,7 @@ class RunFolder:
         self.final_model = self.path / "model_finetuned"
         self.queries_dir = self.path / "queries"
         self.store = self.path / "labels.sqlite"
+        self.task_keys = self.path / "label_studio_keys.json"
         self.scores = self.path / "scores"
         self.surprisal = self.path / "surprisal.npz"
         self.lock = self.path / "run.lock"

@@ -36,7 +36,13 @@ from typing import Any
 
 import numpy as np
 
-from after.config import CLUSTERING_COLD_STARTS, ALConfig, TrainConfig, config_hash
+from after.config import (
+    CLUSTERING_COLD_STARTS,
+    ALConfig,
+    TrainConfig,
+    audit_share,
+    config_hash,
+)
 from after.data.audio import clip_duration
 from after.data.folds import Fold, Folds, manifest_digest
 from after.data.manifest import Manifest
@@ -53,7 +59,7 @@ from after.loop.folder import RunFolder, replace_folder
 from after.loop.oracle import Answers, HumanOracle, Oracle, SimulatedOracle
 from after.loop.state import LoopState
 from after.loop.stopping import RoundEnd, criteria, stop_reason
-from after.metrics import cohen_kappa
+from after.metrics import audit_estimate, cohen_kappa
 from after.models.classifier import Classifier, load_classifier
 from after.rng import derived_rng
 from after.strategies.base import spread
@@ -121,13 +127,14 @@ class Run:
 
     manifest: Manifest
     manifest_path: str
-    folds_path: str
+    folds_path: str | None  # None: no folds, the whole manifest is the pool (`whole_pool`)
     fold: Fold
     backbone: str
     al: ALConfig
     train: TrainConfig
     run_dir: Path
     cache_dir: str | None
+    labels_from: str | None = None  # the run whose labels this one started from
 
     def __post_init__(self) -> None:
         from after.strategies import STRATEGIES
@@ -153,7 +160,12 @@ class Run:
             "al": self.al.to_dict(),
             "train": self.train.to_dict(),
             "cache_dir": self.cache_dir,
+            **({"labels_from": self.labels_from} if self.labels_from else {}),
         }
+
+    @property
+    def has_folds(self) -> bool:
+        return self.folds_path is not None
 
     @classmethod
     def from_dir(cls, run_dir: str | os.PathLike[str]) -> Run:
@@ -181,30 +193,61 @@ class Run:
         # from_record leaves out what is no setting; in a run's own config that is damage.
         if unknown := sorted(set(c["train"]) - set(TrainConfig.__dataclass_fields__)):
             raise ValueError(f"unknown training option {unknown[0]!r}")
+        folds = c["folds"]
         return cls(
             manifest=manifest,
             manifest_path=c["manifest"],
-            folds_path=c["folds"],
-            fold=Folds.from_json(c["folds"], manifest).get(c["fold"]),
+            folds_path=folds,
+            fold=whole_pool(manifest)
+            if folds is None
+            else Folds.from_json(folds, manifest).get(c["fold"]),
             backbone=c["backbone"],
             al=ALConfig(**al),
             train=TrainConfig.from_record(c["train"]),
             run_dir=folder,
             cache_dir=c["cache_dir"],
+            labels_from=c.get("labels_from"),
         )
+
+
+WHOLE_POOL = "all"  # the fold name of a run without folds
+
+
+def whole_pool(manifest: Manifest) -> Fold:
+    """The "fold" of a run without folds: every clip is in the pool; no dev, no test split (an
+    audit set, `--audit`, then gives the accuracy estimate)."""
+    return Fold(WHOLE_POOL, tuple(manifest.ids), (), (), (), ())
 
 
 # What makes a run folder the one asked for (paths may move).
 RUN_SETTINGS = ("manifest_digest", "fold", "backbone", "al", "train")
 
 
-def check_same_settings(where: Path, found: dict[str, Any], wanted: dict[str, Any]) -> None:
+# How to get past a result made with other settings, where nobody's labels are at stake (the
+# simulated runs and all-labels fits of a comparison).
+RERUN_FIX = (
+    "delete it (or the whole output folder) to run it again with these, or choose another "
+    "output folder"
+)
+
+
+def check_same_settings(
+    where: Path, found: dict[str, Any], wanted: dict[str, Any], *, fix: str = RERUN_FIX
+) -> None:
     """`AfterError` if a result about to be reused or continued was made with other settings
-    (else a changed option would silently reuse stale runs). Options a result predates are not
-    checked, so results of earlier versions stay reusable."""
+    (else a changed option would silently reuse stale runs), ending with `fix`. Options a result
+    predates are not checked, so results of earlier versions stay reusable."""
     wanted = json.loads(json.dumps(wanted))  # tuples as lists, as written
     if not isinstance(found, dict):
-        raise AfterError(f"{where}: not a record of after (wrong shape); delete it to run it again")
+        raise AfterError(f"{where}: not a record of after (wrong shape); {fix}")
+    differ = settings_differ(found, wanted)
+    if differ:
+        raise AfterError(f"{where}: made with other settings ({', '.join(differ)}); {fix}")
+
+
+def settings_differ(found: dict[str, Any], wanted: dict[str, Any]) -> list[str]:
+    """The settings (`key` or `key.field`) of `wanted` that `found` has with another value."""
+    wanted = json.loads(json.dumps(wanted))
     differ = []
     for key, value in wanted.items():
         if key not in found:
@@ -215,18 +258,68 @@ def check_same_settings(where: Path, found: dict[str, Any], wanted: dict[str, An
             ]
         elif found[key] != value:
             differ.append(key)
-    if differ:
+    return differ
+
+
+@dataclasses.dataclass(frozen=True)
+class Carried:
+    """Labels another run made, to start a new run with (`after run --labels-from OLD`): they
+    count as labeled before round 0. `audit_labels` are the old run's audit labels: they stay
+    audit labels if the new run has an audit set, else they join the training labels."""
+
+    source: str
+    labels: dict[str, str]
+    votes: dict[str, dict[str, int]]
+    dropped: list[str]
+    audit_labels: dict[str, str]
+    audit_votes: dict[str, dict[str, int]]
+
+
+def read_carried(old_dir: str | os.PathLike[str], run: Run) -> tuple[Carried, list[str]]:
+    """The labels of run folder `old_dir` that `run` may start from, and lines saying what was
+    left out: clips `run`'s manifest lacks, and clips of its dev or test split (their labels must
+    not train a model tested on them). `AfterError` if the two runs label different classes."""
+    old = Run.from_dir(old_dir)
+    state = LoopState.load(old_dir)
+    if old.manifest.labels != run.manifest.labels:
         raise AfterError(
-            f"{where}: made with other settings ({', '.join(differ)}); delete it (or the whole "
-            "output folder) to run it again with these, or choose another output folder"
+            f"--labels-from {old_dir}: its labels ({', '.join(old.manifest.labels)}) are not this "
+            f"run's ({', '.join(run.manifest.labels)}); start from a run of the same label set"
         )
+    held_out = set(run.fold.dev) | set(run.fold.test)
+    notes = []
+
+    def keep(ids: Sequence[str], what: str) -> list[str]:
+        outside = [i for i in ids if i not in run.manifest]
+        tested = [i for i in ids if i in held_out]
+        if outside:
+            notes.append(f"{len(outside)} {what} of clips this manifest lacks left out")
+        if tested:
+            notes.append(
+                f"{len(tested)} {what} of clips in this run's dev or test split left out (they "
+                "would train a model tested on them)"
+            )
+        return [i for i in ids if i in run.manifest and i not in held_out]
+
+    labeled = keep(list(state.labels), "label(s)")
+    audit = keep(list(state.audit_labels), "audit label(s)")
+    carried = Carried(
+        source=str(Path(old_dir).resolve()),
+        labels={i: state.labels[i] for i in labeled},
+        votes={i: state.votes[i] for i in labeled if i in state.votes},
+        dropped=keep(state.dropped, "skipped clip(s)"),
+        audit_labels={i: state.audit_labels[i] for i in audit},
+        audit_votes={i: state.audit_votes[i] for i in audit if i in state.audit_votes},
+    )
+    return carried, notes
 
 
-def start_run(run: Run) -> LoopState:
-    """Create the run folder and its first state; refuses a folder that holds a run (unless
-    its start was cut off before the first state: then it finishes that start), and settings
+def start_run(run: Run, carried: Carried | None = None) -> LoopState:
+    """Create the run folder and its first state (with the audit set drawn, and `carried`
+    labels counted as labeled before round 0); refuses a folder that holds a run (unless its
+    start was cut off before the first state: then it finishes that start), and settings
     `check_run` refuses, before writing anything."""
-    check_run(run)
+    check_run(run, carried=carried)
     config = run.folder.config
     cut_off = (
         config.exists()
@@ -241,8 +334,41 @@ def start_run(run: Run) -> LoopState:
     run.run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(config, run.to_json())
     state = LoopState(config_hash=config_hash(run.to_json()), seed=run.al.seed)
+    state.audit = draw_audit(run, carried)
+    if carried is not None:
+        _carry(state, carried)
     state.save(run.run_dir)
     return state
+
+
+def _carry(state: LoopState, carried: Carried) -> None:
+    """Count `carried` labels as labeled before round 0 (round -1); audit labels of clips in
+    this run's audit set stay audit labels, the others train."""
+    audit = set(state.audit)
+    labels = dict(carried.labels)
+    votes = dict(carried.votes)
+    for i, label in carried.audit_labels.items():
+        if i in audit:
+            state.audit_labels[i] = label
+            if i in carried.audit_votes:
+                state.audit_votes[i] = carried.audit_votes[i]
+        else:
+            labels[i] = label
+            if i in carried.audit_votes:
+                votes[i] = carried.audit_votes[i]
+    for i, label in labels.items():
+        if i not in audit:
+            state.labels[i] = label
+            state.labeled[i] = -1
+            if i in votes:
+                state.votes[i] = votes[i]
+    state.dropped = [i for i in carried.dropped if i not in state.labels]
+    state.carried = {
+        "from": carried.source,
+        "labels": len(state.labeled),
+        "audit_labels": len(state.audit_labels),
+        "dropped": len(state.dropped),
+    }
 
 
 def load_state(run: Run) -> LoopState:
@@ -262,10 +388,6 @@ def run_loop(
 ) -> LoopState:
     """Advance `state` until the run is done (or the oracle leaves queries unanswered). The
     oracle defaults to the run's own: the manifest's labels, or people's (`after label`)."""
-    # The file as written, not as re-serialised: options added since keep old runs resumable.
-    written = read_json(run.folder.config, "restore it from a backup")
-    if state.config_hash != config_hash(written):
-        raise AfterError(f"{run.run_dir}: config.json does not match state.json; was it edited?")
     if oracle is None:
         human = run.al.oracle == "human"
         oracle = (
@@ -273,6 +395,7 @@ def run_loop(
         )
     with run_lock(run.run_dir):
         remove_stale_temps(run.run_dir)
+        state = _settle_growth(run.run_dir, state)
         loop = _Loop(run, state, oracle, progress)
         while state.phase != "done":
             if state.phase == "select":
@@ -289,6 +412,96 @@ def run_loop(
                 record = loop.finetune()
                 if on_round is not None:
                     on_round(record)
+    return state
+
+
+# config.json's record of the schedules a run had before it grew, oldest first, each with the
+# config hash its state carried then.
+GROWN = "grown"
+
+
+def schedule_relation(run: Run, schedule: Sequence[str]) -> str:
+    """How `schedule` stands to the run's own, budget by budget (so `5%` equals `0.05`): "same",
+    "prefix" (it is the start of the run's: the command the run began with), "grows" (the run's
+    followed by more budgets) or "other"."""
+    state = LoopState.load(run.run_dir) if run.folder.state.is_file() else None
+    audit = state.audit if state is not None else draw_audit(run)
+    pool, _ = split_pool(run, simulated=run.al.oracle == "simulated", audit=audit)
+    own = parse_schedule(run.al.schedule, len(pool))
+    try:
+        given = parse_schedule(schedule, len(pool))
+    except AfterError:
+        return "other"
+    if given == own:
+        return "same"
+    if given == own[: len(given)]:
+        return "prefix"
+    if given[: len(own)] == own:
+        return "grows"
+    return "other"
+
+
+def grow_schedule(run: Run, schedule: Sequence[str]) -> Run:
+    """`run` with the longer `schedule` (its own budgets, followed by more): a finished run goes
+    on to the next round, with every label, round and model it has kept. config.json is
+    rewritten first (recording the old schedule in `GROWN`), then state.json; a kill between the
+    two is finished by the next `run_loop` (`_settle_growth`). Returns the grown run."""
+    old, new = tuple(run.al.schedule), tuple(schedule)
+    relation = schedule_relation(run, new)
+    if relation in ("same", "prefix"):
+        return run
+    if relation != "grows":
+        raise AfterError(
+            f"--schedule {','.join(new)}: {run.run_dir} has the schedule {','.join(old)}, and a "
+            f"run grows by budgets added at its end: give --schedule {','.join(old)},MORE (e.g. "
+            f"{','.join(old)},{_next_budget(old)}), or start a new run from its labels (after "
+            f"run --labels-from {run.run_dir} ... --out NEW)"
+        )
+    state = LoopState.load(run.run_dir)
+    if state.stopped_because == "pool exhausted":
+        raise AfterError(f"{run.run_dir}: every clip of its pool is labeled; it cannot grow")
+    grown = dataclasses.replace(run, al=dataclasses.replace(run.al, schedule=new))
+    check_run(grown, audit=state.audit)  # the budgets must fit the pool
+    with run_lock(run.run_dir):
+        config = read_json(run.folder.config, "restore it from a backup")
+        history = [*config.get(GROWN, []), {"schedule": list(old), "hash": state.config_hash}]
+        atomic_write_json(
+            run.folder.config,
+            {**config, "al": {**config["al"], "schedule": list(new)}, GROWN: history},
+        )
+        _settle_growth(run.run_dir, state)
+    return Run.from_dir(run.run_dir)
+
+
+def _next_budget(schedule: Sequence[str]) -> str:
+    """An example of a budget after the last of `schedule`, in its own kind."""
+    last = schedule[-1].strip()
+    if last.endswith("min"):
+        return f"{2 * float(last.removesuffix('min')):g}min"
+    if last.endswith("%"):
+        return f"{min(100.0, 1.5 * float(last.removesuffix('%'))):g}%"
+    if "." in last:
+        return f"{min(1.0, 1.5 * float(last)):g}"
+    return str(2 * int(last))
+
+
+def _settle_growth(run_dir: Path, state: LoopState) -> LoopState:
+    """`state` matched to config.json: as it is if their hashes agree; moved on to the grown
+    schedule if config.json grew from the state's (`grow_schedule`; a finished run goes on to
+    its next round); else `AfterError` (one of them was edited)."""
+    written = read_json(RunFolder(run_dir).config, "restore it from a backup")
+    wanted = config_hash(written)
+    if state.config_hash == wanted:
+        return state
+    if not any(g.get("hash") == state.config_hash for g in written.get(GROWN, [])):
+        raise AfterError(f"{run_dir}: config.json does not match state.json; was it edited?")
+    state.config_hash = wanted
+    if state.phase in ("final", "done"):
+        state.round += 1
+        state.phase = "select"
+        state.stopped_because = ""
+        state.final = {}
+    state.save(run_dir)
     return state
 
 
@@ -319,51 +532,164 @@ def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def check_run(run: Run) -> list[str]:
+def check_run(
+    run: Run, *, audit: Sequence[str] | None = None, carried: Carried | None = None
+) -> list[str]:
     """Refuse, before anything is written or computed, settings this run cannot work with (an
     unknown backbone, a strategy the learner cannot serve, a schedule that does not fit the
-    pool, ...); return warnings about settings that work but are likely not what was meant."""
+    pool, ...); return warnings about settings that work but are likely not what was meant.
+    `audit`: the run's audit set, once drawn (else it is drawn here as `start_run` would)."""
     from after.checks import check_active_learning, check_backbone
 
     check_backbone(run.backbone)
     check_active_learning(run.al, run.backbone)
-    pool_ids, _ = split_pool(run, simulated=run.al.oracle == "simulated")
-    if not pool_ids:
+    simulated = run.al.oracle == "simulated"
+    if not candidates_of(run, simulated=simulated):
         raise AfterError(
             f"fold {run.fold.name}: no labeled training clip for the simulated oracle to reveal; "
             "label the manifest, or let people label it (--oracle human)"
         )
+    if len(run.manifest.labels) < 2:
+        raise AfterError(
+            f"{run.manifest_path}: {len(run.manifest.labels)} label(s); a run needs the label "
+            "set: prepare the manifest with --labels a,b,c (after prepare folder DIR --labels ...)"
+        )
+    if audit is None:
+        audit = draw_audit(run, carried)
+    if run.al.target_ua is not None and not run.fold.dev and not run.al.audit:
+        raise AfterError(
+            f"--target-ua {run.al.target_ua}: this run has no dev split to read it on; add an "
+            "audit set (--audit 40: people label 40 clips kept apart, and the rule reads their "
+            "estimate), or use folds with dev speakers"
+        )
+    _check_tapt(run, audit)
+    pool_ids, _ = split_pool(run, simulated=simulated, audit=audit)
+    if not pool_ids:
+        raise AfterError(
+            f"--audit {run.al.audit}: the audit set takes the whole pool; give fewer clips"
+        )
     budgets = parse_schedule(run.al.schedule, len(pool_ids))
     num_classes = len(run.manifest.labels)
+    warnings = []
     seed = budgets[0].count
     if seed is not None and seed < num_classes:
-        return [
+        warnings.append(
             f"the seed set (round 0, schedule {run.al.schedule[0]!r}) has {seed} clip(s) for "
             f"{num_classes} classes, so round 0 trains on at most {seed} of them; a whole number "
             "is a count of clips, a share of the pool is written 5% (or 0.05)"
-        ]
-    return []
+        )
+    if audit and len(audit) < 30:
+        warnings.append(
+            f"the audit set has {len(audit)} clip(s): its estimates will have wide confidence "
+            "intervals (about ±15 points at 40 clips); 50-100 give a usable estimate"
+        )
+    return warnings
 
 
-def split_pool(run: Run, *, simulated: bool) -> tuple[list[str], list[str]]:
-    """The pool (the fold's training clips the oracle may label: with a simulated oracle, those
-    with a label) and the stop set held aside from it for `--stabilize`."""
+def _check_tapt(run: Run, audit: Sequence[str]) -> None:
+    """Refuse a model that `after tapt` pre-trained on audio of this run's audit, dev or test
+    clips (its tapt.json lists the clips it read): their figures would come from audio the model
+    has seen. Models of earlier versions do not list them and are not checked."""
+    from after.models.features import FROZEN_PREFIX
+    from after.tapt import DONE_FILE
+
+    held = {"audit": set(audit), "dev": set(run.fold.dev), "test": set(run.fold.test)}
+    for spec in (run.backbone, run.al.finetune, run.al.surprisal_model):
+        if not spec:
+            continue
+        folder = Path(spec.removeprefix(FROZEN_PREFIX).partition("@")[0])
+        record = folder / DONE_FILE
+        if not record.is_file():
+            continue
+        read = read_json(record, "run after tapt again")
+        seen = set(read.get("ids", [])) if isinstance(read, dict) else set()
+        for split, ids in held.items():
+            if seen & ids:
+                raise AfterError(
+                    f"{spec}: after tapt pre-trained it on the audio of {len(seen & ids)} of this "
+                    f"run's {split} clips ({record}), so its {split} figures would come from "
+                    "audio the model has heard. Pre-train on audio that leaves them out (another "
+                    "fold's training split), or use a backbone without TAPT"
+                    + (", or a run without --audit" if split == "audit" else "")
+                )
+
+
+def candidates_of(run: Run, *, simulated: bool) -> list[str]:
+    """The fold's training clips the oracle may label (with a simulated oracle: those with a
+    label): the pool, the stop set and the audit set are drawn from these."""
     m = run.manifest
-    candidates = [i for i in run.fold.train if not simulated or m[i].label is not None]
+    return [i for i in run.fold.train if not simulated or m[i].label is not None]
+
+
+def audit_size(run: Run, num_candidates: int) -> int:
+    """How many clips `--audit` asks for, out of `num_candidates` (0 without an audit set)."""
+    if run.al.audit is None:
+        return 0
+    parsed = audit_share(run.al.audit)
+    assert parsed is not None  # ALConfig checked it
+    count, share = parsed
+    wanted = count if count is not None else max(1, round((share or 0.0) * num_candidates))
+    return min(wanted, num_candidates)
+
+
+def draw_audit(run: Run, carried: Carried | None = None) -> list[str]:
+    """The audit set: `--audit` clips of the pool drawn at random, stratified by speaker where
+    speakers are known (each speaker's share of the sample is its share of the candidates;
+    where every clip is its own speaker, a simple random sample). Audit clips carried from
+    another run (`carried`) are kept first; clips carried with training labels are not drawn
+    (their labels came from queries, not from a random sample)."""
+    candidates = candidates_of(run, simulated=run.al.oracle == "simulated")
+    size = audit_size(run, len(candidates))
+    if size == 0:
+        return []
+    known = set(candidates)
+    kept = [i for i in (carried.audit_labels if carried else {}) if i in known]
+    taken = set(carried.labels) | set(kept) if carried else set()
+    rest = [i for i in candidates if i not in taken]
+    need = min(max(0, size - len(kept)), len(rest))
+    rng = derived_rng(run.al.seed, "audit")
+    by_speaker: dict[str, list[str]] = {}
+    for i in rest:
+        by_speaker.setdefault(run.manifest[i].speaker, []).append(i)
+    if len(by_speaker) == len(rest):  # speakers unknown: one per clip
+        picked = set(rng.choice(len(rest), need, replace=False).tolist())
+        return kept + [i for k, i in enumerate(rest) if k in picked]
+    # Proportional allocation, the remainders going to the largest fractions (ties at random).
+    speakers = sorted(by_speaker)
+    exact = np.array([need * len(by_speaker[sp]) / len(rest) for sp in speakers])
+    quota = np.floor(exact).astype(int)
+    order = np.lexsort((rng.random(len(speakers)), -(exact - quota)))
+    quota[order[: need - int(quota.sum())]] += 1
+    chosen: set[str] = set()
+    for sp, q in zip(speakers, quota, strict=True):
+        clips = by_speaker[sp]
+        chosen |= {clips[k] for k in rng.choice(len(clips), int(q), replace=False)}
+    return kept + [i for i in rest if i in chosen]
+
+
+def split_pool(
+    run: Run, *, simulated: bool, audit: Sequence[str] = ()
+) -> tuple[list[str], list[str]]:
+    """The pool (the candidates, `candidates_of`, less the audit set) and the stop set held
+    aside from it for `--stabilize`."""
+    held = set(audit)
+    candidates = [i for i in candidates_of(run, simulated=simulated) if i not in held]
     stop_set: list[str] = []
     if run.al.stabilize_kappa is not None:
         rng = derived_rng(run.al.seed, "stop-set")
         size = min(run.al.stop_set_size, len(candidates) // 4)
         picked = set(rng.choice(len(candidates), size, replace=False).tolist())
         stop_set = [c for k, c in enumerate(candidates) if k in picked]
-    held = set(stop_set)
-    return [c for c in candidates if c not in held], stop_set
+    aside = set(stop_set)
+    return [c for c in candidates if c not in aside], stop_set
 
 
 class _Loop:
     def __init__(self, run: Run, state: LoopState, oracle: Oracle, progress: bool) -> None:
         self.run, self.state, self.oracle, self.progress = run, state, oracle, progress
-        self.pool_ids, self.stop_set = split_pool(run, simulated=oracle.reveals_manifest_labels)
+        self.pool_ids, self.stop_set = split_pool(
+            run, simulated=oracle.reveals_manifest_labels, audit=state.audit
+        )
         self.budgets = parse_schedule(run.al.schedule, len(self.pool_ids))
         self.durations = {i: clip_duration(run.manifest[i]) for i in self.pool_ids}
         self.classifier: Classifier | None = None
@@ -372,8 +698,9 @@ class _Loop:
     # -- views
 
     def view(self) -> Manifest:
-        """The manifest as the learner may see it: pool clips carry only oracle labels."""
-        pool = set(self.pool_ids) | set(self.stop_set)
+        """The manifest as the learner may see it: pool clips carry only oracle labels, audit
+        clips none (their labels are only ever compared with predictions)."""
+        pool = set(self.pool_ids) | set(self.stop_set) | set(self.state.audit)
         items = []
         for u in self.run.manifest:
             if u.id in pool:
@@ -381,7 +708,7 @@ class _Loop:
                 votes = self.state.votes.get(u.id) if label else None
                 u = dataclasses.replace(u, label=label, votes=votes)
             items.append(u)
-        return Manifest(items, source="active-learning view")
+        return Manifest(items, source="active-learning view", labels=self.run.manifest.label_set)
 
     def unlabeled(self) -> list[str]:
         done = set(self.state.labeled) | set(self.state.pending) | set(self.state.dropped)
@@ -421,10 +748,22 @@ class _Loop:
         # Selection alone: scoring the pool, timed inside it, is score_s.
         self.timings["select_s"] = time.perf_counter() - t0 - self.timings.get("score_s", 0.0)
         fault_point("select")
+        queries = self._with_audit(queries)
         self._write_queries(queries)
         self.state.pending = queries
         self.state.phase = "label"
         self.state.save(self.run.run_dir)
+
+    def _with_audit(self, queries: list[str]) -> list[str]:
+        """Round 0's queue: the queries with the audit clips nobody labeled yet put among them at
+        seeded random places, so that nobody labeling can tell the two apart (the queue shows no
+        id, the audit clips come in no block). Later rounds' queues are the queries alone."""
+        audit = self.state.audit_open() if self.state.round == 0 else []
+        if not audit:
+            return queries
+        rng = derived_rng(self.run.al.seed, "audit-queue")
+        merged = [*queries, *audit]
+        return [merged[k] for k in rng.permutation(len(merged))]
 
     def _write_queries(self, queries: list[str]) -> None:
         """Keep the round's queries, in order, for the labeling app and exports; when people
@@ -454,8 +793,13 @@ class _Loop:
         """Ask the oracle; True when every pending query is labeled (or dropped)."""
         state = self.state
         answers = self.oracle.label(state.pending) if state.pending else Answers()
+        audit = set(state.audit)
         for i in state.pending:
-            if i in answers.labels:
+            if i in answers.labels and i in audit:  # kept apart from what the learner sees
+                state.audit_labels[i] = answers.labels[i]
+                if i in answers.votes:
+                    state.audit_votes[i] = answers.votes[i]
+            elif i in answers.labels:
                 state.labels[i] = answers.labels[i]
                 state.labeled[i] = state.round
                 if i in answers.votes:
@@ -472,7 +816,7 @@ class _Loop:
         return True
 
     def train(self) -> dict[str, Any]:
-        from after.inference import evaluate, predict
+        from after.inference import predict
         from after.train import fit
 
         run, state = self.run, self.state
@@ -499,9 +843,8 @@ class _Loop:
         )
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        test = evaluate(
-            result.classifier, view, run.fold.test, config=run.train, cache_dir=run.cache_dir
-        )
+        test = self._test(result.classifier, view)
+        audit = self._audit(result.classifier, view)
         eval_s = time.perf_counter() - t0
         self.classifier = result.classifier
         save_model(result.classifier, run.folder.model, round=state.round)
@@ -515,13 +858,9 @@ class _Loop:
             "minutes": round(minutes, 3),
             "budget": self.budgets[state.round].describe(),
             "best_epoch": result.best_epoch,
-            "dev_ua": result.dev["ua"] if result.dev else None,
-            "dev_wa": result.dev["wa"] if result.dev else None,
-            "dev_macro_f1": result.dev["macro_f1"] if result.dev else None,
-            "test_ua": test["ua"],
-            "test_wa": test["wa"],
-            "test_macro_f1": test["macro_f1"],
-            "test_confusion": test["confusion"],
+            **self._scores("dev", result.dev),
+            **test,
+            **audit,
             "train_s": round(train_s, 3),
             "eval_s": round(eval_s, 3),
             "score_s": round(self.timings.pop("score_s", 0.0), 3),
@@ -549,6 +888,7 @@ class _Loop:
             len(self.unlabeled()),
             result.dev["ua"] if result.dev else None,
             kappa,
+            audit=audit if audit.get("audit_n") else None,
         )
         stop = stop_reason(criteria(run.al), end)
         state.rounds.append(record)
@@ -563,11 +903,44 @@ class _Loop:
         atomic_write_text(run.folder.rounds, _csv(state.rounds))
         return record
 
+    def _scores(self, split: str, scores: dict[str, Any] | None) -> dict[str, Any]:
+        """A split's UA, WA and macro-F1 for a round's record; nothing for a split the run does
+        not have (a run without folds has neither dev nor test), None where it has one."""
+        ids = self.run.fold.dev if split == "dev" else self.run.fold.test
+        if not ids:
+            return {}
+        keys = ("ua", "wa", "macro_f1") + (("confusion",) if split == "test" else ())
+        return {f"{split}_{k}": scores[k] if scores else None for k in keys}
+
+    def _test(self, clf: Classifier, view: Manifest) -> dict[str, Any]:
+        from after.inference import evaluate
+
+        test = self.run.fold.test
+        if not test:
+            return {}
+        scores = evaluate(clf, view, test, config=self.run.train, cache_dir=self.run.cache_dir)
+        return self._scores("test", scores)
+
+    def _audit(self, clf: Classifier, view: Manifest) -> dict[str, Any]:
+        """The model's accuracy and UA on the labeled audit clips, with 95% intervals and how
+        many labels back them (`after.metrics.audit_estimate`); nothing without an audit set."""
+        from after.inference import predict
+
+        if not self.state.audit:
+            return {}
+        ids = [i for i in self.state.audit if i in self.state.audit_labels]
+        if not ids:
+            return {"audit_n": 0}
+        labels = self.run.manifest.labels
+        probs = predict(clf, view, ids, config=self.run.train, cache_dir=self.run.cache_dir)
+        truth = [labels.index(self.state.audit_labels[i]) for i in ids]
+        rng = derived_rng(self.run.al.seed, "audit-bootstrap", self.state.round)
+        return audit_estimate(truth, probs.argmax(axis=1).tolist(), len(labels), rng)
+
     def finetune(self) -> dict[str, Any]:
         """The hybrid recipe's last step: `ALConfig.finetune` fine-tuned once on the final
         labeled set (the selection learner chose every query), then tested; its record is
         `state.final` and the last row of rounds.csv (model: the fine-tuned backbone)."""
-        from after.inference import evaluate
         from after.train import describe_training, fit
 
         run, state = self.run, self.state
@@ -586,9 +959,8 @@ class _Loop:
         )
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        test = evaluate(
-            result.classifier, view, run.fold.test, config=run.train, cache_dir=run.cache_dir
-        )
+        test = self._test(result.classifier, view)
+        audit = self._audit(result.classifier, view)
         eval_s = time.perf_counter() - t0
         save_model(result.classifier, run.folder.final_model, round="final")
         last = state.rounds[-1]
@@ -597,11 +969,9 @@ class _Loop:
             "model": f"{run.al.finetune} fine-tuned once on the final labeled set",
             "training": describe_training(run.al.finetune, run.train.to_dict()),
             **{k: last[k] for k in ("num_labeled", "fraction", "minutes", "budget")},
-            "dev_ua": result.dev["ua"] if result.dev else None,
-            "test_ua": test["ua"],
-            "test_wa": test["wa"],
-            "test_macro_f1": test["macro_f1"],
-            "test_confusion": test["confusion"],
+            **({"dev_ua": result.dev["ua"] if result.dev else None} if run.fold.dev else {}),
+            **test,
+            **audit,
             "train_s": round(train_s, 3),
             "eval_s": round(eval_s, 3),
         }

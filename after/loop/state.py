@@ -36,7 +36,8 @@ class LoopState:
     seed: int
     round: int = 0
     phase: Phase = "select"
-    labeled: dict[str, int] = field(default_factory=dict)  # id -> round it was labeled in
+    # id -> round it was labeled in (-1: carried from another run's labels, before round 0)
+    labeled: dict[str, int] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)  # id -> the oracle's label
     votes: dict[str, dict[str, int]] = field(default_factory=dict)  # id -> label counts
     dropped: list[str] = field(default_factory=list)  # nobody could label: out of the pool
@@ -47,6 +48,14 @@ class LoopState:
     stop_predictions: list[int] = field(default_factory=list)  # last round's, on the stop set
     stopped_because: str = ""
     final: dict[str, Any] = field(default_factory=dict)  # the hybrid recipe's final fit
+    # The audit set: clips drawn from the pool at the start, labeled like queries (in round 0's
+    # queue) and kept apart: never trained on, selected or used for the cold start. Their labels
+    # live here, not in `labels`, which is what the learner sees.
+    audit: list[str] = field(default_factory=list)
+    audit_labels: dict[str, str] = field(default_factory=dict)
+    audit_votes: dict[str, dict[str, int]] = field(default_factory=dict)
+    # Where labels carried from another run came from (`after run --labels-from`), and how many.
+    carried: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def save(self, run_dir: str | os.PathLike[str]) -> Path:
@@ -72,6 +81,11 @@ class LoopState:
     def labeled_ids(self) -> list[str]:
         """Labeled ids in the order they were labeled (round, then query order)."""
         return list(self.labeled)
+
+    def audit_open(self) -> list[str]:
+        """Audit clips that nobody has labeled (nor skipped) yet."""
+        done = set(self.audit_labels) | set(self.dropped)
+        return [i for i in self.audit if i not in done]
 
 
 def _json_type(hint: Any) -> type:
@@ -106,13 +120,21 @@ def _shape_problem(data: Any) -> str | None:
         return f"unknown field {quoted(unknown[0])}"
     if data.get("phase", "select") not in PHASES:
         return f"phase {quoted(data['phase'])} is not one of {', '.join(PHASES)}"
-    ids = [*data.get("pending", []), *data.get("dropped", []), *data.get("labeled", {})]
+    ids = [
+        *data.get("pending", []),
+        *data.get("dropped", []),
+        *data.get("labeled", {}),
+        *data.get("audit", []),
+        *data.get("audit_labels", {}),
+    ]
     if not all(isinstance(i, str) for i in ids):
         return "a clip id that is not a string"
     inner: list[tuple[str, Any, type]] = [
         ("labeled", data.get("labeled", {}).values(), int),
         ("labels", data.get("labels", {}).values(), str),
         ("votes", data.get("votes", {}).values(), dict),
+        ("audit_labels", data.get("audit_labels", {}).values(), str),
+        ("audit_votes", data.get("audit_votes", {}).values(), dict),
         ("rounds", data.get("rounds", []), dict),
         ("stop_predictions", data.get("stop_predictions", []), int),
     ]

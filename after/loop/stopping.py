@@ -9,7 +9,7 @@ stopping criteria; the run stops at the first round where one gives a reason, an
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from after.config import ALConfig
 
@@ -23,6 +23,8 @@ class RoundEnd:
     num_unlabeled: int  # pool clips neither labeled, pending nor dropped
     dev_ua: float | None  # the round's model on dev (None without dev clips)
     kappa: float | None  # agreement of this round's and the last round's stop-set predictions
+    # The round's audit estimate (`after.metrics.audit_estimate`), None without audit labels.
+    audit: dict[str, Any] | None = None
 
 
 class StoppingCriterion(Protocol):
@@ -42,14 +44,25 @@ class PoolExhausted:
 @dataclass(frozen=True)
 class TargetUA:
     """Stop once the model reaches `target` UA on dev: dev labels then steer the run, which a
-    user turns on knowingly (they are not part of the label budget)."""
+    user turns on knowingly (they are not part of the label budget). A run without a dev split
+    reads its audit estimate instead (its point estimate; the reason gives its interval and how
+    many audit labels back it)."""
 
     target: float
 
     def reason(self, end: RoundEnd) -> str:
-        if end.dev_ua is None or end.dev_ua < self.target:
+        if end.dev_ua is not None:
+            if end.dev_ua < self.target:
+                return ""
+            return f"dev UA {end.dev_ua:.3f} reached the target {self.target}"
+        audit = end.audit
+        if audit is None or audit["audit_ua"] < self.target:
             return ""
-        return f"dev UA {end.dev_ua:.3f} reached the target {self.target}"
+        return (
+            f"audit UA {audit['audit_ua']:.3f} (95% CI {audit['audit_ua_lo']:.3f}-"
+            f"{audit['audit_ua_hi']:.3f}, {audit['audit_n']} audit labels; no dev split) reached "
+            f"the target {self.target}"
+        )
 
 
 @dataclass(frozen=True)

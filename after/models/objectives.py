@@ -435,7 +435,10 @@ def fit_kmeans_targets(
         if len(frames) > config.kmeans_max_frames:
             frames = frames[rng.choice(len(frames), config.kmeans_max_frames, replace=False)]
         k = min(config.kmeans_clusters, len(frames))
-        task = bar.add_task(f"k-means: {k} clusters of {len(frames)} frames", total=1)
+        # One long step with no count to show: plain progress lines say when it starts.
+        task = bar.add_task(
+            f"k-means: {k} clusters of {len(frames)} frames", total=1, announce=True
+        )
         kmeans = MiniBatchKMeans(n_clusters=k, random_state=config.seed, n_init=3, batch_size=4096)
         kmeans.fit(frames)
         bar.update(task, completed=1)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from after.data.folds import manifest_digest
 from after.data.manifest import Manifest, Utterance
 from after.errors import ManifestError
 
@@ -117,8 +118,27 @@ def test_csv_in_a_folder_reached_through_a_symlink(tmp_path: Path) -> None:
 
 def test_csv_missing_columns_are_named(tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text("file,emotion\na.wav,anger\n")
-    with pytest.raises(ManifestError, match=r"missing column\(s\) \['label', 'path', 'speaker'\]"):
+    with pytest.raises(ManifestError, match=r"missing column 'path'; found \['emotion', 'file'\]"):
         Manifest.from_csv(tmp_path / "m.csv")
+
+
+def test_a_declared_label_set_is_kept_without_any_label(tmp_path: Path) -> None:
+    """A pool nobody has labeled yet still knows its classes: the label set is the first line."""
+    m = Manifest([Utterance("a", "/x/a.wav", None, "s1", "c")], labels=["sad", "anger"])
+    assert m.labels == ["anger", "sad"] and m.label_counts() == {}
+    path = m.to_jsonl(tmp_path / "m.jsonl")
+    assert path.read_text().splitlines()[0] == '{"label_set": ["sad", "anger"]}'
+    back = Manifest.from_jsonl(path)
+    assert back.labels == ["anger", "sad"] and back.subset(["a"]).labels == ["anger", "sad"]
+    assert manifest_digest(back) != manifest_digest(Manifest(back))  # the set is part of it
+    with pytest.raises(ManifestError, match=r"'happy', which is not one of the manifest's labels"):
+        Manifest([Utterance("a", "/x/a.wav", "happy", "s1", "c")], labels=["sad", "anger"])
+    with pytest.raises(ManifestError, match="a classifier needs 2 or more"):
+        Manifest([], labels=["sad"])
+    lines = path.read_text().splitlines()
+    (tmp_path / "late.jsonl").write_text("\n".join([lines[1], lines[0]]) + "\n")
+    with pytest.raises(ManifestError, match=r"late\.jsonl:2: a label set .* must be the first"):
+        Manifest.from_jsonl(tmp_path / "late.jsonl")
 
 
 def test_csv_unknown_column_is_named(tmp_path: Path) -> None:

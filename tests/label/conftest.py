@@ -23,7 +23,7 @@ def human_run(corpus: tuple[Manifest, Path, Path], out: Path, **al: Any) -> tupl
     config = ALConfig(**{"schedule": ("6", "10"), "cold_start": "random", "oracle": "human", **al})
     run = Run(m, str(manifest), str(folds), fold, "scratch:tiny", config, FAST, out, None)
     state = run_loop(run, start_run(run))
-    assert state.phase == "label" and len(state.pending) == 6
+    assert state.phase == "label" and len(state.pending) == 6 + len(state.audit)
     return run, state
 
 

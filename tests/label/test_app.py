@@ -310,3 +310,32 @@ def test_many_concurrent_annotators_lose_nothing(
         for k, clip in enumerate(state.pending):
             last = k + 2 * len(state.pending)
             assert final[name, clip] == labels[(last + len(name)) % 4]
+
+
+def test_audit_clips_come_mixed_in_and_only_the_owner_sees_the_estimate(
+    make_run: Any, tmp_path: Path
+) -> None:
+    """An audit set rides in round 0's queue: its clips look like every other (a handle, a
+    place in the queue, audio), and once a round has trained, the run's owner, and nobody
+    else, sees its estimate."""
+    run, state = make_run(tmp_path / "run", audit="4")
+    assert len(state.pending) == 10 and set(state.audit) < set(state.pending)
+    owner = "owner-key-0123456789"
+    client = _client(run, owner_key=owner)
+    shown = []
+    while (got := client.get("/api/next", params={"annotator": "ann"}).json()["clip"]) is not None:
+        assert set(got) == {"clip", "position", "audio", "duration_s"}
+        shown.append(got["clip"])
+        label = run.manifest.labels[len(shown) % 4]
+        _post(client, "/api/answers", {"annotator": "ann", "clip": got["clip"], "label": label})
+    assert shown == [f"0.{k + 1}" for k in range(10)]  # in order, audit clips among the rest
+    assert "estimate" not in client.get("/api/session").json()
+    from after.loop.runner import run_loop
+
+    state = run_loop(run, LoopState.load(run.run_dir))
+    assert len(state.audit_labels) == 4 and state.round == 1
+    assert "estimate" not in client.get("/api/status").json()  # an annotator: no score
+    client.get("/", params={"owner": owner})  # the owner's URL sets the owner's cookie
+    estimate = client.get("/api/status").json()["estimate"]
+    assert estimate.startswith("round 0's model: audit UA") and "(4 audit labels)" in estimate
+    assert client.get("/api/session").json()["estimate"] == estimate

@@ -4,6 +4,7 @@ answers land in SQLite, and the page's button trains the next round."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -157,3 +158,62 @@ def test_page_loads_without_errors_after_the_run_is_done(
         while time.monotonic() < deadline and "bob" not in page.inner_text("#who"):
             time.sleep(0.05)
         assert "bob" in page.inner_text("#who")
+
+
+@pytest.mark.slow
+def test_the_audit_step_in_a_real_browser(
+    make_run: Any, serve: Any, browser: Any, tmp_path: Path
+) -> None:
+    """A person labels round 0, whose queue holds the audit clips among the queries, by
+    keyboard; the owner trains the next round from the page and reads the audit estimate there,
+    with its interval and how many audit labels back it; an annotator's page shows no score."""
+    run, state = make_run(tmp_path / "run", audit="4")
+    labels = run.manifest.labels
+    audit, queue = set(state.audit), list(state.pending)
+    assert len(queue) == 10
+    owner = "owner-key-0123456789"
+    with serve(create_app(run.run_dir, owner_key=owner)) as url:
+        page = browser.new_page(viewport={"width": 900, "height": 760})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"{url}/?owner={owner}")
+        page.fill("#name", "alice")
+        page.press("#name", "Enter")
+        page.wait_for_selector("#clip:not([hidden])")
+        assert "round 0: 10 clips to label" in page.inner_text("#where")
+        assert page.is_hidden("#estimate")  # no round trained yet
+        for k in range(10):
+            # Every clip, audit or query, looks alike: "Clip k of this round", its audio.
+            assert page.inner_text("#clip-title") == f"Clip {k + 1} of this round"
+            page.keyboard.press(str(1 + k % 4))
+            page.wait_for_function(
+                "text => document.getElementById('message').textContent.startsWith(text)",
+                arg=f"clip {k + 1}: saved",
+            )
+        page.wait_for_selector("#advance", state="visible")
+        page.click("#advance")  # trains round 0 (after run --resume) in the background
+        page.wait_for_selector("#estimate:not([hidden])", timeout=180_000)
+        shown = page.inner_text("#estimate")
+        assert re.fullmatch(
+            r"Audit estimate: round 0's model: audit UA \d+\.\d% \[\d+\.\d-\d+\.\d\], "
+            r"accuracy \d+\.\d% \[\d+\.\d-\d+\.\d\] \(4 audit labels\)\.",
+            shown,
+        ), shown
+        page.wait_for_selector("#clip:not([hidden])", timeout=60_000)
+        assert page.inner_text("#counts").startswith("Round 1: 0 of 4 clips done")
+        page.screenshot(path=str(tmp_path / "owner-audit.png"))
+
+        annotator = browser.new_page()
+        annotator.goto(url + "/")
+        annotator.fill("#name", "bob")
+        annotator.press("#name", "Enter")
+        annotator.wait_for_selector("#clip:not([hidden])")
+        body = annotator.inner_text("body")
+        assert annotator.is_hidden("#estimate") and "audit" not in body.lower()
+        assert "UA" not in body
+        assert errors == []
+    pressed = {c: labels[k % 4] for k, c in enumerate(queue)}
+    state = LoopState.load(run.run_dir)
+    assert state.audit_labels == {c: pressed[c] for c in audit}  # kept apart from training
+    assert state.labels == {c: pressed[c] for c in queue if c not in audit}
+    assert state.rounds[0]["audit_n"] == 4 and state.rounds[0]["num_labeled"] == 6

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import soundfile as sf
 
 from after.errors import AfterError
 from after.label.files import export, import_labels
@@ -24,7 +25,7 @@ def test_export_writes_csv_and_label_studio_files(
     run, state = labeling
     LabelStore(run.run_dir).put(state.pending[0], "ann", "anger", 0)
     got = export(
-        run.run_dir, tmp_path / "out", audio_url="http://127.0.0.1:8765/api/audio/{clip_id}"
+        run.run_dir, tmp_path / "out", audio_url="http://127.0.0.1:8765/api/audio/{handle}"
     )
     assert got == {"answers": 1, "tasks": 6, "round": 0, "folder": str(tmp_path / "out")}
     with open(tmp_path / "out" / "labels.csv") as f:
@@ -36,7 +37,7 @@ def test_export_writes_csv_and_label_studio_files(
         tasks_csv = list(csv.DictReader(f))
     assert [r["clip_id"] for r in tasks_csv] == state.pending
     tasks = json.loads((tmp_path / "out" / "label_studio_tasks.json").read_text())
-    assert [t["data"]["clip_id"] for t in tasks] == state.pending
+    assert [t["data"]["key"] for t in tasks] == [r["key"] for r in tasks_csv]
     scores = [t["predictions"][0]["score"] for t in tasks]
     assert scores == sorted(scores, reverse=True) and scores[0] == 1.0
     assert tasks[0]["data"]["audio"].startswith("http://127.0.0.1:8765/api/audio/")
@@ -145,7 +146,7 @@ def test_label_studio_json_min_export(labeling: tuple[Run, LoopState], tmp_path:
     path.write_text(json.dumps(rows))
     assert import_labels(run.run_dir, path)["stored"] == 1
     path.write_text(json.dumps([{"id": 1, "emotion": "anger"}]))
-    with pytest.raises(AfterError, match="no clip_id"):
+    with pytest.raises(AfterError, match="no task key"):
         import_labels(run.run_dir, path)
     path.write_text("{broken")
     with pytest.raises(AfterError, match="not JSON"):
@@ -347,6 +348,46 @@ def test_audio_urls_for_label_studio(labeling: tuple[Run, LoopState], tmp_path: 
     assert urls == [f"http://127.0.0.1:8765/api/audio/0.{k + 1}" for k in range(6)]
     client = TestClient(create_app(run.run_dir), base_url="http://127.0.0.1")
     assert client.get(urls[0].removeprefix("http://127.0.0.1:8765")).status_code == 200
-    for bad in ("http://x/{id}", "{0}", "{clip_id.__class__}", "http://x/{"):
+    for bad in ("http://x/{id}", "{0}", "{key.__class__}", "http://x/{"):
         with pytest.raises(AfterError, match="--audio-url"):
             export(run.run_dir, tmp_path / "bad", audio_url=bad)
+
+
+def test_label_studio_tasks_carry_no_clip_id_or_path(
+    labeling: tuple[Run, LoopState], tmp_path: Path
+) -> None:
+    """Annotators see a task's data in Label Studio, and corpus ids and file names often spell
+    the label: a task holds an opaque key and its audio's URL, and the key maps back on
+    import."""
+    run, state = labeling
+    export(run.run_dir, tmp_path / "out")
+    text = (tmp_path / "out" / "label_studio_tasks.json").read_text()
+    tasks = json.loads(text)
+    for clip in state.pending:
+        path = run.manifest[clip].path
+        assert clip not in text and path not in text and Path(path).stem not in text
+    assert all(set(t["data"]) == {"audio", "key"} for t in tasks)
+    keys = [t["data"]["key"] for t in tasks]
+    assert [t["data"]["audio"] for t in tasks] == [
+        f"/data/local-files/?d=audio/{k}.wav" for k in keys
+    ]
+    for key in keys:  # the audio is there, converted, under the key alone
+        assert sf.info(str(tmp_path / "out" / "audio" / f"{key}.wav")).samplerate == 16000
+    export(run.run_dir, tmp_path / "again")  # a clip keeps its key
+    again = json.loads((tmp_path / "again" / "label_studio_tasks.json").read_text())
+    assert [t["data"]["key"] for t in again] == keys
+    labels = run.manifest.labels
+    answered = _label_studio_export(state.pending, labels)
+    for task, key in zip(answered, keys, strict=True):
+        task["data"] = {"audio": "/x", "key": key}
+    path = tmp_path / "project.json"
+    path.write_text(json.dumps(answered))
+    assert import_labels(run.run_dir, path)["stored"] == 6
+    stored = {a.clip_id: a.label for a in LabelStore(run.run_dir).annotations()}
+    assert stored[state.pending[0]] == labels[0]
+    answered[0]["data"]["key"] = "0123456789abcdef"
+    path.write_text(json.dumps(answered))
+    with pytest.raises(AfterError, match="task key '0123456789abcdef' was not exported"):
+        import_labels(run.run_dir, path)
+    with pytest.raises(AfterError, match=r"\{path\} would show annotators"):
+        export(run.run_dir, tmp_path / "bad", audio_url="/data/local-files/?d={path}")

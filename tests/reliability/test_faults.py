@@ -648,6 +648,32 @@ def test_ctrl_c_says_how_to_continue(
     _count(tally, "round_trips")
 
 
+def test_ctrl_c_in_a_long_step_ends_with_how_to_continue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C while a step shows progress as plain lines (stderr in a file): the step's last
+    line says it was interrupted, and the very last line says how to continue."""
+    import after.progress
+    from after.progress import progress_bar
+
+    monkeypatch.setattr(after.progress, "FIRST_S", 0.0)
+
+    def interrupted(*args: Any, **kw: Any) -> Manifest:
+        with progress_bar() as bar:
+            task = bar.add_task("checking audio", total=100)
+            bar.advance(task, 40)
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        raise AssertionError("SIGINT did not arrive")
+
+    monkeypatch.setattr(Manifest, "from_jsonl", interrupted)
+    code, text = _cli(["stats", str(tmp_path / "m.jsonl")], capsys)
+    lines = text.strip().splitlines()
+    assert code == 130 and lines[-1].startswith("interrupted; continue with: after stats"), text
+    assert lines[-2].startswith("checking audio: 40/100 (40%); INTERRUPTED after"), text
+    assert not any("ended after" in line for line in lines), text
+
+
 def test_a_store_held_exclusively_keeps_the_page_quick_and_answers_clear(
     people: tuple[Run, LoopState], monkeypatch: pytest.MonkeyPatch, tally: dict[str, int]
 ) -> None:

@@ -85,6 +85,10 @@ class Skipped:
     def drop(self, reason: str, name: str) -> None:
         self._dropped[reason].append(name)
 
+    def count(self) -> int:
+        """How many items were skipped (not counting those dropped by design)."""
+        return sum(len(names) for names in self._skipped.values())
+
     def summary(self) -> str:
         """One line, e.g. "skipped 3 (name does not parse), dropped 10 (category not used)"."""
         parts = [

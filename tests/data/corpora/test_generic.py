@@ -1,4 +1,5 @@
-"""Your own data: `prepare_folder` (nested or flat label folders) and `prepare_csv`."""
+"""Your own data: `prepare_folder` (nested or flat label folders, or unlabeled audio with a
+declared label set) and `prepare_csv` (with or without label and speaker columns)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from after.data.corpora import prepare_csv, prepare_folder
-from after.errors import AfterError, LayoutError, ManualDownloadRequired
+from after.errors import AfterError, LayoutError
 
 Touch = Callable[..., list[Path]]
 
@@ -41,30 +42,83 @@ def test_flat_folder_with_speaker_regex(tmp_path: Path, touch: Touch) -> None:
 
 def test_flat_folder_without_regex(tmp_path: Path, touch: Touch) -> None:
     touch(tmp_path, "happy/07_take3.wav")
-    with pytest.raises(LayoutError, match=r"07_take3\.wav: clips lie directly.*speaker_regex"):
+    with pytest.raises(LayoutError, match=r"07_take3\.wav: clips lie directly.*--speaker-regex"):
         prepare_folder(tmp_path)
 
 
-@pytest.mark.parametrize("regex", ["(?P<speaker>[0-9+_", r"(\d+)_"])
-def test_bad_speaker_regex(tmp_path: Path, touch: Touch, regex: str) -> None:
+@pytest.mark.parametrize(
+    ("regex", "says"), [("(?P<speaker>[0-9+_", "not a valid regex"), (r"\d+_", "has no group")]
+)
+def test_bad_speaker_regex(tmp_path: Path, touch: Touch, regex: str, says: str) -> None:
     touch(tmp_path, "happy/07_take3.wav")
-    with pytest.raises(AfterError, match="speaker_regex"):
+    with pytest.raises(AfterError, match=f"--speaker-regex .*{says}.*e.g."):
         prepare_folder(tmp_path, speaker_regex=regex)
 
 
-def test_no_label_folders(tmp_path: Path, touch: Touch) -> None:
+def test_the_first_group_finds_the_speaker_too(tmp_path: Path, touch: Touch) -> None:
+    touch(tmp_path / "lab", "happy/07_take3.wav")
+    assert prepare_folder(tmp_path / "lab", speaker_regex=r"(\d+)_").speakers == ["lab_07"]
+
+
+def test_no_label_folders_names_the_fix_for_unlabeled_audio(tmp_path: Path, touch: Touch) -> None:
     touch(tmp_path, "07_take3.wav")
-    with pytest.raises(LayoutError, match="no label folders"):
+    with pytest.raises(
+        LayoutError, match=r"no label folders.*1 audio file.*give the label set: --labels"
+    ):
         prepare_folder(tmp_path)
 
 
 @pytest.mark.parametrize("make", [False, True])
-def test_missing_or_empty_folder(tmp_path: Path, make: bool) -> None:
+def test_missing_or_empty_folder(tmp_path: Path, touch: Touch, make: bool) -> None:
+    """Your own folder is no corpus to download: missing or without audio, one line says so."""
     corpus = tmp_path / "mine"
     if make:
-        corpus.mkdir()
-    with pytest.raises(ManualDownloadRequired, match="one folder per label"):
-        prepare_folder(corpus)
+        touch(corpus, "notes.txt", "sub/readme.md")
+    with pytest.raises(LayoutError, match=r"mine: (not found|holds no audio file \(\.wav)"):
+        prepare_folder(corpus, labels=["a", "b"])
+
+
+LABELS = ["anger", "happiness", "neutral", "sadness"]
+
+
+def test_a_flat_folder_of_unlabeled_audio(tmp_path: Path, touch: Touch) -> None:
+    root = tmp_path / "calls"
+    touch(root, "rec 1.wav", "rec2.flac", "clip.mp3", "clip.ogg", "notes.txt", ".hidden.wav")
+    m = prepare_folder(root, labels=LABELS)
+    assert m.labels == LABELS and m.label_set == tuple(LABELS)
+    assert {u.id: (u.label, u.speaker) for u in m} == {
+        "calls_rec_1": (None, "calls_rec_1"),  # unknown speaker: each clip is its own
+        "calls_rec2": (None, "calls_rec2"),
+        "calls_clip_mp3": (None, "calls_clip_mp3"),  # one name in two formats: ids differ
+        "calls_clip_ogg": (None, "calls_clip_ogg"),
+    }
+
+
+def test_nested_unlabeled_audio_with_speakers_from_the_path(tmp_path: Path, touch: Touch) -> None:
+    root = tmp_path / "study"
+    touch(root, "alice/day1/take.wav", "alice/day2/take.wav", "bob/take.wav", "take9.wav")
+    m = prepare_folder(root, labels=LABELS, speaker_regex=r"^([^/]+)/")
+    assert {u.id: u.speaker for u in m} == {
+        "study_alice_day1_take": "study_alice",  # stems repeat: the folders make ids unique
+        "study_alice_day2_take": "study_alice",
+        "study_bob_take": "study_bob",
+    }  # take9.wav: no folder, so no speaker: skipped (and counted)
+    with pytest.raises(LayoutError, match=r"--speaker-regex 'x\(\\d\)' finds a speaker in none"):
+        prepare_folder(root, labels=LABELS, speaker_regex=r"x(\d)")
+
+
+def test_label_folders_beside_unlabeled_audio(tmp_path: Path, touch: Touch) -> None:
+    root = tmp_path / "mix"
+    touch(root, "anger/ann/a1.wav", "inbox/u1.wav", "u2.wav", "angry/u3.wav")
+    m = prepare_folder(root, labels=LABELS)
+    assert {u.id: u.label for u in m} == {
+        "mix_ann_a1": "anger",
+        "mix_u1": None,
+        "mix_u2": None,
+        "mix_u3": None,  # "angry" is not one of the labels: its clips are unlabeled
+    }
+    with pytest.raises(AfterError, match="is given twice"):
+        prepare_folder(root, labels=["anger", "anger"])
 
 
 def test_csv(tmp_path: Path, touch: Touch) -> None:
@@ -85,3 +139,26 @@ def test_csv(tmp_path: Path, touch: Touch) -> None:
     assert m["study_a"].path == str(root / "clips" / "a.wav")
     assert m["study_a"].corpus == "study"
     assert prepare_csv(root / "list.csv", corpus="other").ids == ["other_a", "other_b", "other_c"]
+
+
+def test_csv_without_labels_or_speakers(tmp_path: Path, touch: Touch) -> None:
+    root = tmp_path / "calls"
+    touch(root, "a/clip.mp3", "a/clip.ogg", "b/clip.wav", "s07_x.wav")
+    (root / "list.csv").write_text("path\na/clip.mp3\na/clip.ogg\nb/clip.wav\ns07_x.wav\n")
+    with pytest.raises(AfterError, match=r"missing column .label.*--labels"):
+        prepare_csv(root / "list.csv")
+    m = prepare_csv(root / "list.csv", labels=LABELS)
+    assert m.labels == LABELS and all(u.label is None for u in m)
+    assert m.ids == ["calls_a_clip_mp3", "calls_a_clip_ogg", "calls_b_clip", "calls_s07_x"]
+    assert [u.speaker for u in m] == m.ids  # unknown: each clip is its own speaker
+    m = prepare_csv(root / "list.csv", labels=LABELS, speaker_regex=r"^(\w)/")
+    assert [u.speaker for u in m] == ["a", "a", "b"]  # s07_x.wav has no folder: left out
+    with pytest.raises(AfterError, match="finds a speaker in none of the 4 paths"):
+        prepare_csv(root / "list.csv", labels=LABELS, speaker_regex=r"^(zz)")
+
+
+def test_csv_labels_outside_the_label_set_are_named(tmp_path: Path, touch: Touch) -> None:
+    touch(tmp_path, "a.wav", "b.wav")
+    (tmp_path / "l.csv").write_text("path,label\na.wav,anger\nb.wav,angry\n")
+    with pytest.raises(AfterError, match=r"l\.csv:3: label 'angry' is not one of --labels"):
+        prepare_csv(tmp_path / "l.csv", labels=LABELS)
