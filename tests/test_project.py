@@ -1,7 +1,9 @@
-"""What a researcher looks for before using the project: its licence and how to cite it."""
+"""What a researcher looks for before using the project: its licence, how to cite it, messages that
+keep people's labels safe, and a package whose layers import downward."""
 
 from __future__ import annotations
 
+import ast
 import tomllib
 from pathlib import Path
 
@@ -55,3 +57,49 @@ def test_no_message_suggests_deleting_what_may_hold_peoples_labels() -> None:
     sources = {p.name: p.read_text() for p in (ROOT / "after").rglob("*.py")}
     users = {name for name, text in sources.items() if "check_same_settings(" in text}
     assert users == {"runner.py", "compare.py"}  # the run command passes no folder to delete
+
+
+def _imports(path: Path, package: str) -> set[str]:
+    """The `after` modules that a module imports, at its top or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            base = node.module
+            if node.level:  # relative: from the module's own package
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1])
+                base = f"{base}.{node.module}" if node.module else base
+            found.add(base)
+            found.update(f"{base}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return {m for m in found if m == "after" or m.startswith("after.")}
+
+
+def test_no_module_of_the_package_imports_itself_in_a_circle() -> None:
+    """Layers import downward only: no chain of imports (lazy ones included) leads a module of
+    `after` back to itself. A circle means a module sits in two layers (docs/ARCHITECTURE.md)."""
+    root = Path(__file__).parents[1]
+    modules = {
+        ".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in (root / "after").rglob("*.py")
+    }
+    graph = {
+        name: {
+            m
+            for m in _imports(path, name if path.name == "__init__.py" else name.rpartition(".")[0])
+            if m in modules and m != name and not name.startswith(m + ".")
+        }
+        for name, path in modules.items()
+    }
+    circles = []
+    for start in graph:  # a depth-first search from each module for a path back to it
+        stack, seen = [(start, [start])], set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph[node]:
+                if nxt == start:
+                    circles.append(" -> ".join([*path, start]))
+                elif nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, [*path, nxt]))
+    assert not circles, "\n".join(sorted(circles))

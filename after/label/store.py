@@ -17,6 +17,8 @@ a `sqlite3` shell), then fail with `StoreBusy`, having stored nothing; readers w
 (a process holding the file in `locking_mode=EXCLUSIVE` blocks readers too). An annotator name given
 with a browser key (`key`) belongs to the first key that used it (`NameInUse` for the others), so
 nobody can answer or undo in another person's name.
+
+`HumanOracle` is the loop's oracle over this store.
 """
 
 from __future__ import annotations
@@ -318,6 +320,21 @@ class LabelStore:
                 [(clip, now) for clip in [*answers.labels, *answers.dropped]],
             )
         return answers
+
+
+class HumanOracle:
+    """The loop's oracle in real use: answers from the run's label store (`after label serve`,
+    `after label import`). A clip counts once `min_votes` annotators answered it; the clips it
+    answers are taken, so the store refuses later changes to them, which the loop would not see."""
+
+    reveals_manifest_labels = False
+
+    def __init__(self, run_dir: str | os.PathLike[str], min_votes: int = 1) -> None:
+        self.store = LabelStore(run_dir)
+        self.min_votes = min_votes
+
+    def label(self, ids: Sequence[str]) -> Answers:
+        return self.store.take(ids, self.min_votes)
 
 
 def _annotations(

@@ -1,8 +1,8 @@
-"""Oracles answer queries with labels: the manifest's own labels in simulation, or people."""
+"""Oracles answer queries with labels: `SimulatedOracle` reveals the manifest's own labels; people
+answer through `after.label.store.HumanOracle`, which reads the label store."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -56,20 +56,3 @@ class SimulatedOracle:
             if u.votes:
                 answers.votes[i] = dict(u.votes)
         return answers
-
-
-class HumanOracle:
-    """Answers from the run's label store (`after label serve`, `after label import`): a clip
-    counts once `min_votes` annotators answered it (see `after.label.store`). The clips it
-    answers are taken: the store refuses later changes to them, which the loop would not see."""
-
-    reveals_manifest_labels = False
-
-    def __init__(self, run_dir: str | os.PathLike[str], min_votes: int = 1) -> None:
-        from after.label.store import LabelStore
-
-        self.store = LabelStore(run_dir)
-        self.min_votes = min_votes
-
-    def label(self, ids: Sequence[str]) -> Answers:
-        return self.store.take(ids, self.min_votes)

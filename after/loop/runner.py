@@ -32,7 +32,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -55,8 +55,9 @@ from after.io import (
     read_json,
     remove_stale_temps,
 )
+from after.label.store import HumanOracle
 from after.loop.folder import RunFolder, replace_folder
-from after.loop.oracle import Answers, HumanOracle, Oracle, SimulatedOracle
+from after.loop.oracle import Answers, Oracle, SimulatedOracle
 from after.loop.state import LoopState
 from after.loop.stopping import RoundEnd, criteria, stop_reason
 from after.metrics import audit_estimate, cohen_kappa
@@ -65,6 +66,9 @@ from after.rng import derived_rng
 from after.strategies.base import spread
 from after.strategies.cold_start import cold_start_features
 from after.strategies.diversity import grad_embeddings
+
+if TYPE_CHECKING:
+    from after.train import FitResult
 
 logger = logging.getLogger(__name__)
 
@@ -816,9 +820,8 @@ class _Loop:
         return True
 
     def train(self) -> dict[str, Any]:
-        from after.inference import predict
-        from after.train import fit
-
+        """Fit the round's model on every labeled clip, score it (dev, test, audit), save it,
+        and end the round: its record in state.json and rounds.csv, and the next phase."""
         run, state = self.run, self.state
         view = self.view()
         labeled = state.labeled_ids()
@@ -828,19 +831,7 @@ class _Loop:
                 "skipped); label some of them, or start the run with a larger seed set"
             )
         t0 = time.perf_counter()
-        init, config = self._warm_start(labeled)
-        result = fit(
-            view,
-            labeled,
-            run.fold.dev,
-            run.backbone,
-            config,
-            labels=run.manifest.labels,
-            cache_dir=run.cache_dir,
-            init=init,
-            progress=self.progress,
-            unlabeled_ids=self.unlabeled() if config.self_training else (),
-        )
+        result = self._fit(view, labeled)
         train_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         test = self._test(result.classifier, view)
@@ -873,15 +864,9 @@ class _Loop:
         # The round's whole time; its presence also marks records whose select_s excludes
         # score_s (earlier records counted scoring in both).
         record["round_s"] = round(sum(record[k] for k in ROUND_STAGES), 3)
-        kappa = None
-        if self.stop_set:
-            preds = predict(result.classifier, view, self.stop_set, config=run.train).argmax(1)
-            if state.stop_predictions:
-                kappa = cohen_kappa(
-                    state.stop_predictions, preds.tolist(), len(run.manifest.labels)
-                )
-                record["stop_set_kappa"] = kappa
-            state.stop_predictions = preds.tolist()
+        kappa = self._stability(result.classifier, view)
+        if kappa is not None:
+            record["stop_set_kappa"] = kappa
         end = RoundEnd(
             state.round,
             len(self.budgets),
@@ -890,18 +875,57 @@ class _Loop:
             kappa,
             audit=audit if audit.get("audit_n") else None,
         )
-        stop = stop_reason(criteria(run.al), end)
+        self._end_round(record, stop_reason(criteria(run.al), end))
+        return record
+
+    def _fit(self, view: Manifest, labeled: list[str]) -> FitResult:
+        """The round's model: warm-started from the last round's where the run says so, with
+        the pool as unlabeled data where self-training is on."""
+        from after.train import fit
+
+        run = self.run
+        init, config = self._warm_start(labeled)
+        return fit(
+            view,
+            labeled,
+            run.fold.dev,
+            run.backbone,
+            config,
+            labels=run.manifest.labels,
+            cache_dir=run.cache_dir,
+            init=init,
+            progress=self.progress,
+            unlabeled_ids=self.unlabeled() if config.self_training else (),
+        )
+
+    def _stability(self, clf: Classifier, view: Manifest) -> float | None:
+        """Cohen's kappa between this round's and the last round's predictions on the stop set
+        (the stable-predictions rule); None without a stop set or before a second round."""
+        if not self.stop_set:
+            return None
+        from after.inference import predict
+
+        state = self.state
+        preds = predict(clf, view, self.stop_set, config=self.run.train).argmax(1).tolist()
+        last, state.stop_predictions = state.stop_predictions, preds
+        if not last:
+            return None
+        return cohen_kappa(last, preds, len(self.run.manifest.labels))
+
+    def _end_round(self, record: dict[str, Any], stop: str | None) -> None:
+        """The round's record made durable, with the next phase: the next round's selection, or
+        the end (a final fine-tuning first where the run asks for one)."""
+        state = self.state
         state.rounds.append(record)
         fault_point("train")
         if stop:
-            state.phase = "final" if run.al.finetune else "done"
+            state.phase = "final" if self.run.al.finetune else "done"
             state.stopped_because = stop
         else:
             state.round += 1
             state.phase = "select"
-        state.save(run.run_dir)
-        atomic_write_text(run.folder.rounds, _csv(state.rounds))
-        return record
+        state.save(self.run.run_dir)
+        atomic_write_text(self.run.folder.rounds, _csv(state.rounds))
 
     def _scores(self, split: str, scores: dict[str, Any] | None) -> dict[str, Any]:
         """A split's UA, WA and macro-F1 for a round's record; nothing for a split the run does
