@@ -10,12 +10,13 @@ from __future__ import annotations
 import codecs
 import csv
 import errno
+import fcntl
 import json
 import os
 import stat
 import tempfile
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -237,3 +238,28 @@ def read_json(path: str | os.PathLike[str], fix: str) -> Any:
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write `obj` as indented JSON atomically."""
     return atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+@contextmanager
+def held_lock(path: Path, holder: str, busy: Callable[[str], str]) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` while the block runs, with `holder` written in
+    it; if another process holds it, `AfterError(busy(what that process wrote))`. The lock goes
+    with the process, even on kill -9."""
+    try:
+        f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held for the block)
+    except OSError as e:
+        raise AfterError(os_error_message(e)) from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            raise AfterError(busy(f.read(200).strip())) from None
+        f.truncate(0)
+        f.write(holder)
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)
+            fcntl.flock(f, fcntl.LOCK_UN)

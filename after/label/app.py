@@ -46,7 +46,6 @@ serves a run (`serve.lock`, with its address): a second would hand the same clip
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import io
 import ipaddress
 import json
@@ -75,7 +74,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from after.errors import AfterError, AudioError, quoted
-from after.io import os_error_message
+from after.io import held_lock, os_error_message
 from after.label.store import ClipTaken, LabelStore, NameInUse, StoreBusy, check_annotator
 from after.loop.folder import RunFolder
 from after.loop.runner import Run
@@ -712,28 +711,15 @@ def serving(run_dir: str | os.PathLike[str], address: str) -> Iterator[None]:
     """Hold the run's serving lock (`serve.lock`, which records `address`) while the block
     runs: two servers on one run would hand the same clip to two people. A second one is
     refused with the first one's address. The lock goes with the process, even on kill -9."""
-    path = RunFolder(run_dir).serve_lock
-    try:
-        f = open(path, "a+", encoding="utf-8")  # noqa: SIM115 (held for the block)
-    except OSError as e:
-        raise AfterError(os_error_message(e)) from None
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            raise AfterError(
-                f"{run_dir}: another after label serve serves this run already, at "
-                f"{f.read(200).strip() or 'an unknown address'}; open that one, or stop it first"
-            ) from None
-        f.truncate(0)
-        f.write(f"{address} (pid {os.getpid()})\n")
-        f.flush()
-        try:
-            yield
-        finally:
-            f.truncate(0)
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with held_lock(
+        RunFolder(run_dir).serve_lock,
+        f"{address} (pid {os.getpid()})\n",
+        lambda holder: (
+            f"{run_dir}: another after label serve serves this run already, at "
+            f"{holder or 'an unknown address'}; open that one, or stop it first"
+        ),
+    ):
+        yield
 
 
 def serve(

@@ -21,7 +21,6 @@ import contextlib
 import copy
 import csv
 import dataclasses
-import fcntl
 import io
 import itertools
 import json
@@ -51,7 +50,7 @@ from after.faults import fault_point
 from after.io import (
     atomic_write_json,
     atomic_write_text,
-    os_error_message,
+    held_lock,
     read_json,
     remove_stale_temps,
 )
@@ -513,27 +512,15 @@ def _settle_growth(run_dir: Path, state: LoopState) -> LoopState:
 def run_lock(run_dir: str | os.PathLike[str]) -> Iterator[None]:
     """Hold the run folder's lock: a second process working on the same run would interleave
     its state writes with ours. The lock goes with the process, even on kill -9."""
-    path = RunFolder(run_dir).lock
-    try:
-        f = open(path, "a+")  # noqa: SIM115 (held for the block)
-    except OSError as e:
-        raise AfterError(os_error_message(e)) from None
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            raise AfterError(
-                f"{run_dir}: another after process (pid {f.read().strip() or '?'}) is working "
-                "on this run; wait for it to finish"
-            ) from None
-        f.truncate(0)
-        f.write(str(os.getpid()))
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with held_lock(
+        RunFolder(run_dir).lock,
+        str(os.getpid()),
+        lambda holder: (
+            f"{run_dir}: another after process (pid {holder or '?'}) is working "
+            "on this run; wait for it to finish"
+        ),
+    ):
+        yield
 
 
 def check_run(
