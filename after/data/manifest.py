@@ -83,7 +83,8 @@ def _check(u: Utterance, where: str) -> Utterance:
         if value is not None and _has_control(value):
             raise ManifestError(
                 f"{where}: utterance {name}: {field} {quoted(value)} holds a line break or "
-                "another control character; fix the file (a label or speaker is one line)"
+                "another control character; fix the file (a label or speaker is one line; in a "
+                "CSV, a quote that does not pair up swallows the lines after it)"
             )
     if u.duration_s is not None and not (math.isfinite(u.duration_s) and u.duration_s >= 0):
         raise ManifestError(f"{where}: utterance {name} has invalid duration_s {u.duration_s!r}")

@@ -49,7 +49,7 @@ BAD_CSVS: dict[str, tuple[str | bytes, str]] = {
     "cell over 128 KiB": (f"{HEADER}\na.wav,{'x' * 200_000},s1\n", "field larger than"),
     "NUL in a path": (f"{HEADER}\na\x00.wav,anger,s1\n", "NUL"),
     "label over two lines": (f'{HEADER}\na.wav,"anger\nmild",s1\n', "line break"),
-    "unpaired quote": (f'{HEADER}\na.wav,"anger,s1\n', "'speaker' is missing"),
+    "unpaired quote": (f'{HEADER}\na.wav,"anger,s1\n', "quote that does not pair up"),
     "5000-digit duration": (f"{HEADER},duration_s\na.wav,anger,s1,{'9' * 5000}\n", "duration_s"),
     "nested votes": (f'{HEADER},votes\na.wav,anger,s1,"{{""anger"": {{""x"": 1}}}}"\n', "votes"),
     "deep votes": (f"{HEADER},votes\na.wav,anger,s1,{'[' * 100_000}\n", "nested too deeply"),
