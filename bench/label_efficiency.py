@@ -386,22 +386,34 @@ def _render_tapt(r: dict[str, Any]) -> list[str]:
 
 
 def headline(r: dict[str, Any]) -> str | None:
-    """README's line: random against the best strategy at the last budget, if paired."""
+    """README's line: random against the default strategy and against the best one at the last
+    budget, if paired."""
+    from after.config import ALConfig
+
     if "variants" in r or not any(s.get("vs_random") for s in r["strategies"].values()):
         return None
     last = r["schedule"][-1]
-    best = max(
-        (n for n in r["strategies"] if r["strategies"][n].get("vs_random")),
-        key=lambda n: r["strategies"][n]["vs_random"][last]["points"],
-    )
-    gain = r["strategies"][best]["vs_random"][last]
+    paired = [n for n in r["strategies"] if r["strategies"][n].get("vs_random")]
+    best = max(paired, key=lambda n: r["strategies"][n]["vs_random"][last]["points"])
+    default = ALConfig.strategy
+
+    def against_random(name: str) -> str:
+        gain = r["strategies"][name]["vs_random"][last]
+        return (
+            f"{r['strategies'][name]['test_ua_by_budget'][last]}, {gain['points']:+.1f} points "
+            f"(Wilcoxon p = {gain['wilcoxon_p']:.2g})"
+        )
+
+    shown = [f"the default ({default}) {against_random(default)}"] if default in paired else []
+    if best != default:
+        shown.append(f"the best strategy ({best}) {against_random(best)}")
+    view = f", {r['feature_view']} view" if r.get("feature_view", "clip") != "clip" else ""
     return (
-        f"- **Label efficiency, `{r['backbone']}`** ({r['protocol']}): at "
-        f"{100 * float(last):g}% of the pool random sampling reaches "
-        f"{r['strategies']['random']['test_ua_by_budget'][last]}, the best strategy "
-        f"({best}) {r['strategies'][best]['test_ua_by_budget'][last]}: {gain['points']:+.1f} "
-        f"points (Wilcoxon p = {gain['wilcoxon_p']:.2g}); all labels "
-        f"{pct(r['all_labels_test_ua'])}."
+        f"- **Label efficiency, {r['corpus'].split(' (')[0]}, `{r['backbone']}`{view}** "
+        f"({r['protocol']}): at {100 * float(last):g}% of the pool random sampling reaches "
+        f"{r['strategies']['random']['test_ua_by_budget'][last]}; "
+        + "; ".join(shown)
+        + f"; all labels {pct(r['all_labels_test_ua'])}."
     )
 
 

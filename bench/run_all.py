@@ -3,6 +3,7 @@
     .venv/bin/python bench/run_all.py                 # every benchmark, then BENCHMARKS.md
     .venv/bin/python bench/run_all.py --only scoring,strategies
     .venv/bin/python bench/run_all.py --render        # BENCHMARKS.md from the saved results
+    .venv/bin/python bench/run_all.py --only X --checkout ../wt   # X's code from another checkout
     make bench                                        # the same as the first line
 
 Each benchmark runs in its own process, one after another (never side by side: they would slow
@@ -12,6 +13,11 @@ goes to `bench/results/NAME.json` together with the exact command, the commit, t
 wall time and the load average before and after (the machine may be shared; every ratio in the
 results is measured side by side within one run). `BENCHMARKS.md` is then written from every
 saved result, so a benchmark run alone updates its section and keeps the others.
+
+Benchmarks that run for hours are best run from a second checkout (a git worktree at a fixed
+commit, `--checkout DIR`), so that work on this one cannot change the code under them: their
+commands then run in DIR with DIR's code (and DIR's runs/ folders, from which they resume), and
+the record names DIR's commit; the result and BENCHMARKS.md are written here.
 
 The script that prints a result is the one that reads it: each has `render(result)`, the Markdown
 lines of its section, and those that appear among README's headlines `headline(result)`; they
@@ -114,6 +120,76 @@ BENCHES = (
         "Test UA at each label budget for every strategy vs random and all labels.",
     ),
     Bench(
+        "label_efficiency_urdu",
+        "Label efficiency on URDU: frozen Whisper tiny.en features, every strategy",
+        (
+            "bench/label_efficiency.py",
+            "--corpus",
+            "urdu",
+            "--out",
+            "runs/bench/label_efficiency_urdu",
+        ),
+        "The same comparison on natural talk-show speech (400 clips, 29 speakers, 4 emotions), "
+        "5 speaker folds: a corpus unlike EmoDB, where most speakers have a few clips of one "
+        "emotion.",
+    ),
+    Bench(
+        "label_efficiency_levers",
+        "Label efficiency on EmoDB with the levers: speaker-adaptive view (auto) and self-training",
+        (
+            "bench/label_efficiency.py",
+            "--feature-view",
+            "auto",
+            "--self-training",
+            "1",
+            "--out",
+            "runs/bench/label_efficiency_levers",
+        ),
+        "Every strategy against random with the feature view chosen per round by the inner CV "
+        "(clip or per-speaker standardised, transductive) and self-training on the pool.",
+    ),
+    Bench(
+        "label_efficiency_urdu_levers",
+        "Label efficiency on URDU with the levers: speaker-adaptive view (auto) and self-training",
+        (
+            "bench/label_efficiency.py",
+            "--corpus",
+            "urdu",
+            "--feature-view",
+            "auto",
+            "--self-training",
+            "1",
+            "--out",
+            "runs/bench/label_efficiency_urdu_levers",
+        ),
+        "The same levers on URDU.",
+    ),
+    Bench(
+        "label_levers",
+        "The levers' effect on EmoDB, paired run by run",
+        (
+            "bench/label_levers.py",
+            "--base",
+            "runs/bench/label_efficiency",
+            "--lever",
+            "runs/bench/label_efficiency_levers",
+        ),
+        "Test UA with the levers minus without, for every strategy and budget, paired by fold "
+        "and seed (after the two runs above).",
+    ),
+    Bench(
+        "label_levers_urdu",
+        "The levers' effect on URDU, paired run by run",
+        (
+            "bench/label_levers.py",
+            "--base",
+            "runs/bench/label_efficiency_urdu",
+            "--lever",
+            "runs/bench/label_efficiency_urdu_levers",
+        ),
+        "Test UA with the levers minus without on URDU, paired by fold and seed.",
+    ),
+    Bench(
         "label_efficiency_tapt",
         "Label efficiency on EmoDB: a scratch wav2vec 2.0 with and without TAPT",
         (
@@ -211,9 +287,9 @@ def last_json(stdout: str) -> dict[str, Any]:
     raise ValueError("no JSON object at the end of its output")
 
 
-def commit() -> str:
+def commit(checkout: Path = ROOT) -> str:
     done = subprocess.run(
-        ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+        ["git", "-C", str(checkout), "describe", "--always", "--dirty"],
         capture_output=True,
         text=True,
         check=False,
@@ -221,17 +297,22 @@ def commit() -> str:
     return done.stdout.strip() or "unknown"
 
 
-def run(bench: Bench) -> bool:
-    """Run one benchmark; save its result. False (and the tail of its stderr) if it failed."""
+def run(bench: Bench, checkout: Path = ROOT) -> bool:
+    """Run one benchmark with the code of `checkout` (this one by default); save its result.
+    False (and the tail of its stderr) if it failed."""
     cmd = [sys.executable, *bench.args]
     shown = ".venv/bin/python " + shlex.join(bench.args)
     print(f"== {bench.name}: {shown}", file=sys.stderr, flush=True)
-    revision = commit()  # of the code the benchmark starts with
+    revision = commit(checkout)  # of the code the benchmark starts with
     load_before = os.getloadavg()
     started = dt.datetime.now(dt.UTC)
     t = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=False)
+    if checkout != ROOT:  # the record's commit is the checkout's
+        env["PYTHONPATH"] = str(checkout)
+    done = subprocess.run(
+        cmd, cwd=checkout, env=env, stdout=subprocess.PIPE, text=True, check=False
+    )
     seconds = time.perf_counter() - t
     try:
         if done.returncode != 0:
@@ -304,7 +385,8 @@ def render() -> str:
             "",
             f"- command: `{record['command']}`",
             f"- ran: {record['started_utc']}, commit {record['commit']}, "
-            f"{record['wall_seconds'] / 60:.1f} min; load average before "
+            f"{record['wall_seconds'] / 60:.1f} min (this invocation: a resumed benchmark "
+            "reuses the runs it finished before); load average before "
             f"{record['load_average_before'][0]}, after {record['load_average_after'][0]}",
             f"- machine: {m.get('cpu', 'unknown CPU')}, {m['usable_cpus']} of {m['cpus']} CPUs, "
             f"{m.get('memory_gib', '?')} GiB, {m['os']}, Python {m['python']}, torch "
@@ -343,6 +425,7 @@ HEADLINES = (
     "whisper_finetune",
     "tapt_whisper",
     "label_efficiency",
+    "label_efficiency_urdu",
     "time_whisper",
 )
 
@@ -378,6 +461,13 @@ def main() -> None:
     p.add_argument(
         "--render", action="store_true", help="only rewrite BENCHMARKS.md and README's blocks"
     )
+    p.add_argument(
+        "--checkout",
+        type=Path,
+        default=ROOT,
+        help="run the benchmarks with the code of another checkout of the project (e.g. a git "
+        "worktree at a fixed commit), in that folder",
+    )
     args = p.parse_args()
     names = {b.name for b in BENCHES}
     chosen = set(args.only.split(",")) if args.only else names
@@ -392,7 +482,7 @@ def main() -> None:
                 continue
             if bench.gpu and not torch.cuda.is_available():
                 print(f"{bench.name}: skipped, no GPU", file=sys.stderr)
-            elif not run(bench):
+            elif not run(bench, args.checkout.resolve()):
                 failed.append(bench.name)
     OUT.write_text(render())
     README.write_text(render_readme(README.read_text()))
