@@ -204,7 +204,8 @@ def test_quick_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixtur
 
     result = run_demo(tmp_path / "demo", QUICK, log=lambda _: None)
     names = [row[0] for row in result["table"]["rows"]]
-    assert names == ["entropy (n=1)", "random (n=1)", "all labels, frozen:whisper-tiny.en (n=1)"]
+    default = f"{ALConfig.strategy} (n=1)"  # the demo compares the default strategy with random
+    assert names == [default, "random (n=1)", "all labels, frozen:whisper-tiny.en (n=1)"]
     assert result["report"]["html"].is_file()
     page = result["report"]["html"].read_text()
     assert len(_images(page)) == 6  # and the TAPT section's loss curve
@@ -265,7 +266,7 @@ def test_report_of_a_run_without_a_test_split_shows_its_audit_estimate(
     files = write_report([run.run_dir], tmp_path / "out", sections=[verdict])
     markdown = files["markdown"].read_text()
     assert markdown.startswith("## In plain words\n\nA sentence for people.")
-    cells = _ua_row(markdown, "entropy (n=1)")
+    cells = _ua_row(markdown, f"{al.strategy} (n=1)")
     for cell, r in zip(cells, state.rounds, strict=False):
         assert cell == (
             f"{100 * r['audit_ua']:.1f} [{100 * r['audit_ua_lo']:.1f}-"

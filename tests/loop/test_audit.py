@@ -107,7 +107,7 @@ def test_audit_labels_never_reach_training_selection_or_the_cold_start(
         seen["labeled_in_view"].append({u.id for u in view if u.label is not None})
         return real_fit(view, ids, *args, **kw)
 
-    strategy = type(get_strategy("entropy"))
+    strategy = type(get_strategy(ALConfig.strategy))  # the run's strategy: the default
     real_select = strategy.select
 
     def select(self: Any, pool: Any, n: int, **kw: Any) -> Any:

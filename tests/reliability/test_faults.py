@@ -32,7 +32,6 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from after.cache import cache_folder
-from after.cli import main
 from after.config import ALConfig, TrainConfig
 from after.data.folds import Folds, make_folds
 from after.data.manifest import Manifest, Utterance
@@ -45,20 +44,9 @@ from after.loop.folder import RunFolder
 from after.loop.runner import Run, run_loop, start_run
 from after.loop.state import LoopState
 from after.models.classifier import load_classifier, new_classifier
+from after.testing.cli import invoke
 
 SR = 16_000
-
-
-def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    text = out.out + out.err
-    assert "Traceback" not in text, text
-    return code, text
 
 
 def _count(tally: dict[str, int], key: str, n: int = 1) -> None:
@@ -113,7 +101,7 @@ def test_a_speaker_id_that_would_name_a_path_is_refused(
     manifest = Manifest(rows).to_jsonl(tmp_path / "m.jsonl")
     with pytest.raises(FoldError, match="cannot name a file"):
         make_folds(Manifest.from_jsonl(manifest), "loso", num_dev_groups=0)
-    code, text = _cli(["folds", str(manifest), "--out", str(tmp_path / "f.json")], capsys)
+    code, text = invoke(["folds", str(manifest), "--out", str(tmp_path / "f.json")], capsys)
     assert code == 2 and "fold name" in text and "speaker" in text, text
     assert not (tmp_path / "f.json").exists()
     _count(tally, "path_escapes")
@@ -133,7 +121,7 @@ def test_a_folds_file_with_a_climbing_fold_name_is_refused(
         Folds.from_json(edited, m)
     out = tmp_path / "deep" / "er" / "cv"
     args = ["cv", "--manifest", str(manifest), "--folds", str(edited), "--out", str(out)]
-    code, text = _cli([*args, "--backbone", "scratch:tiny", "--epochs", "1"], capsys)
+    code, text = invoke([*args, "--backbone", "scratch:tiny", "--epochs", "1"], capsys)
     assert code == 2 and "cannot name a file" in text, text
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["deep", "er", "folds.json"]
 
@@ -247,7 +235,7 @@ def test_a_state_file_of_another_shape_is_named(
         with pytest.raises(AfterError, match=r"state\.json: not the state of a run"):
             LoopState.load(run.run_dir)
         for args in (["run", "--resume", str(run.run_dir)], ["label", "status", str(run.run_dir)]):
-            code, text = _cli(args, capsys)
+            code, text = invoke(args, capsys)
             assert code == 2 and "state.json" in text and "backup" in text, text
         _count(tally, "faults")
     path.write_text(good)
@@ -264,7 +252,7 @@ def test_a_config_file_of_another_shape_is_named(
     for wrong in wrongs:
         path.write_text(json.dumps(wrong))
         for args in (["run", "--resume", str(run.run_dir)], ["label", "status", str(run.run_dir)]):
-            code, text = _cli(args, capsys)
+            code, text = invoke(args, capsys)
             assert code == 2 and "config.json" in text, text
         _count(tally, "faults")
 
@@ -283,13 +271,13 @@ def test_a_truncated_queries_file_is_named_by_export_import_and_the_page(
             ["label", "export", str(run.run_dir), "--out", str(tmp_path / "out")],
             ["label", "import", str(run.run_dir), str(answers)],
         ):
-            code, text = _cli(args, capsys)
+            code, text = invoke(args, capsys)
             assert code == 2 and "round_000.json" in text and "backup" in text, text
         r = TestClient(create_app(run.run_dir), base_url="http://127.0.0.1").get("/api/session")
         assert r.status_code == 503 and "round_000.json" in r.json()["error"]
     assert LabelStore(run.run_dir).annotations() == []  # the import stored nothing
     path.write_text(good)
-    assert _cli(["label", "import", str(run.run_dir), str(answers)], capsys)[0] == 0
+    assert invoke(["label", "import", str(run.run_dir), str(answers)], capsys)[0] == 0
 
 
 def test_a_run_folder_that_cannot_be_written_says_so(
@@ -310,7 +298,7 @@ def test_a_run_folder_that_cannot_be_written_says_so(
 
     with monkeypatch.context() as m:
         m.setattr(builtins, "open", read_only)
-        code, text = _cli(["run", "--resume", str(run.run_dir)], capsys)
+        code, text = invoke(["run", "--resume", str(run.run_dir)], capsys)
     assert code == 2 and "run.lock: Read-only file system" in text and "writable" in text, text
     store = RunFolder(run.run_dir).store
     LabelStore(run.run_dir)
@@ -319,7 +307,7 @@ def test_a_run_folder_that_cannot_be_written_says_so(
     store.mkdir()  # where the label store should be
     answers = run.run_dir.parent / "a.csv"
     answers.write_text(f"clip_id,label,annotator\n{state.pending[0]},anger,ann\n")
-    code, text = _cli(["label", "import", str(run.run_dir), str(answers)], capsys)
+    code, text = invoke(["label", "import", str(run.run_dir), str(answers)], capsys)
     assert code == 2 and "labels.sqlite" in text and "writable" in text, text
     _count(tally, "faults", 2)
 
@@ -553,14 +541,14 @@ def test_rows_sharing_audio_across_speakers_are_caught(
     csv_file = tmp_path / "clips.csv"
     csv_file.write_text("\n".join(rows) + "\n")
     manifest = tmp_path / "m.jsonl"
-    code, text = _cli(
+    code, text = invoke(
         ["prepare", "csv", "--data-dir", str(csv_file), "--out", str(manifest)], capsys
     )
     assert code == 0 and "warning: 4 audio file(s) back 400 rows" in text, text
     for args in (["validate", str(manifest)], ["stats", str(manifest)]):
-        code, text = _cli(args, capsys)
+        code, text = invoke(args, capsys)
         assert "warning: 4 audio file(s) back 400 rows, 4 of them under several speakers" in text
-    code, text = _cli(["folds", str(manifest), "--out", str(tmp_path / "f.json")], capsys)
+    code, text = invoke(["folds", str(manifest), "--out", str(tmp_path / "f.json")], capsys)
     assert code == 2 and "back rows of several speakers" in text, text
     assert not (tmp_path / "f.json").exists()
     m = Manifest.from_jsonl(manifest)
@@ -578,7 +566,7 @@ def test_rows_of_one_speaker_sharing_audio_are_warned_of(
     rows = [Utterance(f"d{i}", str(tmp_path / "one.wav"), "anger", "s0", "c") for i in range(3)]
     rows += [Utterance(f"u{k}", str(tmp_path / f"s{k}.wav"), "joy", f"s{k}", "c") for k in range(3)]
     manifest = Manifest(rows).to_jsonl(tmp_path / "m.jsonl")
-    code, text = _cli(["folds", str(manifest), "--out", str(tmp_path / "f.json")], capsys)
+    code, text = invoke(["folds", str(manifest), "--out", str(tmp_path / "f.json")], capsys)
     assert code == 0 and "warning: 1 audio file(s) back 3 rows, 0 of them" in text, text
 
 
@@ -641,7 +629,7 @@ def test_ctrl_c_says_how_to_continue(
         raise AssertionError("SIGINT did not arrive")
 
     monkeypatch.setattr(Manifest, "from_jsonl", interrupted)
-    code, text = _cli(["stats", str(tmp_path / "m m.jsonl")], capsys)
+    code, text = invoke(["stats", str(tmp_path / "m m.jsonl")], capsys)
     assert code == 130, text
     assert f"interrupted; continue with: after stats '{tmp_path / 'm m.jsonl'}'" in text, text
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
@@ -667,7 +655,7 @@ def test_ctrl_c_in_a_long_step_ends_with_how_to_continue(
         raise AssertionError("SIGINT did not arrive")
 
     monkeypatch.setattr(Manifest, "from_jsonl", interrupted)
-    code, text = _cli(["stats", str(tmp_path / "m.jsonl")], capsys)
+    code, text = invoke(["stats", str(tmp_path / "m.jsonl")], capsys)
     lines = text.strip().splitlines()
     assert code == 130 and lines[-1].startswith("interrupted; continue with: after stats"), text
     assert lines[-2].startswith("checking audio: 40/100 (40%); INTERRUPTED after"), text
@@ -723,8 +711,8 @@ def test_validate_caps_every_echoed_value(
     ]
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    code, text = _cli(["validate", str(manifest), "--labels", "anger,joy"], capsys)
+    code, text = invoke(["validate", str(manifest), "--labels", "anger,joy"], capsys)
     assert code == 1 and len(text) < 20_000 and "(2000000 characters)" in text, len(text)
-    code, text = _cli(["stats", str(manifest)], capsys)
+    code, text = invoke(["stats", str(manifest)], capsys)
     assert code == 0 and len(text) < 20_000, len(text)
     _count(tally, "round_trips")

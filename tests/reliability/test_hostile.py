@@ -17,11 +17,11 @@ import soundfile as sf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from after.cli import main
 from after.data import audio
 from after.data.audio import DECODE_LIMIT_S, REASONS, audio_windows, inspect_audio, load_audio
 from after.data.manifest import Manifest
 from after.errors import AfterError, AudioError, ManifestError
+from after.testing.cli import invoke
 
 SR = 16_000
 
@@ -150,18 +150,6 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    text = out.out + out.err
-    assert "Traceback" not in text, text
-    return code, text
-
-
 def test_every_hostile_file_gets_its_reason_and_a_fix(hostile: Path, tally: dict[str, int]) -> None:
     for name, (_, reason) in HOSTILE_AUDIO.items():
         path = hostile / name
@@ -222,7 +210,7 @@ def test_a_corpus_of_hostile_files_is_prepared_around_them(
     (hostile / "clips.csv").write_text("\n".join(rows) + "\n")
     out = tmp_path / "m.jsonl"
     args = ["prepare", "csv", "--data-dir", str(hostile / "clips.csv"), "--out", str(out)]
-    code, text = _cli(args, capsys)
+    code, text = invoke(args, capsys)
     assert code == 0
     kept = Manifest.from_jsonl(out)
     bad = {n for n, (_, reason) in HOSTILE_AUDIO.items() if reason is not None}
@@ -246,7 +234,7 @@ def test_non_utf8_file_names(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     folder = os.fsencode(root / "anger" / "s1")
     os.rename(os.path.join(folder, b"cafe.wav"), os.path.join(folder, b"caf\xe9.wav"))  # Latin-1
     args = ["prepare", "folder", "--data-dir", str(root), "--out", str(tmp_path / "m.jsonl")]
-    code, text = _cli(args, capsys)
+    code, text = invoke(args, capsys)
     assert code == 0, text
     assert "caf" in text and "UTF-8" in text  # named, with the fix
     kept = Manifest.from_jsonl(tmp_path / "m.jsonl")
@@ -284,7 +272,7 @@ def test_hostile_manifests_get_a_clear_message(
     if case == "unknown label":
         Manifest.from_csv(path).to_jsonl(tmp_path / "u.jsonl")
         args = ["validate", str(tmp_path / "u.jsonl"), "--labels", "anger,joy"]
-    code, text = _cli(args, capsys)
+    code, text = invoke(args, capsys)
     assert code != 0, text
     assert any(e in text for e in expected.split("|")), text
     assert path.name in text or "u.jsonl" in text or "good.wav" in text, text

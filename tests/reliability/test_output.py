@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from after.cli import main
 from after.config import ALConfig, TrainConfig
 from after.data.folds import make_folds
 from after.data.manifest import Manifest
 from after.loop.runner import Run, run_loop, start_run
 from after.progress import progress_bar
+from after.testing.cli import invoke
 
 # Each is markup, an emoji code or mathtext to someone; all must come out verbatim.
 WEIRD = {
@@ -23,17 +23,6 @@ WEIRD = {
     "neutral": ":smile: [/]",
     "sadness": "$x$ [bold]sad",
 }
-
-
-def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    assert "Traceback" not in out.out + out.err
-    return code, out.out + out.err
 
 
 @pytest.fixture(scope="module")
@@ -50,11 +39,11 @@ def weird(corpus: tuple[Manifest, Path, Path], tmp_path_factory: pytest.TempPath
 def test_tables_and_errors_print_user_text_verbatim(
     weird: Path, capsys: pytest.CaptureFixture[str], tally: dict[str, int]
 ) -> None:
-    code, text = _cli(["stats", str(weird)], capsys)
+    code, text = invoke(["stats", str(weird)], capsys)
     assert code == 0
     shown = [*WEIRD.values(), "[red]"]
     assert all(s in text for s in shown), text
-    code, text = _cli(["stats", str(weird.parent / "no [" / "] such.jsonl")], capsys)
+    code, text = invoke(["stats", str(weird.parent / "no [" / "] such.jsonl")], capsys)
     assert code == 2 and "no [/] such.jsonl: no such file" in text, text
     with progress_bar() as bar:  # progress lines name folds and strategies
         bar.add_task("[/] fold", total=1, info="[bold]x[/] $y$")
@@ -77,7 +66,7 @@ def test_plots_show_labels_and_names_verbatim(
     out = weird.parent / "run $\\bad$ [" / "]"
     run = Run(m, str(weird), str(folds), fold, "egemaps", al, fast, out, cache)
     run_loop(run, start_run(run))
-    code, text = _cli(["report", str(out)], capsys)
+    code, text = invoke(["report", str(out)], capsys)
     assert code == 0, text
     assert len(list((out / "report").glob("*.png"))) == 4  # curves, times, labels, confusion
     tally["verbatim"] = tally.get("verbatim", 0) + len(WEIRD) + 1

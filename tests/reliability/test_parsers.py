@@ -12,22 +12,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from after.cli import main
 from after.data.manifest import Manifest
+from after.testing.cli import invoke
 
 SR = 16_000
 HEADER = "path,label,speaker"
-
-
-def _cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    out = capsys.readouterr()
-    assert "Traceback" not in out.out + out.err
-    return code, out.out + out.err
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +67,7 @@ def test_bad_csv_manifests(
     content, expected = BAD_CSVS[case]
     path = audio / f"{case.replace(' ', '_')}.csv"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    code, text = _cli(
+    code, text = invoke(
         ["prepare", "csv", "--data-dir", str(path), "--out", str(tmp_path / "m")], capsys
     )
     assert code == 2 and expected in text and path.name in text, text
@@ -94,7 +83,7 @@ def test_bad_jsonl_manifests(
     content, expected = BAD_JSONL[case]
     path = audio / f"{case.replace(' ', '_')}.jsonl"
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
-    code, text = _cli(["stats", str(path)], capsys)
+    code, text = invoke(["stats", str(path)], capsys)
     assert code == 2 and expected in text and path.name in text, text
     assert len(text.strip().splitlines()) == 1 and len(text) < 2000, text
     tally["hostile_inputs"] = tally.get("hostile_inputs", 0) + 1
@@ -106,7 +95,7 @@ def test_an_id_megabytes_long_is_not_echoed_whole(
 ) -> None:
     path = audio / "long_id.jsonl"
     path.write_text(_jsonl(id="x" * 10_000_000 + " y") + "\n")
-    code, text = _cli(["validate", str(path)], capsys)
+    code, text = invoke(["validate", str(path)], capsys)
     assert code == 2 and "long_id.jsonl (record 1)" in text and "10000002 characters" in text
     assert len(text) < 1000
     tally["hostile_inputs"] = tally.get("hostile_inputs", 0) + 1
@@ -119,7 +108,7 @@ def test_excel_csv_with_a_bom_is_read(
     path = audio / "excel.csv"
     path.write_bytes(f"{HEADER}\r\na.wav,anger,s1\r\n".encode("utf-8-sig"))
     out = tmp_path / "m.jsonl"
-    code, text = _cli(["prepare", "csv", "--data-dir", str(path), "--out", str(out)], capsys)
+    code, text = invoke(["prepare", "csv", "--data-dir", str(path), "--out", str(out)], capsys)
     assert code == 0, text
     assert [(u.label, u.speaker) for u in Manifest.from_jsonl(out)] == [("anger", "s1")]
     tally["hostile_inputs"] = tally.get("hostile_inputs", 0) + 1
@@ -137,10 +126,10 @@ def test_file_names_with_unusual_line_breaks_survive_a_round_trip(
             root / label / "s1" / f"{label}{odd}take.wav", 0.3 * np.sin(2 * np.pi * 200 * t), SR
         )
     out = tmp_path / "m.jsonl"
-    code, text = _cli(["prepare", "folder", "--data-dir", str(root), "--out", str(out)], capsys)
+    code, text = invoke(["prepare", "folder", "--data-dir", str(root), "--out", str(out)], capsys)
     assert code == 0, text
     assert odd not in out.read_text()  # escaped: line-based readers see one record per line
-    code, text = _cli(["validate", str(out)], capsys)
+    code, text = invoke(["validate", str(out)], capsys)
     assert code == 0 and "2 usable, 0 with problems" in text, text
     assert sorted(Path(u.path).name for u in Manifest.from_jsonl(out)) == [
         f"anger{odd}take.wav",
