@@ -52,13 +52,15 @@ def render(r: dict[str, Any]) -> list[str]:
 
 
 def readme(r: dict[str, Any]) -> list[str]:
-    """README's demo block: the table with its protocol, entropy against random, the check."""
+    """README's demo block: the table with its protocol, the default strategy against random,
+    the check."""
     s = r["settings"]
     versus: list[str] = []
     if r["vs_random"]:
         last = r["vs_random"][-1]
+        strategy = r["table"]["rows"][0][0].split(" (")[0]  # the first row: the default strategy
         versus = [
-            f"Entropy minus random at {100 * float(last['budget']):g}% of the pool, paired by fold "
+            f"`{strategy}` (the default strategy) minus random at {100 * float(last['budget']):g}% of the pool, paired by fold "
             f"and seed: {100 * last['mean']:+.1f} ± {100 * last['std']:.1f} points (n={last['n']}, "
             f"Wilcoxon p = {last['wilcoxon_p']:.2g}).",
             "",
