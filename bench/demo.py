@@ -61,7 +61,8 @@ def readme(r: dict[str, Any]) -> list[str]:
         strategy = r["table"]["rows"][0][0].split(" (")[0]  # the first row: the default strategy
         versus = [
             f"`{strategy}` (the default strategy) minus random at "
-            f"{100 * float(last['budget']):g}% of the pool, paired by fold and seed: {100 * last['mean']:+.1f} ± {100 * last['std']:.1f} points (n={last['n']}, "
+            f"{100 * float(last['budget']):g}% of the pool, paired by fold and seed: "
+            f"{100 * last['mean']:+.1f} ± {100 * last['std']:.1f} points (n={last['n']}, "
             f"Wilcoxon p = {last['wilcoxon_p']:.2g}).",
             "",
         ]
