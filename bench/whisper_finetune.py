@@ -82,7 +82,16 @@ def main() -> None:
     p.add_argument("--data", type=Path, default=EMODB)
     p.add_argument("--backbone", default=BACKBONE, help="a Whisper encoder (name or folder)")
     p.add_argument("--out", type=Path, default=Path("runs/bench/whisper_finetune"))
+    p.add_argument(
+        "--dev-speakers",
+        type=int,
+        default=1,
+        help="speakers per fold in dev, which picks the best epoch (other than 1: runs in "
+        "OUT/devN, since the folds differ)",
+    )
     args = p.parse_args()
+    if args.dev_speakers != 1:
+        args.out = args.out / f"dev{args.dev_speakers}"
 
     from after.config import TrainConfig
     from after.data.corpora import prepare
@@ -92,7 +101,7 @@ def main() -> None:
     from after.train import describe_training
 
     manifest = prepare("emodb", args.data)
-    all_folds = make_folds(manifest, "loso", seed=0).folds
+    all_folds = make_folds(manifest, "loso", num_dev_groups=args.dev_speakers, seed=0).folds
     picked = range(len(all_folds)) if args.folds == "all" else map(int, args.folds.split(","))
     folds = [all_folds[k] for k in picked]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -167,9 +176,10 @@ def main() -> None:
         "backbone": args.backbone,
         "corpus": f"EmoDB ({len(manifest)} clips, {len(manifest.speakers)} speakers, "
         f"{len(manifest.labels)} labels; 409 clips cut at 2.0 s in this copy)",
-        "protocol": f"LOSO, {len(folds)} folds (held-out speaker), one dev speaker per fold "
-        f"(the best dev-UA epoch kept), seeds {seeds}; the frozen features train on the same "
-        "clips (C by the inner grouped CV; dev unused)",
+        "protocol": f"LOSO, {len(folds)} folds (held-out speaker), "
+        f"{'one dev speaker' if args.dev_speakers == 1 else f'{args.dev_speakers} dev speakers'} "
+        f"per fold (the best dev-UA epoch kept), seeds {seeds}; the frozen features train on "
+        "the same clips (C by the inner grouped CV; dev unused)",
         "frozen": {
             "ua": summary(list(frozen.values())),
             "per_fold": {k: round(v, 4) for k, v in frozen.items()},
