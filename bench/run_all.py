@@ -134,6 +134,23 @@ BENCHES = (
         "emotion.",
     ),
     Bench(
+        "label_efficiency_urdu_default",
+        "The default strategy against random on URDU, 10 seeds",
+        (
+            "bench/label_efficiency.py",
+            "--corpus",
+            "urdu",
+            "--strategies",
+            "badge,random",
+            "--seeds",
+            "0,1,2,3,4,5,6,7,8,9",
+            "--out",
+            "runs/bench/label_efficiency_urdu_default",
+        ),
+        "BADGE (the default) and random sampling on URDU with 10 seeds per speaker fold (50 "
+        "pairs), for a test that URDU's spread leaves too weak at 3 seeds.",
+    ),
+    Bench(
         "label_efficiency_urdu_levers",
         "Label efficiency on URDU with the levers: speaker-adaptive view (auto) and self-training",
         (
@@ -398,6 +415,7 @@ HEADLINES = (
     "tapt_whisper",
     "label_efficiency",
     "label_efficiency_urdu",
+    "label_efficiency_urdu_default",
     "time_whisper",
 )
 
