@@ -29,7 +29,6 @@ import os
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -319,7 +318,3 @@ def materialize(files: list[Path], label: str, cache_root: Path) -> Path:
     if not (out / "model.safetensors").is_file():
         raise AfterError(f"{out}: the converted model could not be written")
     return out
-
-
-def iter_wheel_models() -> Iterator[WheelModel]:
-    yield from WHEEL_MODELS.values()
