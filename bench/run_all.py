@@ -151,6 +151,21 @@ BENCHES = (
         "pairs), for a test that URDU's spread leaves too weak at 3 seeds.",
     ),
     Bench(
+        "label_efficiency_levers",
+        "Label efficiency on EmoDB with the levers: speaker-adaptive view (auto) and self-training",
+        (
+            "bench/label_efficiency.py",
+            "--feature-view",
+            "auto",
+            "--self-training",
+            "1",
+            "--out",
+            "runs/bench/label_efficiency_levers",
+        ),
+        "Every strategy against random with the feature view chosen per round by the inner CV "
+        "(clip or per-speaker standardised, transductive) and self-training on the pool.",
+    ),
+    Bench(
         "label_efficiency_urdu_levers",
         "Label efficiency on URDU with the levers: speaker-adaptive view (auto) and self-training",
         (
@@ -165,6 +180,19 @@ BENCHES = (
             "runs/bench/label_efficiency_urdu_levers",
         ),
         "The same levers on URDU.",
+    ),
+    Bench(
+        "label_levers",
+        "The levers' effect on EmoDB, paired run by run",
+        (
+            "bench/label_levers.py",
+            "--base",
+            "runs/bench/label_efficiency",
+            "--lever",
+            "runs/bench/label_efficiency_levers",
+        ),
+        "Test UA with the levers minus without, for every strategy and budget, paired by fold "
+        "and seed (after the two runs above).",
     ),
     Bench(
         "label_levers_urdu",
