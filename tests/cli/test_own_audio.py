@@ -46,6 +46,14 @@ def _recordings(folder: Path) -> dict[str, str]:
     return heard
 
 
+def _prepare(capsys: pytest.CaptureFixture[str], folder: Path, manifest: Path) -> str:
+    """`after prepare folder` of the unlabeled recordings with the label set; its output."""
+    args = ["prepare", "folder", str(folder), "--labels", ",".join(LABELS), "--out", str(manifest)]
+    code, out, _ = _run(capsys, *args)
+    assert code == 0, out
+    return out
+
+
 def _post(url: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
     request = urllib.request.Request(
         url + path,
@@ -92,17 +100,8 @@ def test_from_a_flat_folder_of_recordings_to_predictions_with_an_audit_estimate(
     heard = _recordings(folder)
     manifest, run_dir = tmp_path / "m.jsonl", tmp_path / "run"
 
-    code, out, _ = _run(
-        capsys,
-        "prepare",
-        "folder",
-        str(folder),
-        "--labels",
-        ",".join(LABELS),
-        "--out",
-        str(manifest),
-    )
-    assert code == 0 and "48 clips (0 labeled), 4 labels (declared)" in out
+    out = _prepare(capsys, folder, manifest)
+    assert "48 clips (0 labeled), 4 labels (declared)" in out
     assert "speakers: unknown, each clip is its own" in out
 
     start = ["run", "--manifest", str(manifest), "--oracle", "human", "--audit", "12"]
@@ -187,19 +186,7 @@ def test_a_run_without_folds_or_audit_says_it_has_no_accuracy_figure(
     folder = tmp_path / "recordings"
     _recordings(folder)
     manifest = tmp_path / "m.jsonl"
-    assert (
-        _run(
-            capsys,
-            "prepare",
-            "folder",
-            str(folder),
-            "--labels",
-            ",".join(LABELS),
-            "--out",
-            str(manifest),
-        )[0]
-        == 0
-    )
+    _prepare(capsys, folder, manifest)
     run_dir = tmp_path / "run"
     args = ["run", "--manifest", str(manifest), "--oracle", "human", "--backbone", "egemaps"]
     args += ["--cold-start", "random", "--schedule", "8,16", "--out", str(run_dir)]
@@ -223,8 +210,7 @@ def test_folds_of_unlabeled_audio_or_unknown_speakers_say_what_to_do(
     folder = tmp_path / "recordings"
     heard = _recordings(folder)
     manifest = tmp_path / "m.jsonl"
-    args = ["prepare", "folder", str(folder), "--labels", ",".join(LABELS), "--out", str(manifest)]
-    assert _run(capsys, *args)[0] == 0
+    _prepare(capsys, folder, manifest)
     code, _, err = _run(capsys, "folds", str(manifest), "--out", str(tmp_path / "f.json"))
     assert code == 2 and "no clip of the manifest has a label" in err and "no --fold" in err
     # Labeled, but nobody said who speaks: the folds would split clips, not people.

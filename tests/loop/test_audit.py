@@ -56,6 +56,13 @@ def _pool_run(
     return Run(m, str(manifest), None, whole_pool(m), "egemaps", config, FAST, out, _cache())
 
 
+def _fold_run(corpus: tuple[Manifest, Path, Path], out: Path, **al: Any) -> Run:
+    """A run on fold 0 of the corpus (its dev and test held out), the manifest's labels known."""
+    m, manifest, folds = corpus
+    fold = Folds.from_json(folds, m).get(0)
+    return Run(m, str(manifest), str(folds), fold, "egemaps", ALConfig(**al), FAST, out, _cache())
+
+
 def _answer(run: Run, state: LoopState, truth: Manifest, who: str = "ann") -> None:
     """People answer every pending clip with its true label (as the app would store it)."""
     rows = [(i, who, truth[i].label) for i in state.pending]
@@ -195,12 +202,11 @@ def test_a_finished_run_grows_into_the_longer_run(
 ) -> None:
     """More rounds for a finished run: with a longer schedule it ends as a run started with
     that schedule would, keeping everything it had."""
-    m, manifest, folds = corpus
-    fold = Folds.from_json(folds, m).get(0)
 
     def make(out: Path, schedule: tuple[str, ...]) -> Run:
-        al = ALConfig(schedule=schedule, cold_start="random", strategy="entropy", audit="4")
-        return Run(m, str(manifest), str(folds), fold, "egemaps", al, FAST, out, _cache())
+        return _fold_run(
+            corpus, out, schedule=schedule, cold_start="random", strategy="entropy", audit="4"
+        )
 
     longer = make(tmp_path / "whole", ("4", "8", "12"))
     whole = run_loop(longer, start_run(longer))
@@ -229,10 +235,7 @@ def test_a_finished_run_grows_into_the_longer_run(
 def test_growth_cut_off_between_config_and_state_is_finished_on_resume(
     corpus: tuple[Manifest, Path, Path], tmp_path: Path
 ) -> None:
-    m, manifest, folds = corpus
-    fold = Folds.from_json(folds, m).get(0)
-    al = ALConfig(schedule=("4", "8"), cold_start="random")
-    run = Run(m, str(manifest), str(folds), fold, "egemaps", al, FAST, tmp_path / "r", _cache())
+    run = _fold_run(corpus, tmp_path / "r", schedule=("4", "8"), cold_start="random")
     state = run_loop(run, start_run(run))
     folder = RunFolder(run.run_dir)
     config = json.loads(folder.config.read_text())
@@ -279,12 +282,11 @@ def test_a_new_run_starts_from_another_runs_labels(
     assert state.audit == [] and len(state.labels) == 6 + 8
 
     # A folds run takes none of its dev or test clips' labels, and says so.
-    m, manifest, folds = corpus
-    fold = Folds.from_json(folds, m).get(0)
-    al = ALConfig(schedule=("20", "24"), cold_start="random", oracle="human")
-    folded = Run(m, str(manifest), str(folds), fold, "egemaps", al, FAST, tmp_path / "f", _cache())
+    folded = _fold_run(
+        corpus, tmp_path / "f", schedule=("20", "24"), cold_start="random", oracle="human"
+    )
     carried, notes = read_carried(old.run_dir, folded)
-    held = set(fold.dev) | set(fold.test)
+    held = set(folded.fold.dev) | set(folded.fold.test)
     assert not held & (set(carried.labels) | set(carried.audit_labels))
     assert any("dev or test split left out" in n for n in notes)
 
@@ -294,10 +296,7 @@ def test_a_schedule_grows_by_its_budgets_not_by_their_spelling(
 ) -> None:
     from after.loop.runner import schedule_relation
 
-    m, manifest, folds = corpus
-    fold = Folds.from_json(folds, m).get(0)
-    al = ALConfig(schedule=("0.25", "0.5"), cold_start="random")
-    run = Run(m, str(manifest), str(folds), fold, "egemaps", al, FAST, tmp_path / "r", _cache())
+    run = _fold_run(corpus, tmp_path / "r", schedule=("0.25", "0.5"), cold_start="random")
     assert schedule_relation(run, ("25%", "50%")) == "same"
     assert schedule_relation(run, ("8",)) == "prefix"  # 25% of the 32-clip pool
     assert schedule_relation(run, ("25%", "0.5", "75%")) == "grows"
