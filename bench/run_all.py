@@ -207,6 +207,13 @@ BENCHES = (
         "Test UA with the levers minus without on URDU, paired by fold and seed.",
     ),
     Bench(
+        "pseudo_labels",
+        "Pseudo-labels for self-training: the learner's own predictions against label spreading",
+        ("bench/pseudo_labels.py", "--out", "runs/bench/pseudo_labels"),
+        "How often each source labels pool clips right, EmoDB and URDU, paired by fold and "
+        "seed: what decided between self-training and label propagation.",
+    ),
+    Bench(
         "label_efficiency_tapt",
         "Label efficiency on EmoDB: a scratch wav2vec 2.0 with and without TAPT",
         (

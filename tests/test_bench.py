@@ -113,3 +113,29 @@ def test_whisper_finetune_renders_one_row_per_variant() -> None:
 
     result["scoring_clips_per_second"] = {}  # every run reused: no fine-tuned model to time
     assert module.render(result)[-1].startswith("Scoring speed: not measured")
+
+
+def test_label_spreading_follows_the_pools_clusters() -> None:
+    """bench/pseudo_labels.py's graph source: two clusters with one labeled clip each label their
+    pool clips right, most of them confidently."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location(
+            "pseudo_labels", ROOT / "bench" / "pseudo_labels.py"
+        )
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    centres = 5.0 * rng.normal(size=(2, 8))
+    pool = np.vstack([c + rng.normal(scale=0.3, size=(30, 8)) for c in centres])
+    labeled = centres + rng.normal(scale=0.1, size=(2, 8))
+    dist = module.label_spread(labeled, np.eye(2), pool)
+    assert dist.shape == (60, 2)
+    np.testing.assert_allclose(dist.sum(axis=1), 1.0)
+    assert (dist[:30].argmax(axis=1) == 0).all() and (dist[30:].argmax(axis=1) == 1).all()
+    assert np.median(dist.max(axis=1)) > 0.9
