@@ -10,10 +10,10 @@ with the default training settings (`TrainConfig()`: what `after train` and `aft
 
 - all labels: `after.experiments.fit_and_test` on every labeled training clip, the best dev
   epoch kept (the V-FT baseline, as `after train` runs it);
-- AL hybrid: `after run --backbone frozen:whisper-tiny.en --finetune whisper-tiny.en`: entropy
-  from a 2% k-means seed set to 20%, every round selected with the frozen-features learner
-  (seconds per round on cached features), then whisper-tiny.en fine-tuned once on the final
-  labeled set;
+- AL hybrid: `after run --backbone frozen:whisper-tiny.en --finetune whisper-tiny.en`: the
+  default strategy (`after run`'s, BADGE) from a 2% k-means seed set to 20%, every round
+  selected with the frozen-features learner (seconds per round on cached features), then
+  whisper-tiny.en fine-tuned once on the final labeled set;
 - AL fresh (AFTER's way): every round fine-tunes whisper-tiny.en from the pretrained model;
 - AL warm: the same, each round after the first starting from the last round's model shrunk
   toward a fresh start and trained for what it adds (`--warm-start`).
@@ -55,6 +55,18 @@ def fmt(values: list[float], scale: float = 1.0, digits: int = 2) -> str:
     return f"{statistics.mean(a):.{digits}f} ± {spread:.{digits}f}"
 
 
+def settings(seed: int) -> dict[str, str]:
+    """What a record was measured with: the strategy and the training recipe (a record made
+    with other ones is measured again)."""
+    from after.config import ALConfig, TrainConfig
+    from after.train import describe_training
+
+    return {
+        "strategy": ALConfig().strategy,
+        "training": describe_training(BACKBONE, TrainConfig(seed=seed).to_dict()),
+    }
+
+
 def time_one(
     manifest: Any,
     paths: tuple[str, str],
@@ -77,13 +89,13 @@ def time_one(
     record: dict[str, Any] = {
         "fold": fold.name,
         "seed": seed,
+        **settings(seed),
         "all_labels_seconds": round(full_s, 1),
         "all_labels_test_ua": round(full["test"]["ua"], 4),
         "all_labels_best_epoch": full["best_epoch"],
     }
     for mode in modes:
         al = ALConfig(
-            strategy="entropy",
             schedule=schedule,
             cold_start="kmeans",
             warm_start=mode == "warm",
@@ -167,7 +179,9 @@ def main() -> None:
             path = root / "records" / f"{fold.name}_seed{seed}.json"
             record = read_json(path, "delete it") if path.is_file() else {}
             missing = [m for m in modes if m not in record]
-            if missing:  # all of them again, side by side; a half-done earlier try is discarded
+            # All of them again, side by side: a half-done earlier try, or one measured with
+            # another strategy or recipe, is discarded.
+            if missing or any(record.get(k) != v for k, v in settings(seed).items()):
                 work = root / "tmp" / path.stem
                 shutil.rmtree(work, ignore_errors=True)
                 record = time_one(manifest, paths, fold, seed, modes, schedule, work, cache)
@@ -208,6 +222,7 @@ def main() -> None:
         "protocol": f"LOSO, {len(folds)} folds, seeds {seeds}",
         "backbone": BACKBONE,
         "training": describe_training(BACKBONE, TrainConfig().to_dict()),
+        "strategy": settings(0)["strategy"],
         "schedule": list(schedule),
         "paper_ratio": PAPER_RATIO,
         "target_ratio": TARGET_RATIO,
@@ -253,7 +268,7 @@ def render(r: dict[str, Any]) -> list[str]:
     )
     return [
         f"{r['corpus']}; {r['protocol']}; `{r['backbone']}`, {training} (caches filled once "
-        f"before timing: {r['cache_fill_seconds']} s); entropy, schedule "
+        f"before timing: {r['cache_fill_seconds']} s); {r.get('strategy', 'entropy')}, schedule "
         f"{', '.join(r['schedule'])}. Paper: {r['paper_ratio']}; target: <= {r['target_ratio']}.",
         "",
         *table(
