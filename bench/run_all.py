@@ -195,6 +195,45 @@ BENCHES = (
         "and seed (after the two runs above).",
     ),
     Bench(
+        "label_efficiency_view",
+        "Label efficiency on EmoDB with the speaker-adaptive view alone (auto)",
+        (
+            "bench/label_efficiency.py",
+            "--feature-view",
+            "auto",
+            "--strategies",
+            "badge,random",
+            "--out",
+            "runs/bench/label_efficiency_view",
+        ),
+        "The default strategy and random with the feature view chosen per round by the inner CV, "
+        "without self-training: the view's part of the levers' gain.",
+    ),
+    Bench(
+        "label_levers_view",
+        "The speaker-adaptive view's effect on EmoDB, paired run by run",
+        (
+            "bench/label_levers.py",
+            "--base",
+            "runs/bench/label_efficiency",
+            "--lever",
+            "runs/bench/label_efficiency_view",
+        ),
+        "Test UA with the auto view minus the clip view, no self-training on either side.",
+    ),
+    Bench(
+        "label_levers_self_training",
+        "Self-training's effect on EmoDB on top of the auto view, paired run by run",
+        (
+            "bench/label_levers.py",
+            "--base",
+            "runs/bench/label_efficiency_view",
+            "--lever",
+            "runs/bench/label_efficiency_levers",
+        ),
+        "Test UA with self-training (weight 1) minus without, both in the auto view.",
+    ),
+    Bench(
         "label_levers_urdu",
         "The levers' effect on URDU, paired run by run",
         (
