@@ -83,21 +83,6 @@ BENCHES = (
         "per fold (and seed) with Wilcoxon's test; the TAPT loss of every fold.",
     ),
     Bench(
-        "tapt_levers",
-        "TAPT's levers on Whisper tiny.en, judged on frozen features",
-        (
-            "bench/tapt_levers.py",
-            "--levers",
-            "steps=3;lr=3e-5;mask=0.3x5;target=4",
-            "--out",
-            "runs/bench/tapt_levers",
-        ),
-        "One TAPT setting changed at a time from the default (a 3-step run as a control for how "
-        "much the probe moves when the weights barely move; a lower learning rate; shorter, "
-        "sparser masks; k-means targets from the last layer), each against no TAPT on the same "
-        "folds with Wilcoxon's test.",
-    ),
-    Bench(
         "time_whisper",
         "Time: active learning to 20% against all labels, Whisper tiny.en, fresh and warm rounds",
         ("bench/time_whisper.py",),

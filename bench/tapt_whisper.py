@@ -42,7 +42,7 @@ JUDGES = ("probe", "al", "finetune")
 def tapt_config(
     steps: int = 300, lr: float = 1e-4, mask_prob: float = 0.65, mask_length: int = 10
 ) -> Any:
-    """The TAPT settings of this benchmark (and of `bench/tapt_levers.py`, which varies them):
+    """The TAPT settings of this benchmark, which its variants change one set at a time:
     the conv stem frozen, crops of 3 s, batch 8, a tenth of the steps for warm-up, one save at
     the end, every fifth step logged (and the last)."""
     from after.config import TaptConfig
