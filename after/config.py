@@ -201,9 +201,10 @@ class TrainConfig:
     freeze_cnn: bool = True  # the convolutional front end (wav2vec 2.0's CNN, Whisper's conv stem)
     freeze_layers: int = 0  # also freeze the encoder's bottom N transformer layers
     num_layers: int | None = None  # keep only the encoder's bottom N layers (None: all)
-    # Whisper: the head reads a learned softmax-weighted sum of the layers from `freeze_layers`
-    # up (SUPERB style); False: the last layer. Other families read the last layer.
-    layer_sum: bool = True
+    # Whisper: the head reads the last layer, or with `layer_sum` a learned softmax-weighted sum
+    # of the layers from `freeze_layers` up (SUPERB style). Other families read the last layer.
+    # Off by default: on EmoDB the sum lost to the last layer in most paired runs (BENCHMARKS.md).
+    layer_sum: bool = False
     # The new head of a fine-tuned encoder starts "random", or as a "probe": the logistic
     # regression of the frozen-features learner on the untrained model's pooled frames (C by the
     # inner grouped CV), so that fine-tuning starts where frozen features end (LP-FT, Kumar et al.

@@ -19,6 +19,10 @@ commit, `--checkout DIR`), so that work on this one cannot change the code under
 commands then run in DIR with DIR's code (and DIR's runs/ folders, from which they resume), and
 the record names DIR's commit; the result and BENCHMARKS.md are written here.
 
+runs/ is not tracked, and a fresh clone starts without it. A benchmark that continues over several
+sessions keeps its per-run records (the small JSON files it resumes from; never models or caches)
+in git: `git add -f runs/bench/NAME/*/*.json`, so that the next clone resumes it.
+
 The script that prints a result is the one that reads it: each has `render(result)`, the Markdown
 lines of its section, and those that appear among README's headlines `headline(result)`; they
 share the helpers of `bench/md.py`. This file runs them and assembles the two documents.
@@ -70,7 +74,7 @@ BENCHES = (
     Bench(
         "whisper_finetune",
         "Fine-tuned Whisper tiny.en against its frozen features on EmoDB",
-        ("bench/whisper_finetune.py",),
+        ("bench/whisper_finetune.py", "--seeds", "0", "--variants", "default;layer_sum=true"),
         "Whisper tiny.en fine-tuned against the frozen-feature learner on the same folds, paired "
         "per fold and seed; scoring speed with the frozen bottom's cache empty and filled.",
     ),

@@ -247,7 +247,9 @@ def test_a_small_labeled_set_gets_its_floor_of_steps(tones: tuple[Manifest, Fold
 
 def test_the_training_description_states_the_step_floor_and_the_pooling() -> None:
     now = train.describe_training("whisper-tiny.en", TrainConfig().to_dict())
-    assert "(at least 100 steps)" in now and "head on a learned sum of layers" in now
+    assert "(at least 100 steps)" in now and "head on the last layer" in now
+    summed = train.describe_training("whisper-tiny.en", TrainConfig(layer_sum=True).to_dict())
+    assert "head on a learned sum of layers" in summed
     # A record made before these settings existed: trained as they were then.
     old = TrainConfig().to_dict()
     del old["min_steps"], old["layer_sum"]

@@ -70,8 +70,8 @@ TRAIN_OPTIONS: dict[str, Spec] = {
     ),
     "num_layers": Spec("Keep only the encoder's bottom N layers (default: all)."),
     "layer_sum": Spec(
-        "Whisper: the head reads a learned weighted sum of the layers from --freeze-layers up, "
-        "or the last layer.",
+        "Whisper: the head reads the last layer, or a learned weighted sum of the layers from "
+        "--freeze-layers up.",
         ("--layer-sum/--last-layer",),
     ),
     "head_init": Spec(

@@ -198,7 +198,7 @@ def new_classifier(
     num_layers: int | None = None,
     spec_time_prob: float = 0.05,
     spec_feature_prob: float = 0.0,
-    layer_sum: bool = True,
+    layer_sum: bool = False,
     probe_head: bool = False,
     dropout: float | None = None,
 ) -> Classifier:
