@@ -20,8 +20,9 @@ commands then run in DIR with DIR's code (and DIR's runs/ folders, from which th
 the record names DIR's commit; the result and BENCHMARKS.md are written here.
 
 runs/ is not tracked, and a fresh clone starts without it. A benchmark that continues over several
-sessions keeps its per-run records (the small JSON files it resumes from; never models or caches)
-in git: `git add -f runs/bench/NAME/*/*.json`, so that the next clone resumes it.
+sessions keeps the small JSON files it resumes from in git (never models or caches), so that the
+next clone resumes it: `git add -f runs/bench/whisper_finetune/*/*.json` (one record per fold,
+seed and variant), `git add -f runs/bench/tapt_whisper/judged/*/*.json` (one per fold and variant).
 
 The script that prints a result is the one that reads it: each has `render(result)`, the Markdown
 lines of its section, and those that appear among README's headlines `headline(result)`; they

@@ -20,7 +20,9 @@ fold and seeds, with the TAPT model against the plain one:
 Every comparison is paired by fold (and seed) with a Wilcoxon signed-rank test, with n and the
 smallest p that n allows. The TAPT loss and masked-frame accuracy of every fold are kept. TAPT
 models, fine-tuning records and active-learning runs stay in `--out` and are reused when the
-script runs again with the same settings, so a stopped run continues. Prints one JSON object.
+script runs again with the same settings, so a stopped run continues; each fold's judgements are
+also kept in `--out`/judged/ (small JSON files: commit them, and a fresh clone continues without
+the models). Prints one JSON object.
 EmoDB is read from ../shared/data/emodb.
 """
 
@@ -29,6 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +78,32 @@ def parse_variants(text: str) -> dict[str, dict[str, Any]]:
                 changes[key.strip()] = value.strip()
         variants[part] = changes
     return variants
+
+
+def judged(
+    path: Path, settings: dict[str, Any], todo: dict[str, Callable[[], Any]]
+) -> dict[str, Any]:
+    """Each result of `todo` (name -> how to compute it) for one model and fold: read from `path`
+    where an earlier run with the same `settings` wrote it, else computed and added there at
+    once. These small files are what a run that spans sessions keeps in git (see
+    bench/run_all.py): a fold judged before needs neither its TAPT model nor its runs again."""
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    settings = json.loads(json.dumps(settings))  # as read back: tuples are lists
+    if saved.get("settings") != settings:
+        saved = {"settings": settings}
+    for key, compute in todo.items():
+        if key not in saved:
+            saved[key] = compute()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(saved, indent=1))
+            tmp.replace(path)
+    return {key: saved[key] for key in todo}
+
+
+def after(first: Callable[[], Any], compute: Callable[[], Any]) -> Callable[[], Any]:
+    """`compute`, called after `first` (a judge after the TAPT that makes the model it reads)."""
+    return lambda: (first(), compute())[1]
 
 
 def paired(a: list[float], b: list[float]) -> dict[str, Any]:
@@ -160,13 +190,42 @@ def main() -> None:
         )
         return [r["test"]["ua"] for r in records]
 
+    def judge(model: str, fold: Any, name: str) -> dict[str, Callable[[], Any]]:
+        """What each judge computes for `model` on `fold` (`name`: the variant, or plain)."""
+        todo: dict[str, Callable[[], Any]] = {
+            f"probe@{k}": (lambda k=k: probe(model, fold, k)) for k in layers
+        }
+        if "al" in judges:
+            todo["al"] = lambda: al_uas(model, fold, out / "compare" / name / fold.name)
+        if "finetune" in judges:
+            todo["finetune"] = lambda: finetuned(model, fold, out / "finetune" / name)
+        return todo
+
+    def tapt(name: str, config: Any, fold: Any, tapt_dir: Path) -> dict[str, Any]:
+        """TAPT of `fold` (unless its model is there): its time, loss and accuracy."""
+        if not (tapt_dir / DONE_FILE).is_file():
+            print(f"{name}: {fold.name}: TAPT", flush=True)
+            run_tapt(manifest, fold, backbone, tapt_dir, config, progress=False)
+        log = [json.loads(line) for line in (tapt_dir / LOG_FILE).read_text().splitlines()]
+        return {
+            "tapt_seconds": round(
+                json.loads((tapt_dir / DONE_FILE).read_text())["final"]["seconds"]
+            ),
+            "loss": [round(log[0]["loss"], 3), round(log[-1]["loss"], 3)],
+            "masked_accuracy": [
+                round(log[0].get("masked_accuracy", float("nan")), 3),
+                round(log[-1].get("masked_accuracy", float("nan")), 3),
+            ],
+        }
+
+    settings = {"seeds": seeds, "train": TrainConfig().to_dict(), "al": dataclasses.asdict(al)}
     plain: dict[str, dict[str, Any]] = {}
     for fold in folds:
-        plain[fold.name] = {f"probe@{k}": probe(backbone, fold, k) for k in layers}
-        if "al" in judges:
-            plain[fold.name]["al"] = al_uas(backbone, fold, out / "compare" / "plain" / fold.name)
-        if "finetune" in judges:
-            plain[fold.name]["finetune"] = finetuned(backbone, fold, out / "finetune" / "plain")
+        plain[fold.name] = judged(
+            out / "judged" / "plain" / f"{fold.name}.json",
+            settings,
+            judge(backbone, fold, "plain"),
+        )
 
     report: dict[str, Any] = {
         "benchmark": "tapt_whisper",
@@ -193,26 +252,16 @@ def main() -> None:
         per_fold: dict[str, Any] = {}
         for fold in folds:
             tapt_dir = out / "tapt" / name.replace("/", "_") / fold.name
-            if not (tapt_dir / DONE_FILE).is_file():
-                print(f"{name}: {fold.name}: TAPT", flush=True)
-                run_tapt(manifest, fold, backbone, tapt_dir, config, progress=False)
-            log = [json.loads(line) for line in (tapt_dir / LOG_FILE).read_text().splitlines()]
-            model = str(tapt_dir)
-            got: dict[str, Any] = {f"probe@{k}": probe(model, fold, k) for k in layers}
-            if "al" in judges:
-                got["al"] = al_uas(model, fold, out / "compare" / name / fold.name)
-            if "finetune" in judges:
-                got["finetune"] = finetuned(model, fold, out / "finetune" / name)
+            made = partial(tapt, name, config, fold, tapt_dir)  # again if the model is gone
+            todo = {k: after(made, f) for k, f in judge(str(tapt_dir), fold, name).items()}
+            got = judged(
+                out / "judged" / name.replace("/", "_") / f"{fold.name}.json",
+                {**settings, "tapt": dataclasses.asdict(config)},
+                {"tapt": made, **todo},
+            )
             with_tapt[fold.name] = got
             per_fold[fold.name] = {
-                "tapt_seconds": round(
-                    json.loads((tapt_dir / DONE_FILE).read_text())["final"]["seconds"]
-                ),
-                "loss": [round(log[0]["loss"], 3), round(log[-1]["loss"], 3)],
-                "masked_accuracy": [
-                    round(log[0].get("masked_accuracy", float("nan")), 3),
-                    round(log[-1].get("masked_accuracy", float("nan")), 3),
-                ],
+                **got["tapt"],
                 **{k: round(v, 4) for k, v in got.items() if k.startswith("probe@")},
             }
             print(json.dumps({name: {fold.name: per_fold[fold.name]}}), flush=True)
