@@ -169,7 +169,9 @@ def test_frozen_whisper_features() -> None:
 
 
 def test_the_head_reads_a_learned_weighted_sum_of_the_layers() -> None:
-    clf = new_classifier("whisper-tiny.en", ["a", "b", "c"])
+    # By default the head reads the last layer; `layer_sum` adds the learned weights.
+    assert not new_classifier("whisper-tiny.en", ["a", "b"]).module.config.use_weighted_layer_sum
+    clf = new_classifier("whisper-tiny.en", ["a", "b", "c"], layer_sum=True)
     model, fe = clf.module.eval(), clf.feature_extractor
     family = family_of(model.config)
     weights = model.layer_weights
