@@ -87,6 +87,8 @@ def judged(
     where an earlier run with the same `settings` wrote it, else computed and added there at
     once. These small files are what a run that spans sessions keeps in git (see
     bench/run_all.py): a fold judged before needs neither its TAPT model nor its runs again."""
+    from after.io import atomic_write_json
+
     saved = json.loads(path.read_text()) if path.is_file() else {}
     settings = json.loads(json.dumps(settings))  # as read back: tuples are lists
     if saved.get("settings") != settings:
@@ -94,10 +96,7 @@ def judged(
     for key, compute in todo.items():
         if key not in saved:
             saved[key] = compute()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(saved, indent=1))
-            tmp.replace(path)
+            atomic_write_json(path, saved)
     return {key: saved[key] for key in todo}
 
 
@@ -395,7 +394,7 @@ def headline(r: dict[str, Any]) -> str:
     if "variants" not in r:  # results of the first shape came from the broken objective
         line += (
             " **Measured with a broken masked-prediction objective (masked frames lost their "
-            "positions); not a test of TAPT. The rerun with the fix is in progress.**"
+            "positions); not a test of TAPT. The rerun with the fix has not reported yet.**"
         )
     return line
 
