@@ -115,6 +115,47 @@ def test_whisper_finetune_renders_one_row_per_variant() -> None:
     assert module.render(result)[-1].startswith("Scoring speed: not measured")
 
 
+def test_time_whisper_reports_the_hybrids_selection_rounds_beside_it() -> None:
+    """bench/time_whisper.py: the hybrid (frozen-features rounds, one fine-tuning at the end) and
+    its selection rounds alone (active learning with the frozen features) are two rows, each with
+    its own ratio and UA against all labels."""
+    module = _run_all().section("time_whisper")
+    gap = {"points": -20.0, "std": 5.0, "wilcoxon_p": 0.002, "n": 10}
+    result = {
+        "corpus": "EmoDB (535 clips, 10 speakers)",
+        "protocol": "LOSO, 10 folds, seeds [0]",
+        "backbone": "whisper-tiny.en",
+        "training": "20 epochs max",
+        "strategy": "badge",
+        "schedule": ["0.02", "0.2"],
+        "paper_ratio": 0.21,
+        "target_ratio": 0.25,
+        "cache_fill_seconds": 30.0,
+        "summary": {
+            "all_labels": {"seconds": 450, "test_ua": "83.0 ± 8.0"},
+            "hybrid": {
+                "ratio": "0.21 ± 0.02",
+                "test_ua": "63.0 ± 9.0",
+                "minus_all_labels": gap,
+                "parts_seconds": {"train_s": 90.0, "eval_s": 3.0},
+            },
+            "selection": {
+                "ratio": "0.04 ± 0.01",
+                "test_ua": "76.0 ± 8.0",
+                "minus_all_labels": {**gap, "points": -7.0},
+            },
+        },
+    }
+    rows = [line for line in module.render(result) if line.startswith("| AL")]
+    assert rows == [
+        "| AL, hybrid (frozen-features rounds, one fine-tuning at the end) | 0.21 ± 0.02 "
+        "| 63.0 ± 9.0 | -20.0 ± 5.0 (p=0.002) | train 90.0, eval 3.0 |",
+        "| AL, frozen features alone (the hybrid's rounds, without its fine-tuning) "
+        "| 0.04 ± 0.01 | 76.0 ± 8.0 | -7.0 ± 5.0 (p=0.002) | - |",
+    ]
+    assert "0.04 ± 0.01 with frozen features alone" in module.headline(result)
+
+
 def test_label_spreading_follows_the_pools_clusters() -> None:
     """bench/pseudo_labels.py's graph source: two clusters with one labeled clip each label their
     pool clips right, most of them confidently."""
