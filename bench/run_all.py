@@ -75,7 +75,7 @@ BENCHES = (
     Bench(
         "whisper_finetune",
         "Fine-tuned Whisper tiny.en against its frozen features on EmoDB",
-        ("bench/whisper_finetune.py", "--seeds", "0", "--variants", "default;layer_sum=true"),
+        ("bench/whisper_finetune.py", "--seeds", "0,1,2", "--variants", "default"),
         "Whisper tiny.en fine-tuned against the frozen-feature learner on the same folds, paired "
         "per fold and seed; scoring speed with the frozen bottom's cache empty and filled.",
     ),
