@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
@@ -168,6 +169,14 @@ def config_hash(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+# The `TrainConfig` options only the frozen-features learner reads (fine-tuning reads every other
+# one), and all that it reads: a logistic regression has no epochs, rates, masks or layers.
+FEATURE_ONLY_OPTIONS = frozenset(
+    {"l2_c", "weight_posterior", "feature_view", "self_training", "pseudo_threshold"}
+)
+FEATURE_LEARNER_OPTIONS = FEATURE_ONLY_OPTIONS | {"class_weighted", "soft_labels", "seed"}
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Fine-tuning a classifier (the V-FT baseline and every active-learning round).
@@ -278,6 +287,19 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def read_by(self, kinds: Iterable[str]) -> dict[str, Any]:
+        """`to_dict()` cut to the options that a learner of one of `kinds` reads ("features":
+        the frozen-features learner; "transformers": fine-tuning): what a record of such learners
+        is compared on, so that a changed option of the other kind does not refuse it."""
+        wanted = set(kinds)
+        if unknown := wanted - {"features", "transformers"}:
+            raise ValueError(f"unknown learner kind(s) {sorted(unknown)}")
+        options = self.to_dict()
+        read = set(FEATURE_LEARNER_OPTIONS) if "features" in wanted else set()
+        if "transformers" in wanted:
+            read |= options.keys() - FEATURE_ONLY_OPTIONS
+        return {k: v for k, v in options.items() if k in read}
 
     @classmethod
     def from_record(cls, record: dict[str, Any]) -> TrainConfig:

@@ -4,8 +4,8 @@ resumable runner of it over every fold x seed.
 Every result is one record: the settings it was made with (`_SETTINGS`: backbone, the
 `TrainConfig`, fold, seed, class labels, digests of the manifest and of the fold's clips), then
 its scores. The runner keeps each record in its own JSON file and reuses it only if it was made
-with the settings asked for; any other is refused, never reported under settings it was not made
-with.
+with the settings asked for (of the `TrainConfig`, the options its learner reads:
+`TrainConfig.read_by`); any other is refused, never reported under settings it was not made with.
 """
 
 from __future__ import annotations
@@ -102,7 +102,7 @@ def fit_and_test_folds(
     for (fold, c), path in zip(jobs, paths, strict=True):
         if path.is_file():
             kept[path] = read_json(path, "choose another output folder (--out)")
-            _check(path, kept[path], _settings(manifest, fold, backbone, c))
+            _check(path, kept[path], _settings(manifest, fold, backbone, c), backbone)
     for (fold, c), path in zip(jobs, paths, strict=True):
         if path not in kept:
             log(f"fold {fold.name}, seed {c.seed}")
@@ -113,10 +113,13 @@ def fit_and_test_folds(
     return [kept[path] for path in paths]
 
 
-def _check(path: Path, found: dict[str, Any], wanted: dict[str, Any]) -> None:
+def _check(path: Path, found: dict[str, Any], wanted: dict[str, Any], backbone: str) -> None:
     """`AfterError` unless the record `found` in `path` was made with the settings `wanted`.
     Training options a record predates are not checked: their defaults are what it was made
-    with."""
+    with; nor are those a learner on `backbone` never reads (`TrainConfig.read_by`)."""
+    from after.train import kind_of
+
+    read = TrainConfig(**wanted["config"]).read_by([kind_of(backbone)])
     if not all(key in found for key in _SETTINGS):
         raise AfterError(
             f"{path}: made by an earlier version of after that did not record its settings, so "
@@ -128,7 +131,7 @@ def _check(path: Path, found: dict[str, Any], wanted: dict[str, Any]) -> None:
             there = found[key]
             differ += [
                 _difference(f"config.{k}", there[k], v)
-                for k, v in wanted[key].items()
+                for k, v in read.items()
                 if k in there and there[k] != v
             ]
         elif found[key] != wanted[key]:

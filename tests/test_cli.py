@@ -227,15 +227,19 @@ def test_cv_refuses_runs_made_with_other_settings(
     (record,) = out.glob("runs/*_seed0.json")
     capsys.readouterr()
     # Other settings into the same --out: refused, naming the file, what differs, and the fix.
-    assert run(*args, "--backbone", "resemblyzer", "--epochs", "4") == 2
+    assert run(*args, "--backbone", "resemblyzer", "--no-class-weights") == 2
     message = " ".join(capsys.readouterr().err.split())
     assert (
         f"{record}: made with other settings (backbone 'egemaps' there, 'resemblyzer' here; "
         in message
     )
-    assert "config.epochs 3 there, 4 here)" in message
+    assert "config.class_weighted True there, False here)" in message
     assert "choose another output folder (--out) for these" in message
     assert (out / "cv.md").read_text() == table  # not relabeled with the new settings
+    # An option the frozen-features learner never reads leaves its record good.
+    made = record.read_text()
+    assert run(*args, "--backbone", "egemaps", "--epochs", "4", "--layer-sum") == 0
+    assert record.read_text() == made and (out / "cv.md").read_text() == table
     # A record of an earlier version, which did not say how it was made, is not trusted either.
     old = json.loads(record.read_text())
     keep = ("fold", "seed", "num_train", "best_epoch", "dev", "test", "seconds")
@@ -376,6 +380,9 @@ def test_run_options_one_convention(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "done (budget spent)" in capsys.readouterr().out
     assert run("run", *[a if a != "least-confidence" else "margin" for a in args]) == 2
     assert "made with other settings (al.strategy)" in capsys.readouterr().err
+    # A fine-tuning option changed (a new default, say) does not refuse a frozen-features run.
+    assert run("run", *args, "--layer-sum", "--epochs", "7") == 0
+    assert "done (budget spent)" in capsys.readouterr().out
 
     # Refused before anything is written: ALPS without a wav2vec 2.0 surprisal model.
     bad = tmp_path / "alps"

@@ -109,6 +109,44 @@ def test_feature_backbone_learns_the_tones(tones: tuple[Manifest, Fold], tmp_pat
     )
 
 
+def test_the_frozen_features_learner_reads_only_the_options_its_records_are_compared_on(
+    tones: tuple[Manifest, Fold], tmp_path: Path
+) -> None:
+    """Every option outside `TrainConfig.read_by(["features"])` changed at once leaves the
+    frozen-features learner's model as it was (so a record is rightly reused when only they
+    differ), and one it reads changes it."""
+    m, fold = tones
+    base = TrainConfig()
+    read = base.read_by(["features"])
+    assert {"l2_c", "feature_view", "class_weighted"} <= read.keys()
+    assert not {"epochs", "lr", "layer_sum", "min_steps"} & read.keys()
+    assert base.read_by(["transformers"]).keys() == base.to_dict().keys() - {
+        "l2_c",
+        "weight_posterior",
+        "feature_view",
+        "self_training",
+        "pseudo_threshold",
+    }
+    assert base.read_by(["features", "transformers"]) == base.to_dict()
+    other = {
+        "epochs": 3, "batch_size": 4, "lr": 1e-3, "head_lr": 1e-2, "warmup_ratio": 0.5,
+        "weight_decay": 0.5, "max_grad_norm": 0.5, "max_steps": 7, "min_steps": 0,
+        "select_on_dev": False, "patience": 1, "max_seconds": 1.0, "max_eval_seconds": 1.0,
+        "freeze_cnn": False, "freeze_layers": 1, "num_layers": 1, "layer_sum": True,
+        "head_init": "probe", "dropout": 0.3, "cache_cnn": False, "spec_time_prob": 0.5,
+        "spec_feature_prob": 0.5, "precision": "no", "eval_batch_size": 2, "grad_accum": 2,
+    }  # fmt: skip
+    assert other.keys() | read.keys() | {"num_processes"} == base.to_dict().keys()
+    changed = TrainConfig(**{**base.to_dict(), **other})
+
+    def probs(config: TrainConfig) -> np.ndarray:
+        clf = train.fit(m, fold.train, [], "egemaps", config, cache_dir=tmp_path).classifier
+        return inference.predict(clf, m, fold.test, cache_dir=tmp_path)
+
+    np.testing.assert_array_equal(probs(changed), probs(base))
+    assert not np.allclose(probs(TrainConfig(l2_c=1e-4)), probs(base))
+
+
 def test_every_labeled_clip_is_seen_every_epoch(
     tones: tuple[Manifest, Fold], monkeypatch: pytest.MonkeyPatch
 ) -> None:

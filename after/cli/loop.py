@@ -78,7 +78,7 @@ def run(
     from after.cache import default_cache_dir
     from after.dist import use_compute, world_size
     from after.loop.folder import RunFolder
-    from after.loop.runner import RUN_SETTINGS, Run, read_carried, settings_differ, whole_pool
+    from after.loop.runner import Run, read_carried, settings_differ, whole_pool
 
     if world_size() > 1:
         raise AfterError(
@@ -126,7 +126,7 @@ def run(
             raise AfterError(
                 f"{out}: holds a run already; --labels-from starts a new one: choose another --out"
             )
-        wanted = {k: the_run.to_json()[k] for k in RUN_SETTINGS}
+        wanted = the_run.settings()
         differ = settings_differ(found, wanted) if isinstance(found, dict) else ["config"]
         if differ and differ != ["al.schedule"]:
             raise AfterError(

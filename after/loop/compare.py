@@ -23,7 +23,6 @@ from after.data.manifest import Manifest
 from after.io import atomic_write_json, atomic_write_text, read_json
 from after.loop.folder import RunFolder
 from after.loop.runner import (
-    RUN_SETTINGS,
     Run,
     check_run,
     check_same_settings,
@@ -174,8 +173,9 @@ def _finish_run(
     refused) and take it to its end; `advance` counts its rounds."""
     folder = RunFolder(run.run_dir)
     if folder.config.is_file():
-        wanted = {k: run.to_json()[k] for k in RUN_SETTINGS}
-        check_same_settings(run.run_dir, read_json(folder.config, "delete the folder"), wanted)
+        check_same_settings(
+            run.run_dir, read_json(folder.config, "delete the folder"), run.settings()
+        )
     state = LoopState.load(run.run_dir) if folder.state.is_file() else start_run(run)
     advance(len(state.rounds))
     if state.phase != "done":

@@ -166,6 +166,17 @@ class Run:
             **({"labels_from": self.labels_from} if self.labels_from else {}),
         }
 
+    def settings(self) -> dict[str, Any]:
+        """What makes a run folder this run (`RUN_SETTINGS`), the training options cut to those
+        its learners read (the selection learner's, and the final fine-tuning's if any)."""
+        from after.train import kind_of
+
+        kinds = {kind_of(self.backbone), *([kind_of(self.al.finetune)] if self.al.finetune else [])}
+        return {
+            **{k: self.to_json()[k] for k in RUN_SETTINGS},
+            "train": json.loads(json.dumps(self.train.read_by(kinds))),
+        }
+
     @property
     def has_folds(self) -> bool:
         return self.folds_path is not None
