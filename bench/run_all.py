@@ -22,7 +22,8 @@ the record names DIR's commit; the result and BENCHMARKS.md are written here.
 runs/ is not tracked, and a fresh clone starts without it. A benchmark that continues over several
 sessions keeps the small JSON files it resumes from in git (never models or caches), so that the
 next clone resumes it: `git add -f runs/bench/whisper_finetune/*/*.json` (one record per fold,
-seed and variant), `git add -f runs/bench/tapt_whisper/judged/*/*.json` (one per fold and variant).
+seed and variant), `git add -f runs/bench/tapt_whisper/judged/*/*.json` (one per fold and variant),
+`git add -f runs/bench/time_whisper/records/*.json` (one per fold and seed).
 
 The script that prints a result is the one that reads it: each has `render(result)`, the Markdown
 lines of its section, and those that appear among README's headlines `headline(result)`; they
