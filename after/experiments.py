@@ -95,14 +95,19 @@ def fit_and_test_folds(
     settings that differ; all are checked before anything is fitted. `on_fit` gets each new fit
     and its record before the record is written (so that what it saves is there whenever the
     record is)."""
+    from after.train import kind_of
+
     runs = Path(runs_dir)
+    kind = kind_of(backbone)
     jobs = [(fold, dataclasses.replace(config, seed=seed)) for fold in folds for seed in seeds]
     paths = [runs / f"{fold.name}_seed{c.seed}.json" for fold, c in jobs]
     kept: dict[Path, dict[str, Any]] = {}
     for (fold, c), path in zip(jobs, paths, strict=True):
         if path.is_file():
             kept[path] = read_json(path, "choose another output folder (--out)")
-            _check(path, kept[path], _settings(manifest, fold, backbone, c), backbone)
+            # Of the training options, those its learner reads (`TrainConfig.read_by`).
+            wanted = {**_settings(manifest, fold, backbone, c), "config": c.read_by([kind])}
+            _check(path, kept[path], wanted)
     for (fold, c), path in zip(jobs, paths, strict=True):
         if path not in kept:
             log(f"fold {fold.name}, seed {c.seed}")
@@ -113,13 +118,10 @@ def fit_and_test_folds(
     return [kept[path] for path in paths]
 
 
-def _check(path: Path, found: dict[str, Any], wanted: dict[str, Any], backbone: str) -> None:
+def _check(path: Path, found: dict[str, Any], wanted: dict[str, Any]) -> None:
     """`AfterError` unless the record `found` in `path` was made with the settings `wanted`.
     Training options a record predates are not checked: their defaults are what it was made
-    with; nor are those a learner on `backbone` never reads (`TrainConfig.read_by`)."""
-    from after.train import kind_of
-
-    read = TrainConfig(**wanted["config"]).read_by([kind_of(backbone)])
+    with."""
     if not all(key in found for key in _SETTINGS):
         raise AfterError(
             f"{path}: made by an earlier version of after that did not record its settings, so "
@@ -131,7 +133,7 @@ def _check(path: Path, found: dict[str, Any], wanted: dict[str, Any], backbone: 
             there = found[key]
             differ += [
                 _difference(f"config.{k}", there[k], v)
-                for k, v in read.items()
+                for k, v in wanted[key].items()
                 if k in there and there[k] != v
             ]
         elif found[key] != wanted[key]:

@@ -203,35 +203,31 @@ def main() -> None:
             "test_ua": fmt(full_ua, 100, 1),
         }
     }
-    for mode in modes:
-        d = paired_difference([r[mode]["test_ua"] for r in runs], full_ua)
-        summary[mode] = {
-            "ratio": fmt([r[mode]["ratio"] for r in runs]),
-            "test_ua": fmt([r[mode]["test_ua"] for r in runs], 100, 1),
+
+    def against_all_labels(results: list[dict[str, Any]]) -> dict[str, Any]:
+        """Ratio, UA and paired UA difference from all labels of one kind of run per fold x seed."""
+        d = paired_difference([x["test_ua"] for x in results], full_ua)
+        return {
+            "ratio": fmt([x["ratio"] for x in results]),
+            "test_ua": fmt([x["test_ua"] for x in results], 100, 1),
             "minus_all_labels": {
                 "points": round(100 * d["mean"], 2),
                 "std": round(100 * d["std"], 2),
                 "wilcoxon_p": round(d["wilcoxon_p"], 4),
                 "n": d["n"],
             },
+        }
+
+    for mode in modes:
+        summary[mode] = {
+            **against_all_labels([r[mode] for r in runs]),
             "parts_seconds": {
                 k: round(statistics.mean(r[mode]["parts"][k] for r in runs), 1)
                 for k in runs[0][mode]["parts"]
             },
         }
         if mode == "hybrid":  # its selection rounds alone, against all labels too
-            alone = [r[mode]["selection"] for r in runs]
-            d = paired_difference([a["test_ua"] for a in alone], full_ua)
-            summary["selection"] = {
-                "ratio": fmt([a["ratio"] for a in alone]),
-                "test_ua": fmt([a["test_ua"] for a in alone], 100, 1),
-                "minus_all_labels": {
-                    "points": round(100 * d["mean"], 2),
-                    "std": round(100 * d["std"], 2),
-                    "wilcoxon_p": round(d["wilcoxon_p"], 4),
-                    "n": d["n"],
-                },
-            }
+            summary["selection"] = against_all_labels([r[mode]["selection"] for r in runs])
     report = {
         "benchmark": "time_whisper",
         "corpus": f"EmoDB ({len(manifest)} clips, {len(manifest.speakers)} speakers)",

@@ -172,10 +172,8 @@ class Run:
         from after.train import kind_of
 
         kinds = {kind_of(self.backbone), *([kind_of(self.al.finetune)] if self.al.finetune else [])}
-        return {
-            **{k: self.to_json()[k] for k in RUN_SETTINGS},
-            "train": json.loads(json.dumps(self.train.read_by(kinds))),
-        }
+        written = self.to_json()
+        return {**{k: written[k] for k in RUN_SETTINGS}, "train": self.train.read_by(kinds)}
 
     @property
     def has_folds(self) -> bool:
