@@ -11,18 +11,25 @@ k-means ids of its middle layer unless the variant names another objective), the
 fold and seeds, with the TAPT model against the plain one:
 
 - probe: frozen features of every layer above the (unchanged) conv stem, with the
-  logistic-regression learner (deterministic: one run per fold and layer);
-- al: active learning to 20% of the pool on the middle layer's frozen features (entropy and random
-  from a 2% k-means seed set), per seed: test UA at the last budget;
+  logistic-regression learner on the clip view (deterministic: one run per fold and layer);
+- al: active learning to 20% of the pool on the middle layer's frozen features, clip view (entropy
+  and random from a 2% k-means seed set), per seed: test UA at the last budget;
 - finetune: fine-tuning on all labels with the default recipe (`TrainConfig()`, what `after
-  train` runs), per seed; the slowest judge, off by default.
+  train` runs), per seed; the slowest judge, off by default. `--plain-finetune DIR` reads the
+  plain model's runs from DIR instead, e.g. the fine-tuning benchmark's records of the same
+  recipe (`runs/bench/whisper_finetune/default`: same folds and seeds; the settings check
+  refuses them if the recipe differs).
+
+The frozen judges use the clip view whatever the learner's default view: speaker
+standardisation is a lever of its own, not part of what TAPT changes.
 
 Every comparison is paired by fold (and seed) with a Wilcoxon signed-rank test, with n and the
 smallest p that n allows. The TAPT loss and masked-frame accuracy of every fold are kept. TAPT
 models, fine-tuning records and active-learning runs stay in `--out` and are reused when the
 script runs again with the same settings, so a stopped run continues; each fold's judgements are
-also kept in `--out`/judged/ (small JSON files: commit them, and a fresh clone continues without
-the models). Prints one JSON object.
+also kept in `--out`/judged/, one entry per judge and seed (small JSON files: commit them, and a
+fresh clone continues without the models; more seeds later add entries). Comparisons pair the
+folds and seeds judged on both sides. Prints one JSON object.
 EmoDB is read from ../shared/data/emodb.
 """
 
@@ -130,6 +137,11 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--variants", default="default")
     p.add_argument("--judges", default="probe,al")
+    p.add_argument(
+        "--plain-finetune",
+        type=Path,
+        help="where the plain model's fine-tuning records are (default OUT/finetune/plain)",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/bench/tapt_whisper"))
     p.add_argument("--data", type=Path, default=EMODB)
     p.add_argument("--backbone", default=BACKBONE, help="a Whisper encoder (name or folder)")
@@ -165,39 +177,47 @@ def main() -> None:
     base = dataclasses.replace(tapt_config(args.steps), batch_size=args.batch_size)
     variants = parse_variants(args.variants)
     al = ALConfig(schedule=("0.02", "0.05", "0.1", "0.15", "0.2"), cold_start="kmeans")
+    frozen, finetune = TrainConfig(feature_view="clip"), TrainConfig()
 
     def probe(model: str, fold: Any, layer: int) -> float:
         spec = f"frozen:{model}@{layer}"
-        run = fit_and_test(manifest, fold, spec, TrainConfig(), cache_dir=cache, progress=False)
+        run = fit_and_test(manifest, fold, spec, frozen, cache_dir=cache, progress=False)
         return float(run[1]["test"]["ua"])
 
-    def al_uas(model: str, fold: Any, folder: Path) -> dict[str, list[float]]:
+    def al_uas(model: str, fold: Any, seed: int, folder: Path) -> dict[str, float]:
         compare(
             manifest, str(manifest_path), str(folds_path), [fold], f"frozen:{model}",
-            ["entropy", "random"], seeds, al, TrainConfig(), folder, cache_dir=cache,
+            ["entropy", "random"], [seed], al, frozen, folder, cache_dir=cache,
             log=lambda _: None,
         )  # fmt: skip
         runs = folder / "runs" / fold.name
         return {
-            s: [LoopState.load(runs / f"{s}_seed{seed}").rounds[-1]["test_ua"] for seed in seeds]
+            s: LoopState.load(runs / f"{s}_seed{seed}").rounds[-1]["test_ua"]
             for s in ("entropy", "random")
         }
 
-    def finetuned(model: str, fold: Any, folder: Path) -> list[float]:
-        records = fit_and_test_folds(
-            manifest, [fold], seeds, model, TrainConfig(), folder, cache_dir=cache
+    def finetuned(model: str, fold: Any, seed: int, folder: Path) -> float:
+        (record,) = fit_and_test_folds(
+            manifest, [fold], [seed], model, finetune, folder, cache_dir=cache
         )
-        return [r["test"]["ua"] for r in records]
+        return record["test"]["ua"]
 
     def judge(model: str, fold: Any, name: str) -> dict[str, Callable[[], Any]]:
-        """What each judge computes for `model` on `fold` (`name`: the variant, or plain)."""
+        """What each judge computes for `model` on `fold` (`name`: the variant, or plain), one
+        entry per layer (probe) or seed (al@seedS, finetune@seedS)."""
         todo: dict[str, Callable[[], Any]] = {
             f"probe@{k}": (lambda k=k: probe(model, fold, k)) for k in layers
         }
-        if "al" in judges:
-            todo["al"] = lambda: al_uas(model, fold, out / "compare" / name / fold.name)
-        if "finetune" in judges:
-            todo["finetune"] = lambda: finetuned(model, fold, out / "finetune" / name)
+        tuned = out / "finetune" / name
+        if name == "plain" and args.plain_finetune:
+            tuned = args.plain_finetune.resolve()
+        for seed in seeds:
+            if "al" in judges:
+                todo[f"al@seed{seed}"] = partial(
+                    al_uas, model, fold, seed, out / "compare" / name / fold.name
+                )
+            if "finetune" in judges:
+                todo[f"finetune@seed{seed}"] = partial(finetuned, model, fold, seed, tuned)
         return todo
 
     def tapt(name: str, config: Any, fold: Any, tapt_dir: Path) -> dict[str, Any]:
@@ -217,7 +237,11 @@ def main() -> None:
             ],
         }
 
-    settings = {"seeds": seeds, "train": TrainConfig().to_dict(), "al": dataclasses.asdict(al)}
+    settings = {
+        "frozen": frozen.read_by(["features"]),
+        "finetune": finetune.read_by(["transformers"]),
+        "al": dataclasses.asdict(al),
+    }
     plain: dict[str, dict[str, Any]] = {}
     for fold in folds:
         plain[fold.name] = judged(
@@ -273,13 +297,13 @@ def main() -> None:
         if "al" in judges:
             for strategy in ("entropy", "random"):
                 comparisons[f"active learning at 20%, {strategy} (fold x seed)"] = paired(
-                    [x for f in with_tapt for x in with_tapt[f]["al"][strategy]],
-                    [x for f in with_tapt for x in plain[f]["al"][strategy]],
+                    [with_tapt[f][f"al@seed{s}"][strategy] for f in with_tapt for s in seeds],
+                    [plain[f][f"al@seed{s}"][strategy] for f in with_tapt for s in seeds],
                 )
         if "finetune" in judges:
             comparisons["fine-tuned, all labels (fold x seed)"] = paired(
-                [x for f in with_tapt for x in with_tapt[f]["finetune"]],
-                [x for f in with_tapt for x in plain[f]["finetune"]],
+                [with_tapt[f][f"finetune@seed{s}"] for f in with_tapt for s in seeds],
+                [plain[f][f"finetune@seed{s}"] for f in with_tapt for s in seeds],
             )
         report["variants"][name] = {
             "settings": changes,
