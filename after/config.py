@@ -229,9 +229,9 @@ class TrainConfig:
     l2_c: float | None = None
     weight_posterior: bool = False
     # Frozen features: "clip" (as extracted), "speaker" (standardised per speaker over that
-    # speaker's clips, labels never read: a transductive protocol), or "auto" (the inner CV that
-    # chooses C chooses between the two); see after.models.linear.
-    feature_view: str = "clip"
+    # speaker's clips, labels never read: a transductive protocol), or "auto" (the default: the
+    # inner CV that chooses C chooses between the two at every fit); see after.models.linear.
+    feature_view: str = "auto"
     # Frozen features, active learning: self-training on the unlabeled pool. Pool clips predicted
     # with probability >= pseudo_threshold join the fit with their predicted class, weighted by
     # self_training x that probability (0: off); C stays the one chosen on the labeled clips.
@@ -317,6 +317,7 @@ TRAIN_BEFORE: dict[str, Any] = {
     "layer_sum": False,
     "head_init": "random",
     "dropout": None,
+    "feature_view": "clip",
 }
 
 

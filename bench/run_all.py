@@ -127,7 +127,7 @@ BENCHES = (
     ),
     Bench(
         "label_efficiency_urdu_default",
-        "The default strategy against random on URDU, 10 seeds",
+        "The default strategy against random on URDU, clip view, 10 seeds",
         (
             "bench/label_efficiency.py",
             "--corpus",
@@ -139,8 +139,41 @@ BENCHES = (
             "--out",
             "runs/bench/label_efficiency_urdu_default",
         ),
-        "BADGE (the default) and random sampling on URDU with 10 seeds per speaker fold (50 "
-        "pairs), for a test that URDU's spread leaves too weak at 3 seeds.",
+        "BADGE (the default strategy) and random sampling on URDU with 10 seeds per speaker fold "
+        "(50 pairs), for a test that URDU's spread leaves too weak at 3 seeds; the clip view.",
+    ),
+    Bench(
+        "label_efficiency_urdu_view",
+        "The default against random on URDU with the default view (auto), 10 seeds",
+        (
+            "bench/label_efficiency.py",
+            "--corpus",
+            "urdu",
+            "--feature-view",
+            "auto",
+            "--strategies",
+            "badge,random",
+            "--seeds",
+            "0,1,2,3,4,5,6,7,8,9",
+            "--out",
+            "runs/bench/label_efficiency_urdu_view",
+        ),
+        "The same 50 pairs with the feature view chosen per fit by the inner CV (`auto`, the "
+        "default since this run): what a user gets on a corpus like URDU.",
+    ),
+    Bench(
+        "label_levers_urdu_view",
+        "The speaker-adaptive view's effect on URDU, paired run by run",
+        (
+            "bench/label_levers.py",
+            "--base",
+            "runs/bench/label_efficiency_urdu_default",
+            "--lever",
+            "runs/bench/label_efficiency_urdu_view",
+        ),
+        "Test UA with the auto view minus the clip view on URDU, 50 pairs per cell, no "
+        "self-training on either side: whether the default view costs a corpus whose speakers "
+        "have few clips of few emotions.",
     ),
     Bench(
         "label_efficiency_levers",

@@ -6,7 +6,9 @@ on all labels, Whisper tiny.en on EmoDB, leave-one-speaker-out, side by side in 
 
 For every fold x seed, timed from the call to its return, on one shared cache (filled once
 before anything is timed: what is frozen is computed once per clip, its time reported apart),
-with the default training settings (`TrainConfig()`: what `after train` and `after run` use):
+with the default training settings (`TrainConfig()`: what `after train` and `after run` use),
+but for the hybrid's selection rounds on the clip view (`SELECTION_VIEW`: what its records were
+measured with before the default view became auto):
 
 - all labels: `after.experiments.fit_and_test` on every labeled training clip, the best dev
   epoch kept (the V-FT baseline, as `after train` runs it);
@@ -45,6 +47,7 @@ from md import table
 EMODB = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "emodb"
 BACKBONE = "whisper-tiny.en"
 FROZEN = f"frozen:{BACKBONE}"
+SELECTION_VIEW = "clip"  # the frozen learner's view in the hybrid's rounds
 PAPER_RATIO = 0.21
 TARGET_RATIO = 0.25
 MODES = ("hybrid", "fresh", "warm")
@@ -83,7 +86,7 @@ def time_one(
     from after.experiments import fit_and_test
     from after.loop.runner import Run, run_loop, start_run
 
-    config = TrainConfig(seed=seed)
+    config = TrainConfig(seed=seed, feature_view=SELECTION_VIEW)
     t = time.perf_counter()
     _, full = fit_and_test(manifest, fold, BACKBONE, config, cache_dir=cache, progress=False)
     full_s = time.perf_counter() - t

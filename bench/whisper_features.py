@@ -235,7 +235,12 @@ def main() -> None:
         for seed in (0, 1, 2):
             runs = [
                 fit_and_test(
-                    manifest, f, backbone, TrainConfig(seed=seed), cache_dir=cache, progress=False
+                    manifest,
+                    f,
+                    backbone,
+                    TrainConfig(seed=seed, feature_view="clip"),
+                    cache_dir=cache,
+                    progress=False,
                 )[1]["test"]["ua"]
                 for f in all_folds
             ]

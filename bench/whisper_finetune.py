@@ -5,7 +5,8 @@ first variant on the same folds and seeds.
     .venv/bin/python bench/whisper_finetune.py [--folds all] [--seeds 0,1,2]
         [--variants 'default;head_init=random'] [--out runs/bench/whisper_finetune]
 
-1. The frozen features (`frozen:whisper-tiny.en`, deterministic: one run per fold) and, for each
+1. The frozen features (`frozen:whisper-tiny.en`, clip view: the representation fine-tuning starts
+   from, without speaker standardisation; deterministic: one run per fold) and, for each
    variant (`TrainConfig` settings changed from the defaults, `;` between variants, `,` between
    settings of one: `head_init=random,lr=3e-5`), fine-tuning of `whisper-tiny.en` on every
    fold x seed through `after.experiments.fit_and_test_folds` (what `after cv` runs): every run
@@ -114,7 +115,7 @@ def main() -> None:
         folds,
         [0],
         f"frozen:{args.backbone}",
-        TrainConfig(),
+        TrainConfig(feature_view="clip"),  # the representation alone, as fine-tuning sees it
         args.out / "frozen",
         cache_dir=cache,
     )
