@@ -407,7 +407,7 @@ def headline(r: dict[str, Any]) -> str | None:
     shown = [f"the default ({default}) {against_random(default)}"] if default in paired else []
     if best != default:
         shown.append(f"the best strategy ({best}) {against_random(best)}")
-    view = f", {r['feature_view']} view" if r.get("feature_view", "clip") != "clip" else ""
+    view = f", {r.get('feature_view', 'clip')} view"
     return (
         f"- **Label efficiency, {r['corpus'].split(' (')[0]}, `{r['backbone']}`{view}** "
         f"({r['protocol']}): at {100 * float(last):g}% of the pool random sampling reaches "

@@ -513,8 +513,10 @@ HEADLINES = (
     "whisper_finetune",
     "tapt_whisper",
     "label_efficiency",
+    "label_efficiency_view",
     "label_efficiency_urdu",
     "label_efficiency_urdu_default",
+    "label_efficiency_urdu_view",
     "time_whisper",
 )
 

@@ -147,6 +147,20 @@ def test_the_frozen_features_learner_reads_only_the_options_its_records_are_comp
     assert not np.allclose(probs(TrainConfig(l2_c=1e-4)), probs(base))
 
 
+def test_a_record_made_before_a_setting_existed_reads_as_what_made_it() -> None:
+    """Settings added since records were first written (`TRAIN_BEFORE`) take the value that ran
+    before them, not today's default: a record or run folder without `feature_view` was made
+    with clip features and is read so, although new fits default to auto."""
+    from after.config import TRAIN_BEFORE
+
+    assert TrainConfig().feature_view == "auto"
+    old = {k: v for k, v in TrainConfig().to_dict().items() if k not in TRAIN_BEFORE}
+    read = TrainConfig.from_record(old)
+    assert read.feature_view == "clip"
+    assert read == TrainConfig(**{**TrainConfig().to_dict(), **TRAIN_BEFORE})
+    assert TrainConfig.from_record({**old, "feature_view": "speaker"}).feature_view == "speaker"
+
+
 def test_every_labeled_clip_is_seen_every_epoch(
     tones: tuple[Manifest, Fold], monkeypatch: pytest.MonkeyPatch
 ) -> None:
