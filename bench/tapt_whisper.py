@@ -138,6 +138,11 @@ def main() -> None:
     p.add_argument("--variants", default="default")
     p.add_argument("--judges", default="probe,al")
     p.add_argument(
+        "--control",
+        help="a variant (e.g. steps=3) that every other is also compared against: what moving "
+        "the weights a little, without adapting them, does to each judge",
+    )
+    p.add_argument(
         "--plain-finetune",
         type=Path,
         help="where the plain model's fine-tuning records are (default OUT/finetune/plain)",
@@ -266,10 +271,35 @@ def main() -> None:
             "mask_length": base.mask_length,
         },
         "judges": judges,
+        "control": args.control,
         "finetune": "the default recipe (TrainConfig()), the best dev epoch kept",
         "variants": {},
     }
-    for name, changes in variants.items():
+
+    def against(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        """Judgements `a` minus `b` (fold -> judged), paired by fold (and seed), per judge."""
+        cells = {
+            f"frozen probe, layer {k} (one run per fold)": lambda j, k=k: [j[f"probe@{k}"]]
+            for k in layers
+        }
+        if "al" in judges:
+            for strategy in ("entropy", "random"):
+                cells[f"active learning at 20%, {strategy} (fold x seed)"] = (
+                    lambda j, strategy=strategy: [j[f"al@seed{s}"][strategy] for s in seeds]
+                )
+        if "finetune" in judges:
+            cells["fine-tuned, all labels (fold x seed)"] = lambda j: [
+                j[f"finetune@seed{s}"] for s in seeds
+            ]
+        return {
+            what: paired([x for f in a for x in get(a[f])], [x for f in a for x in get(b[f])])
+            for what, get in cells.items()
+        }
+
+    judged_by: dict[str, dict[str, Any]] = {}
+    if args.control and args.control not in variants:
+        p.error(f"--control {args.control!r} is not among --variants")
+    for name, changes in sorted(variants.items(), key=lambda v: v[0] != args.control):
         config = dataclasses.replace(base, **changes)
         with_tapt: dict[str, dict[str, Any]] = {}
         per_fold: dict[str, Any] = {}
@@ -288,26 +318,15 @@ def main() -> None:
                 **{k: round(v, 4) for k, v in got.items() if k.startswith("probe@")},
             }
             print(json.dumps({name: {fold.name: per_fold[fold.name]}}), flush=True)
-        comparisons: dict[str, Any] = {}
-        for k in layers:
-            key = f"probe@{k}"
-            comparisons[f"frozen probe, layer {k} (one run per fold)"] = paired(
-                [with_tapt[f][key] for f in with_tapt], [plain[f][key] for f in with_tapt]
-            )
-        if "al" in judges:
-            for strategy in ("entropy", "random"):
-                comparisons[f"active learning at 20%, {strategy} (fold x seed)"] = paired(
-                    [with_tapt[f][f"al@seed{s}"][strategy] for f in with_tapt for s in seeds],
-                    [plain[f][f"al@seed{s}"][strategy] for f in with_tapt for s in seeds],
-                )
-        if "finetune" in judges:
-            comparisons["fine-tuned, all labels (fold x seed)"] = paired(
-                [with_tapt[f][f"finetune@seed{s}"] for f in with_tapt for s in seeds],
-                [plain[f][f"finetune@seed{s}"] for f in with_tapt for s in seeds],
-            )
+        judged_by[name] = with_tapt
         report["variants"][name] = {
             "settings": changes,
-            "comparisons": comparisons,
+            "comparisons": against(with_tapt, plain),
+            **(
+                {"against_control": against(with_tapt, judged_by[args.control])}
+                if args.control in judged_by and name != args.control
+                else {}
+            ),
             "per_fold": per_fold,
         }
     print(json.dumps(report, indent=2, ensure_ascii=False))
@@ -326,8 +345,10 @@ def render(r: dict[str, Any]) -> list[str]:
         f"names. Fine-tuning: {r['finetune']}. n is starred where so few pairs could never reach "
         "p < 0.05.",
     ]
-    for name, v in r["variants"].items():
-        rows = [
+    control = r.get("control")
+
+    def rows(comparisons: dict[str, Any]) -> list[list[Any]]:
+        return [
             [
                 what,
                 c["plain"],
@@ -336,8 +357,10 @@ def render(r: dict[str, Any]) -> list[str]:
                 f"{c['n']}{'*' if c['min_p'] >= 0.05 else ''}",
                 c["wilcoxon_p"],
             ]
-            for what, c in v["comparisons"].items()
+            for what, c in comparisons.items()
         ]
+
+    for name, v in r["variants"].items():
         folds = [
             [
                 fold,
@@ -353,11 +376,20 @@ def render(r: dict[str, Any]) -> list[str]:
             "",
             *table(
                 ["judge", "without TAPT", "with TAPT", "with - without (points)", "n", "p"],
-                rows,
+                rows(v["comparisons"]),
             ),
-            "",
-            *table(["fold", "TAPT seconds", "loss", "masked accuracy"], folds),
         ]
+        if "against_control" in v:
+            lines += [
+                "",
+                f"`{name}` against the control `{control}` (test UA %):",
+                "",
+                *table(
+                    ["judge", "control", name, f"{name} - control (points)", "n", "p"],
+                    rows(v["against_control"]),
+                ),
+            ]
+        lines += ["", *table(["fold", "TAPT seconds", "loss", "masked accuracy"], folds)]
     return lines
 
 
@@ -402,8 +434,13 @@ def _render_single(r: dict[str, Any]) -> list[str]:
 
 
 def headline(r: dict[str, Any]) -> str:
-    """README's line: with minus without TAPT, for every comparison (of every variant)."""
-    groups = r["variants"].items() if "variants" in r else [("", {"comparisons": r["comparisons"]})]
+    """README's line: with minus without TAPT, for every comparison of every variant but the
+    control."""
+    groups = (
+        [(n, v) for n, v in r["variants"].items() if n != r.get("control")]
+        if "variants" in r
+        else [("", {"comparisons": r["comparisons"]})]
+    )
     parts = []
     for name, v in groups:
         inner = "; ".join(
