@@ -230,7 +230,8 @@ class TrainConfig:
     weight_posterior: bool = False
     # Frozen features: "clip" (as extracted), "speaker" (standardised per speaker over that
     # speaker's clips, labels never read: a transductive protocol), or "auto" (the default: the
-    # inner CV that chooses C chooses between the two at every fit); see after.models.linear.
+    # inner CV that chooses C chooses between the two at every fit, where some speaker has
+    # several clips); see after.models.linear.
     feature_view: str = "auto"
     # Frozen features, active learning: self-training on the unlabeled pool. Pool clips predicted
     # with probability >= pseudo_threshold join the fit with their predicted class, weighted by

@@ -473,9 +473,15 @@ def _fit_linear(
     if config.feature_view in ("clip", "auto"):
         views["clip"] = data.vectors_of(train_ids)
     prior = None
-    if config.feature_view in ("speaker", "auto"):
-        speakers = {manifest[i].speaker for i in train_ids}
-        raw = data.vectors_of([u.id for u in manifest if u.speaker in speakers]).astype(float)
+    speakers = {manifest[i].speaker for i in train_ids}
+    members = [u.id for u in manifest if u.speaker in speakers]
+    # auto offers the speaker view only where a speaker has several clips: with one clip each
+    # (a folder prepared without speakers) there is nothing to adapt to, and `after predict`,
+    # which reads a folder as one speaker, would standardise otherwise than training did.
+    if config.feature_view == "speaker" or (
+        config.feature_view == "auto" and len(members) > len(speakers)
+    ):
+        raw = data.vectors_of(members).astype(float)
         prior = (raw.mean(axis=0), raw.var(axis=0))
         views["speaker"] = data.speaker_vectors(train_ids, prior)
     sample_weight = targets @ weights

@@ -219,3 +219,19 @@ def test_the_speaker_view_and_self_training_go_through_fit_predict_and_save(
     # The view is applied: the same head on the clip view predicts otherwise.
     loaded.module.view = "clip"  # type: ignore[union-attr]
     assert not np.allclose(inference.predict(loaded, m, fold.test, cache_dir=tmp_path), probs)
+
+
+def test_auto_offers_the_speaker_view_only_where_a_speaker_has_several_clips(
+    tones: tuple[Manifest, Fold], tmp_path: Path
+) -> None:
+    """With speakers, the inner CV weighs both views; with each clip its own speaker (a folder
+    prepared without speakers) there is nothing to adapt to, and only the clip view is fitted."""
+    from dataclasses import replace
+
+    m, fold = tones
+    alone = Manifest([replace(u, speaker=u.id) for u in m])
+    for manifest, views in ((m, {"clip", "speaker"}), (alone, {"clip"})):
+        result = train.fit(manifest, fold.train, [], "egemaps", TrainConfig(), cache_dir=tmp_path)
+        record = result.history[0]
+        assert set(record["view_cv_ua"]) == views
+        assert record["view"] in views
