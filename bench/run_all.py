@@ -83,7 +83,23 @@ BENCHES = (
     Bench(
         "tapt_whisper",
         "TAPT of Whisper tiny.en on EmoDB: with and without, paired",
-        ("bench/tapt_whisper.py", "--out", "runs/bench/tapt_whisper"),
+        (
+            "bench/tapt_whisper.py",
+            "--variants",
+            "steps=3;default",
+            "--control",
+            "steps=3",
+            "--judges",
+            "probe,al,finetune",
+            "--folds",
+            "0,2,4,6,8",
+            "--seeds",
+            "0",
+            "--plain-finetune",
+            "runs/bench/whisper_finetune/default",
+            "--out",
+            "runs/bench/tapt_whisper",
+        ),
         "Task-adaptive pre-training of whisper-tiny.en on each fold's training audio, against no "
         "TAPT: frozen features, fine-tuning on all labels, and active learning to 20%, paired "
         "per fold (and seed) with Wilcoxon's test; the TAPT loss of every fold.",
