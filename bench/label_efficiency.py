@@ -68,7 +68,12 @@ def main() -> None:
         help="N > 0: also TAPT the (wav2vec 2.0) backbone N steps per fold and compare both",
     )
     p.add_argument("--corpus", choices=sorted(CORPORA), default="emodb")
-    p.add_argument("--feature-view", default="clip", help="clip, speaker or auto (TrainConfig)")
+    p.add_argument(
+        "--feature-view",
+        default="clip",
+        help="clip, speaker or auto (TrainConfig's default: auto); clip here, the view of the "
+        "recorded all-strategy runs",
+    )
     p.add_argument("--self-training", type=float, default=0.0, help="its weight; 0: off")
     p.add_argument("--pseudo-threshold", type=float, default=0.9)
     p.add_argument("--out", type=Path, default=Path("runs/bench-label-efficiency"))
