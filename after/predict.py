@@ -48,8 +48,8 @@ def predict_files(
     speaker's files on all of that speaker's files given: with `speaker_by` "folder" the files
     of one folder are one speaker's, with "file" each file stands alone (its statistics are then
     the training ones, `after.models.linear.SPEAKER_PRIOR_CLIPS`). Such a model classifies the
-    short files in one pass, so that a speaker's statistics cover every file of theirs; a window
-    of a long file stands alone."""
+    short files in one pass, after the windows of the long ones, so that a speaker's statistics
+    cover every file of theirs; a window of a long file stands alone."""
     if speaker_by not in ("folder", "file"):
         raise ValueError(f"speaker_by={speaker_by!r}: folder or file")
     config = config or TrainConfig(cache_cnn=False)
@@ -80,7 +80,8 @@ def predict_files(
             if len(short) == per_pass:
                 yield from classify_short()
             continue
-        yield from classify_short()
+        if per_pass is not None:  # a speaker-view model classifies every short file together
+            yield from classify_short()
         try:
             yield from _windows(clf, path, config)
         except AudioError as e:  # changed since it was checked
