@@ -473,7 +473,7 @@ def _fit_linear(
     if config.feature_view in ("clip", "auto"):
         views["clip"] = data.vectors_of(train_ids)
     prior = None
-    speakers = {manifest[i].speaker for i in train_ids}
+    speakers = set(groups)
     members = [u.id for u in manifest if u.speaker in speakers]
     # auto offers the speaker view only where a speaker has several clips: with one clip each
     # (a folder prepared without speakers) there is nothing to adapt to, and `after predict`,
